@@ -1,0 +1,30 @@
+"""lmprof: where an LLM inference run's time and memory go.
+
+    import lmprof
+    with lmprof.profile() as run:
+        pipe = pipeline("text-generation", model=...)
+        pipe("...", max_new_tokens=64)
+    run.save("out/")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "profile", "load_run"]
+
+
+def profile(*, sample_interval_s: float = 0.010, device: str | None = None, **settings: Any):
+    """A profiling session for the code in the `with` block (see `ProfileSession`)."""
+    from lmprof.session import ProfileSession
+
+    return ProfileSession(sample_interval_s=sample_interval_s, device=device, settings=settings)
+
+
+def load_run(location: str):
+    """Read a saved Run from a run folder or a run.json file."""
+    from lmprof.record import load_run as _load
+
+    return _load(location)

@@ -1,0 +1,62 @@
+"""`lmprof profile [MODEL]`: load a causal LM and generate, recording every phase."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lmprof.cli.outcome import check_writable, default_run_dir, run_profiled
+from lmprof.workload import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, ProfileRequest, run_profile
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="profile loading and generation of a causal LM",
+        description="Profile pipeline('text-generation') (or model.generate) on a model: a built-in name "
+        "(see `lmprof models`), a local folder, or a hub id in the local cache.",
+    )
+    p.add_argument("model", nargs="?", default=None, help="built-in name, folder, .gguf file, or hub id (default: the built-in default)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text; \\n is read as a newline (default: the seed's chat prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens to generate (default %(default)s)")
+    p.add_argument("--mode", choices=["pipeline", "generate"], default="pipeline", help="pipeline(...) call or model.generate (default pipeline)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (auto: float32 on a CPU without native bf16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--stop-at-eos", action="store_true", help="stop at end-of-sequence instead of generating exactly --max-new-tokens")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--sample-interval-ms", type=float, default=10.0, help="host/device memory sampling interval (default 10)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<model>)")
+    p.add_argument("--json", action="store_true", help="print the Run record as JSON on stdout instead of the summary")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmprof.errors import UsageError
+    from lmprof.session import ProfileSession
+
+    req = ProfileRequest(
+        model=args.model,
+        prompt=args.prompt.replace("\\n", "\n"),
+        max_new_tokens=args.max_new_tokens,
+        mode=args.mode,
+        dtype=args.dtype,
+        device=args.device,
+        threads=args.threads,
+        do_sample=args.do_sample,
+        stop_at_eos=args.stop_at_eos,
+        chat=args.chat,
+    )
+    req.validate()
+    if args.sample_interval_ms <= 0:
+        raise UsageError(f"--sample-interval-ms must be positive, got {args.sample_interval_ms}")
+    out = args.out or default_run_dir(args.model or "default")
+    check_writable(out)
+    session = ProfileSession(
+        sample_interval_s=args.sample_interval_ms / 1e3,
+        device=None if args.device == "auto" else args.device,
+        settings={**req.as_settings(), "out": str(out)},
+    )
+    session.add_python_startup()
+    return run_profiled(session, lambda: run_profile(session, req), out, as_json=args.json, debug=args.debug)

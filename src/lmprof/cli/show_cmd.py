@@ -1,0 +1,27 @@
+"""`lmprof show RUN_DIR`: render a saved run again from its run.json alone."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from lmprof.record import load_run
+from lmprof.render.terminal import render_run
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="re-render a saved run", description="Render RUN_DIR/run.json again.")
+    p.add_argument("run_dir", type=Path, help="a folder written by `lmprof profile` (or its run.json)")
+    p.add_argument("--json", action="store_true", help="print the Run record as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    record = load_run(args.run_dir)
+    if args.json:
+        print(record.to_json())
+    else:
+        Console().print(render_run(record, args.run_dir))
+    return 0

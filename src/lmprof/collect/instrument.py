@@ -1,0 +1,277 @@
+"""Wrappers around the transformers entry points where an inference run spends its time.
+
+Installed for the length of a profiling session and removed after it, these turn calls
+into phases: `from_pretrained` (with resolve, build_model and read_weights inside it),
+the device copy, tokenizer load/encode/decode, pipeline set-up and calls, and
+`generate` (split into prefill and decode by `GenerationWatcher`). They patch classes,
+not names a script imported, so they see calls made through objects created before
+the session began. Each entry point is optional: what a transformers version lacks is
+skipped and left out of `Run.instrumented`, so a report can say what was watched.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmprof.collect.generation import GenerationWatcher
+
+if TYPE_CHECKING:
+    from lmprof.session import ProfileSession
+
+
+class Instrumentation:
+    """Install with `install()`, remove with `uninstall()`; `points` names what is wrapped."""
+
+    def __init__(self, session: ProfileSession) -> None:
+        self._session = session
+        self._restore: list[tuple[Any, str, Any]] = []
+        self.points: list[str] = []
+
+    # --- patching machinery ----------------------------------------------------------
+
+    def _patch(self, owner: Any, attr: str, make: Callable[[Callable], Callable], label: str) -> None:
+        raw = inspect.getattr_static(owner, attr, None)
+        if raw is None:
+            return
+        if isinstance(raw, classmethod):
+            replacement: Any = classmethod(make(raw.__func__))
+        elif isinstance(raw, staticmethod):
+            replacement = staticmethod(make(raw.__func__))
+        else:
+            replacement = make(raw)
+        had_own = attr in vars(owner) if isinstance(owner, type) else True
+        self._restore.append((owner, attr, raw if had_own else None))
+        setattr(owner, attr, replacement)
+        self.points.append(label)
+
+    def _phase_around(self, name: str, describe: Callable[..., dict] | None = None):
+        phases = self._session.phases
+
+        def make(func: Callable) -> Callable:
+            @functools.wraps(func)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                detail = describe(*args, **kwargs) if describe else {}
+                with phases.phase(name, **detail):
+                    return func(*args, **kwargs)
+
+            return wrapper
+
+        return make
+
+    def uninstall(self) -> None:
+        for owner, attr, raw in reversed(self._restore):
+            if raw is None:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, raw)
+        self._restore.clear()
+
+    # --- the entry points ------------------------------------------------------------
+
+    def install(self) -> Instrumentation:
+        import transformers.modeling_utils as modeling_utils
+        from transformers.generation.utils import GenerationMixin
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+        model_cls = modeling_utils.PreTrainedModel
+        self._patch(model_cls, "from_pretrained", self._wrap_from_pretrained, "PreTrainedModel.from_pretrained")
+        self._patch(
+            modeling_utils,
+            "_get_resolved_checkpoint_files",
+            self._phase_around("resolve"),
+            "modeling_utils._get_resolved_checkpoint_files",
+        )
+        self._patch(model_cls, "get_init_context", self._wrap_init_context, "PreTrainedModel.get_init_context")
+        self._patch(
+            model_cls, "_load_pretrained_model", self._wrap_read_weights, "PreTrainedModel._load_pretrained_model"
+        )
+        self._patch(model_cls, "to", self._wrap_to_device, "PreTrainedModel.to")
+        self._patch(model_cls, "cuda", self._wrap_to_device, "PreTrainedModel.cuda")
+
+        tok = PreTrainedTokenizerBase
+        self._patch(tok, "from_pretrained", self._phase_around("load_tokenizer"), "tokenizer.from_pretrained")
+        for attr in ("__call__", "encode", "apply_chat_template"):
+            self._patch(tok, attr, self._phase_around("tokenize"), f"tokenizer.{attr}")
+        for attr in ("decode", "batch_decode"):
+            self._patch(tok, attr, self._phase_around("detokenize"), f"tokenizer.{attr}")
+
+        self._patch(GenerationMixin, "generate", self._wrap_generate, "GenerationMixin.generate")
+        self._install_pipelines()
+        return self
+
+    def _install_pipelines(self) -> None:
+        import transformers
+        import transformers.pipelines as pipelines
+
+        for owner in (pipelines.Pipeline, getattr(pipelines, "TextGenerationPipeline", None)):
+            if owner is not None:
+                self._patch(owner, "__call__", self._wrap_pipeline_call, f"{owner.__name__}.__call__")
+        # The factory is a plain function: patching it is seen only by code that looks it up
+        # after this point (the CLI and `lmprof run` do; a script that imported it earlier
+        # still gets its loading phases, just not the enclosing pipeline_setup).
+        self._patch(pipelines, "pipeline", self._phase_around("pipeline_setup"), "transformers.pipeline")
+        if "pipeline" in vars(transformers):
+            self._patch(transformers, "pipeline", self._phase_around("pipeline_setup"), "transformers.pipeline")
+
+    # --- wrappers with more to record than a phase -------------------------------------
+
+    def _wrap_from_pretrained(self, func: Callable) -> Callable:
+        session = self._session
+
+        @functools.wraps(func)
+        def wrapper(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            with session.phases.phase("load_model", model=str(name)):
+                model = func(cls, *args, **kwargs)
+            session.observe_model(model, str(name))
+            return model
+
+        return wrapper
+
+    def _wrap_init_context(self, func: Callable) -> Callable:
+        phases = self._session.phases
+
+        @contextmanager
+        def build_model_phase():
+            with phases.phase("build_model"):
+                yield
+
+        @functools.wraps(func)
+        def wrapper(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            contexts = func(cls, *args, **kwargs)
+            # from_pretrained enters these around `cls(config)`: the model's construction.
+            return [*contexts, build_model_phase()] if isinstance(contexts, list) else contexts
+
+        return wrapper
+
+    def _wrap_read_weights(self, func: Callable) -> Callable:
+        phases = self._session.phases
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            files = kwargs.get("checkpoint_files", args[2] if len(args) > 2 else None) or []
+            checkpoint_bytes = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+            with phases.phase(
+                "read_weights", files=[Path(f).name for f in files], checkpoint_bytes=checkpoint_bytes
+            ) as handle:
+                start = phases_snapshot()
+                result = func(*args, **kwargs)
+                # Safetensors are memory-mapped: what this phase really read is what became
+                # resident (file pages touched plus anonymous copies), not the file size.
+                end = phases_snapshot()
+                handle.add_payload(max(0, end[0] - start[0]))
+            return result
+
+        return wrapper
+
+    def _wrap_to_device(self, func: Callable) -> Callable:
+        phases = self._session.phases
+
+        @functools.wraps(func)
+        def wrapper(module: Any, *args: Any, **kwargs: Any) -> Any:
+            target = _target_device(func.__name__, args, kwargs)
+            moving = _bytes_not_on(module, target) if target is not None else 0
+            if not moving:
+                return func(module, *args, **kwargs)
+            with phases.phase("to_device", target=str(target)) as handle:
+                handle.add_payload(moving)
+                return func(module, *args, **kwargs)
+
+        return wrapper
+
+    def _wrap_generate(self, func: Callable) -> Callable:
+        session = self._session
+
+        @functools.wraps(func)
+        def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+            phases = session.phases
+            op = phases.open("generate")
+            if op is None:  # a nested generate (assisted decoding) or another thread
+                return func(model, *args, **kwargs)
+            call = "pipeline" if session.pipeline_call_start_s is not None else "generate"
+            start = session.pipeline_call_start_s if call == "pipeline" else op.start_s
+            watcher = GenerationWatcher(model, phases, session.now_s, session.device, call, start)
+            watcher.attach()
+            try:
+                output = func(model, *args, **kwargs)
+            except BaseException:
+                gen = watcher.detach(None, complete=False)
+                phases.close(op, complete=False)
+                if gen is not None:
+                    session.add_generation(gen)
+                raise
+            gen = watcher.detach(output)
+            phases.close(op)
+            if gen is not None:
+                session.add_generation(gen)
+            return output
+
+        return wrapper
+
+    def _wrap_pipeline_call(self, func: Callable) -> Callable:
+        session = self._session
+
+        @functools.wraps(func)
+        def wrapper(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+            if session.pipeline_call_start_s is not None:  # TextGenerationPipeline -> Pipeline
+                return func(pipe, *args, **kwargs)
+            op = session.phases.open("pipeline_call")
+            session.pipeline_call_start_s = op.start_s if op is not None else session.now_s()
+            try:
+                result = func(pipe, *args, **kwargs)
+            except BaseException:
+                session.phases.close(op, complete=False)
+                raise
+            finally:
+                session.pipeline_call_start_s = None
+            session.phases.close(op)
+            session.observe_pipeline_result(args[0] if args else kwargs.get("text_inputs"), result)
+            return result
+
+        return wrapper
+
+
+def phases_snapshot() -> tuple[int, int]:
+    """(resident bytes, file-backed resident bytes) right now."""
+    from lmprof.collect.process_stats import read_memory
+
+    return read_memory()
+
+
+def _target_device(method: str, args: tuple, kwargs: dict) -> Any:
+    import torch
+
+    if method == "cuda":
+        index = args[0] if args else kwargs.get("device")
+        return torch.device("cuda", index) if isinstance(index, int) else torch.device(index or "cuda")
+    candidate = kwargs.get("device", args[0] if args else None)
+    if isinstance(candidate, (str, torch.device, int)):
+        try:
+            return torch.device(candidate)
+        except (RuntimeError, TypeError):
+            return None
+    return None
+
+
+def _bytes_not_on(module: Any, target: Any) -> int:
+    """Bytes of parameters and buffers that a move to `target` has to copy."""
+
+    def elsewhere(t: Any) -> bool:
+        d = t.device
+        return d.type != target.type or (target.index is not None and d.index != target.index)
+
+    tensors = list(module.parameters()) + list(module.buffers())
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if id(t) in seen or not elsewhere(t):
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total

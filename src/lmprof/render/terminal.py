@@ -1,0 +1,147 @@
+"""The terminal summary of a Run: phases, generation, memory, system, files.
+
+Takes a Run, returns a rich renderable; printing is the caller's business, so the
+same summary is shown after a profile, by `lmprof show`, and in golden tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from lmprof.analyze.phases import UNATTRIBUTED, phase_rows, weight_paging
+from lmprof.record import STATUS_COMPLETE, Run
+from lmprof.render.system_view import system_line
+from lmprof.render.units import fmt_bytes, fmt_count, fmt_pct, fmt_rate, fmt_s
+
+TEXT_PREVIEW_CHARS = 300
+
+
+def render_run(run: Run, run_dir: Path | None = None) -> RenderableType:
+    parts: list[RenderableType] = [_header(run), phase_table(run)]
+    if run.generation is not None:
+        parts.append(generation_table(run))
+    parts.append(memory_text(run))
+    if run.generation is not None and run.generation.text:
+        parts.append(_generated_text(run))
+    if run.system:
+        parts.append(Text(f"System: {system_line(run.system)}", style="dim"))
+    for warning in run.warnings:
+        parts.append(Text(f"warning: {warning}", style="yellow"))
+    if run_dir is not None:
+        parts.append(Text(f"Run saved to {run_dir}/run.json  (re-render: lmprof show {run_dir})"))
+    return Group(*parts)
+
+
+def _header(run: Run) -> Text:
+    text = Text()
+    text.append("lmprof ", style="bold")
+    m = run.model
+    if m:
+        text.append(f"{m.get('id')}", style="bold cyan")
+        bits = [m.get("architecture"), f"{fmt_count(m.get('parameter_count'))} params", m.get("dtype"), m.get("device")]
+        text.append("  " + " · ".join(str(b) for b in bits if b))
+    text.append(f"  wall {fmt_s(run.wall_s)}")
+    if run.status != STATUS_COMPLETE:
+        text.append(f"  [{run.status.upper()}]", style="bold red")
+        if run.error:
+            text.append(f" {run.error.get('type')}: {run.error.get('message')}", style="red")
+    return text
+
+
+def phase_table(run: Run) -> Table:
+    """Top-level phases plus an "(unattributed)" row sum to the run's wall time."""
+    has_device = any(p.device_peak_allocated_bytes is not None for p in run.phases)
+    table = Table(title="Phases", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    table.add_column("phase", no_wrap=True)
+    for col in ("wall", "share", "cpu", "rss peak", "+file pages", "moved", "GB/s"):
+        table.add_column(col, justify="right", no_wrap=True)
+    if has_device:
+        table.add_column("device peak", justify="right", no_wrap=True)
+    for row in phase_rows(run):
+        name = "  " * row.depth + row.name + (f" ×{row.count}" if row.count > 1 else "")
+        if not row.complete:
+            name += " (cut short)"
+        cells = [
+            Text(name, style="dim" if row.name == UNATTRIBUTED else ""),
+            fmt_s(row.wall_s),
+            fmt_pct(row.share),
+            fmt_s(row.cpu_s) if row.name != UNATTRIBUTED else "-",
+            fmt_bytes(row.rss_peak_bytes),
+            fmt_bytes(row.file_rss_delta_bytes, signed=True) if row.file_rss_delta_bytes else "-",
+            fmt_bytes(row.payload_bytes),
+            f"{row.payload_gbps:.2f}" if row.payload_gbps is not None else "-",
+        ]
+        if has_device:
+            cells.append(fmt_bytes(row.device_peak_allocated_bytes))
+        table.add_row(*cells)
+    return table
+
+
+def generation_table(run: Run) -> Table:
+    g = run.generation
+    assert g is not None
+    table = Table(title="Generation", title_justify="left", show_header=False, pad_edge=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    pct = g.itl_percentiles_s
+    rows = [
+        ("tokens", f"{g.prompt_tokens} prompt → {g.new_tokens} new" + (f" × batch {g.batch_size}" if g.batch_size > 1 else "")),
+        ("time to first token", f"{fmt_s(g.ttft_s)}  (prefill {fmt_s(g.prefill_s)}, {fmt_rate(g.prefill_tokens_per_s, 'tok/s')})"),
+        ("time per output token", f"{fmt_s(g.tpot_s)}  (decode {fmt_s(g.decode_s)}, {fmt_rate(g.decode_tokens_per_s, 'tok/s')})"),
+        ("inter-token latency", "  ".join(f"{k} {fmt_s(v)}" for k, v in pct.items()) or "-"),
+        ("timing", f"{g.timing} via {g.call}"),
+    ]  # fmt: skip
+    if len(run.generations) > 1:
+        rows.append(("calls", f"{len(run.generations)} generation calls; this is the first"))
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def memory_text(run: Run) -> Text:
+    mem = run.memory
+    text = Text()
+    if mem is None:
+        return text
+    text.append("Memory: ", style="bold")
+    peak_phase = _phase_at(run, mem.peak_rss_t_s)
+    text.append(f"peak RSS {fmt_bytes(mem.peak_rss_bytes)}")
+    if peak_phase:
+        text.append(f" during {peak_phase}")
+    if mem.os_peak_rss_bytes:
+        text.append(f" (kernel high-water mark {fmt_bytes(mem.os_peak_rss_bytes)})")
+    n = len(mem.host.get("t_s", []))
+    text.append(f"; {n} samples every {fmt_s(mem.interval_s)}")
+    if mem.peak_device_allocated_bytes is not None:
+        text.append(
+            f"\n        device allocated peak {fmt_bytes(mem.peak_device_allocated_bytes)}, "
+            f"reserved peak {fmt_bytes(mem.peak_device_reserved_bytes)}"
+        )
+        if mem.peak_nvml_used_bytes is not None:
+            text.append(f", NVML used peak {fmt_bytes(mem.peak_nvml_used_bytes)}")
+    paging = weight_paging(run)
+    if paging:
+        shown = ", ".join(f"{name} {fmt_bytes(b)}" for name, b in paging[:4])
+        text.append(f"\n        file-backed pages (mmapped weights, libraries) became resident in: {shown}")
+    return text
+
+
+def _phase_at(run: Run, t_s: float | None) -> str | None:
+    if t_s is None:
+        return None
+    inside = [p for p in run.phases if p.start_s <= t_s <= p.end_s]
+    return max(inside, key=lambda p: p.depth).name if inside else None
+
+
+def _generated_text(run: Run) -> Text:
+    g = run.generation
+    assert g is not None and g.text is not None
+    body = g.text if len(g.text) <= TEXT_PREVIEW_CHARS else g.text[:TEXT_PREVIEW_CHARS] + "…"
+    text = Text("Output: ", style="bold")
+    text.append(repr(body)[1:-1])
+    return text

@@ -1,0 +1,280 @@
+"""A profiling session: starts the collectors, owns the phase recorder, and produces the Run.
+
+Used three ways with the same instrumentation: the `lmprof profile` workload, `lmprof run
+script.py`, and the library's `with lmprof.profile() as run:`. The session never prints.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lmprof import __version__
+from lmprof.analyze.generation import derive_generation_figures
+from lmprof.analyze.phases import refine_phase_peaks
+from lmprof.clock import Clock
+from lmprof.collect.device import detect_device
+from lmprof.collect.environment import describe_environment, snapshot_load
+from lmprof.collect.memory_sampler import DEFAULT_INTERVAL_S, MemorySampler
+from lmprof.collect.phases import PhaseHandle, PhaseRecorder
+from lmprof.collect.process_stats import os_peak_rss_bytes
+from lmprof.collect.system import collect_system_info
+from lmprof.record import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_INCOMPLETE,
+    Generation,
+    MemoryTimeline,
+    Run,
+)
+
+RSS_NOTE = (
+    "RSS counts memory-mapped safetensors pages only once they are touched: weights that "
+    "from_pretrained maps but does not read appear in RSS (as file-backed pages) during the "
+    "phase that first reads them, often prefill."
+)
+
+
+class ProfileSession:
+    """Collects one Run. `start()`/`stop()` or use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        sample_interval_s: float = DEFAULT_INTERVAL_S,
+        device: str | None = None,
+        clock: Clock | None = None,
+        command: list[str] | None = None,
+        settings: dict[str, Any] | None = None,
+        instrument: bool = True,
+    ) -> None:
+        self._clock = clock or Clock()
+        self._origin_s = self._clock.wall()
+        self._origin_cpu_s = self._clock.cpu()
+        self._requested_device = device
+        self._instrument = instrument
+        # Device parts need torch; before torch is imported (the CLI times that import) the
+        # session starts on the CPU part and looks again when instrumentation is installed.
+        self.device = detect_device(device) if "torch" in sys.modules else detect_device("cpu")
+        self.sampler = MemorySampler(self.now_s, sample_interval_s, self.device)
+        self.phases = PhaseRecorder(self._clock, self._origin_s, self.device, on_boundary=self.sampler.sample_once)
+        self.pipeline_call_start_s: float | None = None
+        self.run = Run(
+            run_id=uuid.uuid4().hex[:12],
+            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            lmprof_version=__version__,
+            command=list(command if command is not None else sys.argv),
+            settings=dict(settings or {}),
+        )
+        self.run.settings.setdefault("sample_interval_s", sample_interval_s)
+        self._instrumentation: Any = None
+        self._load_start = snapshot_load()
+        self._started = False
+        self._stopped = False
+
+    def now_s(self) -> float:
+        return self._clock.wall() - self._origin_s
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> ProfileSession:
+        self.sampler.start()
+        self._started = True
+        if self._instrument and "transformers" in sys.modules:
+            self.install_instrumentation()
+        return self
+
+    def install_instrumentation(self) -> None:
+        """Wrap transformers' entry points; the CLI calls this after timing the imports."""
+        if self._instrumentation is not None:
+            return
+        if "torch" in sys.modules and not self.device.is_cuda and self._requested_device != "cpu":
+            self.device = detect_device(self._requested_device or "auto")
+            if self.device.is_cuda:
+                self.sampler = self._swap_sampler_device()
+                self.phases._device = self.device
+        from lmprof.collect.instrument import Instrumentation
+
+        self._instrumentation = Instrumentation(self).install()
+        self.run.instrumented = list(self._instrumentation.points)
+
+    def _swap_sampler_device(self) -> MemorySampler:
+        old = self.sampler
+        old.stop()
+        new = MemorySampler(self.now_s, old.interval_s, self.device)
+        new.samples.t_s, new.samples.rss_bytes = old.samples.t_s, old.samples.rss_bytes
+        new.samples.file_rss_bytes = old.samples.file_rss_bytes
+        self.phases._on_boundary = new.sample_once
+        new.start()
+        return new
+
+    def stop(self, status: str = STATUS_COMPLETE, error: BaseException | None = None) -> Run:
+        """End the session and fill the Run; safe to call once the work failed or was cut short."""
+        if self._stopped:
+            return self.run
+        self._stopped = True
+        self.phases.close_all(complete=status == STATUS_COMPLETE)
+        if self._instrumentation is not None:
+            self._instrumentation.uninstall()
+        self.sampler.stop()
+        run = self.run
+        end_s = self.now_s()
+        run.status = status
+        if error is not None:
+            run.error = {"type": type(error).__name__, "message": str(error) or type(error).__name__}
+        run.phases = self.phases.phases
+        # The run starts at the earliest phase: python_startup begins before the session did.
+        run.wall_s = end_s - min([0.0] + [p.start_s for p in run.phases])
+        run.memory = self._memory_timeline()
+        refine_phase_peaks(run.phases, run.memory.host["t_s"], run.memory.host["rss_bytes"])
+        for gen in run.generations:
+            derive_generation_figures(gen)
+        if run.generation is None and run.generations:
+            run.generation = run.generations[0]
+        run.system = collect_system_info()
+        cores = run.system.get("cpu", {}).get("logical_cores") or os.cpu_count() or 1
+        run.environment = describe_environment(self._load_start, snapshot_load(), cores)
+        if run.environment.get("busy_warning"):
+            run.warnings.append(run.environment["busy_warning"])
+        self.device.close()
+        return run
+
+    def __enter__(self) -> ProfileSession:
+        return self.start()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            self.stop(STATUS_COMPLETE)
+        elif isinstance(exc, KeyboardInterrupt):
+            self.stop(STATUS_INCOMPLETE, exc)
+        else:
+            self.stop(STATUS_FAILED, exc)
+
+    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        return self.run.save(run_dir)
+
+    # --- what the workload and the instrumentation report ---------------------------------
+
+    @contextmanager
+    def phase(self, name: str, **detail: Any) -> Iterator[PhaseHandle]:
+        """A phase of your own: `with run.phase("retrieval"): ...`."""
+        with self.phases.phase(name, **detail) as handle:
+            yield handle
+
+    def add_python_startup(self) -> None:
+        """Record the interpreter's start-up, from process creation to this session's start.
+
+        Process creation time has the kernel's tick resolution (10 ms)."""
+        import psutil
+
+        startup_s = time.time() - psutil.Process().create_time() - self.now_s()
+        self.phases.add_span("python_startup", -max(startup_s, 0.0), 0.0, cpu_s=self._origin_cpu_s)
+
+    def observe_model(self, model: Any, name: str) -> None:
+        if self.run.model is not None:
+            return  # the first model loaded is the one profiled
+        self.run.model = describe_model(model, name)
+
+    def add_generation(self, gen: Generation) -> None:
+        self.run.generations.append(gen)
+
+    def observe_pipeline_result(self, prompt: Any, result: Any) -> None:
+        if not self.run.generations:
+            return
+        gen = self.run.generations[-1]
+        if isinstance(prompt, str) and gen.prompt is None:
+            gen.prompt = prompt
+        text = _generated_text(result)
+        if text is not None and gen.text is None:
+            gen.text = text
+
+    def _memory_timeline(self) -> MemoryTimeline:
+        s = self.sampler.samples
+        timeline = MemoryTimeline(
+            interval_s=self.sampler.interval_s,
+            host={"t_s": list(s.t_s), "rss_bytes": list(s.rss_bytes), "file_rss_bytes": list(s.file_rss_bytes)},
+            notes=[RSS_NOTE],
+        )
+        if s.rss_bytes:
+            i = max(range(len(s.rss_bytes)), key=s.rss_bytes.__getitem__)
+            timeline.peak_rss_bytes, timeline.peak_rss_t_s = s.rss_bytes[i], s.t_s[i]
+        timeline.os_peak_rss_bytes = os_peak_rss_bytes()
+        if s.device_t_s:
+            timeline.device = {
+                "t_s": list(s.device_t_s),
+                "allocated_bytes": list(s.device_allocated_bytes),
+                "reserved_bytes": list(s.device_reserved_bytes),
+                "nvml_used_bytes": list(s.device_nvml_used_bytes),
+            }
+            timeline.peak_device_allocated_bytes = max(
+                [p.device_peak_allocated_bytes or 0 for p in self.phases.phases] + s.device_allocated_bytes
+            )
+            timeline.peak_device_reserved_bytes = max(s.device_reserved_bytes)
+            used = [u for u in s.device_nvml_used_bytes if u is not None]
+            timeline.peak_nvml_used_bytes = max(used) if used else None
+        return timeline
+
+
+def describe_model(model: Any, name: str) -> dict[str, Any]:
+    """What a loaded transformers model is: architecture, size, dtype, where it lives."""
+    config = getattr(model, "config", None)
+    seen: set[int] = set()
+    params = weight_bytes = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = t.data_ptr() if t.device.type != "meta" else id(t)
+        if key in seen:
+            continue  # tied embeddings share storage: count once
+        seen.add(key)
+        weight_bytes += t.numel() * t.element_size()
+    for p in model.parameters():
+        params += p.numel()
+    params -= _tied_duplicate_params(model)
+    fields = (
+        "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings",
+    )  # fmt: skip
+    archs = getattr(config, "architectures", None) or [type(model).__name__]
+    return {
+        "id": name,
+        "architecture": archs[0],
+        "class": type(model).__name__,
+        "parameter_count": params,
+        "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+        "weight_bytes": weight_bytes,
+        "device": str(getattr(model, "device", "cpu")),
+        "config": {f: getattr(config, f, None) for f in fields if getattr(config, f, None) is not None},
+    }
+
+
+def _tied_duplicate_params(model: Any) -> int:
+    # model.parameters() already deduplicates shared Parameter objects; this is 0 unless a
+    # model ties by sharing storage between distinct Parameters.
+    ptrs: dict[int, int] = {}
+    dup = 0
+    for p in model.parameters():
+        if p.device.type == "meta":
+            continue
+        ptr = p.data_ptr()
+        if ptr in ptrs and ptrs[ptr] == p.numel():
+            dup += p.numel()
+        ptrs.setdefault(ptr, p.numel())
+    return dup
+
+
+def _generated_text(result: Any) -> str | None:
+    while isinstance(result, list) and result:
+        result = result[0]
+    if isinstance(result, dict):
+        text = result.get("generated_text")
+        if isinstance(text, str):
+            return text
+        if isinstance(text, list) and text and isinstance(text[-1], dict):
+            return str(text[-1].get("content"))
+    return None
