@@ -217,3 +217,17 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy / torch scalars
         return value.item()
     raise TypeError(f"cannot serialize {type(value).__name__} in a run record")
+
+
+def run_schema() -> dict[str, Any]:
+    """The JSON Schema of run.json (shipped in the package)."""
+    from importlib.resources import files
+
+    return json.loads(files("lmprof").joinpath("schema/run.schema.json").read_text(encoding="utf-8"))
+
+
+def validate_run_dict(data: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError when `data` is not a valid run record."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator(run_schema()).validate(data)

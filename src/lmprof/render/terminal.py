@@ -47,7 +47,7 @@ def _header(run: Run) -> Text:
         text.append("  " + " · ".join(str(b) for b in bits if b))
     text.append(f"  wall {fmt_s(run.wall_s)}")
     if run.status != STATUS_COMPLETE:
-        text.append(f"  [{run.status.upper()}]", style="bold red")
+        text.append(f"\n[{run.status.upper()}]", style="bold red")
         if run.error:
             text.append(f" {run.error.get('type')}: {run.error.get('message')}", style="red")
     return text

@@ -12,7 +12,8 @@ def fmt_s(seconds: float | None) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if a >= scale or unit == "µs":
             v = seconds / scale
-            digits = 0 if abs(v) >= 100 else (1 if abs(v) >= 10 else 2)
+            r = round(abs(v), 2)  # so 9.999 prints as 10.0, not 10.00
+            digits = 0 if r >= 99.95 else (1 if r >= 9.995 else 2)
             return f"{v:.{digits}f} {unit}"
     return "-"
 
