@@ -2,3 +2,46 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import os
+import subprocess
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def lmprof_cache(tmp_path_factory):
+    """A private built-in model cache for the test session (tiny builds in about a second)."""
+    return tmp_path_factory.mktemp("lmprof-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(lmprof_cache):
+    """The `tiny` preset (Llama architecture, random weights) built for this test session."""
+    from lmprof.models import resolve_model
+
+    old = os.environ.get("LMPROF_CACHE")
+    os.environ["LMPROF_CACHE"] = str(lmprof_cache)
+    try:
+        return resolve_model("tiny", progress=False).path
+    finally:
+        if old is None:
+            os.environ.pop("LMPROF_CACHE", None)
+        else:
+            os.environ["LMPROF_CACHE"] = old
+
+
+@pytest.fixture
+def run_cli(lmprof_cache):
+    """Run the real `lmprof` console entry point in a fresh process (as a user would)."""
+
+    def run(*args, timeout=600, env_extra=None, cwd=None):
+        env = dict(os.environ, LMPROF_CACHE=str(lmprof_cache), **(env_extra or {}))
+        return subprocess.run(
+            [sys.executable, "-m", "lmprof", *map(str, args)],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or REPO,
+        )  # fmt: skip
+
+    return run

@@ -87,11 +87,12 @@ def choose_dtype(requested: str, device: str, native_bf16_cpu: bool) -> tuple[st
 
 def run_profile(session: ProfileSession, req: ProfileRequest) -> None:
     from lmprof.collect.system import collect_cpu
-    from lmprof.models import resolve_model
 
     req.validate()
     import_frameworks(session)
     import torch
+
+    from lmprof.models import resolve_model  # imports torch: only after import_torch was timed
 
     if req.threads is not None:
         torch.set_num_threads(req.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -18,20 +19,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lmprof.models import DEFAULT_MODEL, cache_root, is_builtin_cached, list_builtin_models
 
-    table = Table(title="Built-in models", title_justify="left")
-    for col in ("name", "architecture", "params", "weights", "cached", "description"):
-        table.add_column(col, justify="right" if col == "params" else "left")
-    for m in list_builtin_models():
-        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
+    table = Table(title="Built-in models (* default)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("name", "architecture", "params", "weights", "cached"):
+        table.add_column(col, justify="right" if col == "params" else "left", no_wrap=True)
+    models = list_builtin_models()
+    for m in models:
         table.add_row(
-            name,
+            m.name + (" *" if m.name == DEFAULT_MODEL else ""),
             m.architecture,
             fmt_count(m.parameter_count),
             "trained" if m.trained else "random",
             "yes" if is_builtin_cached(m.name) else "no",
-            m.description,
         )
     console = Console()
     console.print(table)
-    console.print(f"Cache: {cache_root()}  (built on first use; set LMPROF_CACHE to move it)")
+    for m in models:
+        console.print(f"[bold]{m.name}[/bold]: {m.description}")
+    console.print(f"\nCache: {cache_root()}  (built on first use; set LMPROF_CACHE to move it)")
     return 0

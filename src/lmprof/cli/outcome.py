@@ -7,6 +7,7 @@ import datetime as _dt
 import os
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +38,12 @@ def check_writable(out: Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise UsageError(f"cannot write the run to '{out}': '{probe}' is a file; pass --out to a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write the run to '{out}': '{probe}' is not writable; pass --out to a writable folder")
+    try:  # os.access says yes to root on read-only places such as /proc: really try
+        tempfile.TemporaryDirectory(dir=probe).cleanup()
+    except OSError:
+        raise UsageError(
+            f"cannot write the run to '{out}': '{probe}' is not writable; pass --out to a writable folder"
+        ) from None
 
 
 def run_profiled(

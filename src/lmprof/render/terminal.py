@@ -143,5 +143,5 @@ def _generated_text(run: Run) -> Text:
     assert g is not None and g.text is not None
     body = g.text if len(g.text) <= TEXT_PREVIEW_CHARS else g.text[:TEXT_PREVIEW_CHARS] + "…"
     text = Text("Output: ", style="bold")
-    text.append(repr(body)[1:-1])
+    text.append(body.replace("\n", "\\n"))
     return text

@@ -1,0 +1,314 @@
+"""Generation: prefill a batch of left-padded prompts, then decode one token per step, timing each phase.
+
+`prefill` and `decode_step` are separate so a profiler can time them apart; `generate` runs
+both and returns the new tokens with per-step wall times. Rows are left-padded: every row
+writes the same cache slot each step, padding is masked out of attention, and rope
+positions count only a row's real tokens, so a padded row computes what it would alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lmprof.engine.kv_cache import GrowingKVCache, KVCache, StaticKVCache
+from lmprof.engine.model import Transformer, causal_mask
+from lmprof.engine.options import EngineOptions
+from lmprof.errors import UsageError
+
+
+@dataclass
+class DecodeState:
+    """What a batch carries between steps."""
+
+    cache: KVCache | None  # None: no KV cache, every step re-runs the whole sequence
+    key_valid: Tensor  # [B, S] bool: cache slot holds a real token (static: S = capacity)
+    next_position: Tensor  # [B] rope position of each row's next token
+    length: int = 0  # slots used so far
+    tokens: Tensor | None = None  # [B, length] every token so far; kept only without a cache
+
+    @property
+    def is_static(self) -> bool:
+        return isinstance(self.cache, StaticKVCache)
+
+
+def new_decode_state(model: Transformer, batch: int, capacity: int, kv_cache: str) -> DecodeState:
+    """An empty state; `capacity` (prompt + new tokens) sizes the static cache."""
+    config, device = model.config, model.inv_freq.device
+    cache: KVCache | None = None
+    slots = 0
+    if kv_cache == "static":
+        cache = StaticKVCache(
+            config.n_layers, batch, config.n_kv_heads, capacity, config.head_dim, model.dtype, device
+        )
+        slots = capacity
+    elif kv_cache == "growing":
+        cache = GrowingKVCache(config.n_layers)
+    elif kv_cache != "off":
+        raise UsageError(f"kv_cache must be off, growing or static; got {kv_cache!r}")
+    return DecodeState(
+        cache=cache,
+        key_valid=torch.zeros(batch, slots, dtype=torch.bool, device=device),
+        next_position=torch.zeros(batch, dtype=torch.long, device=device),
+        tokens=torch.zeros(batch, 0, dtype=torch.long, device=device) if cache is None else None,
+    )
+
+
+def _claim_slots(state: DecodeState, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Reserve cache slots for T new tokens; returns (slots [T], rope positions [B, T])."""
+    T = valid.shape[1]
+    slots = torch.arange(state.length, state.length + T, device=valid.device)
+    positions = (state.next_position[:, None] + valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    state.next_position = state.next_position + valid.sum(dim=1)
+    if state.is_static:
+        if state.length + T > state.key_valid.shape[1]:
+            raise UsageError(f"static KV cache full: {state.length} + {T} > {state.key_valid.shape[1]} slots")
+        state.key_valid[:, state.length : state.length + T] = valid
+    else:
+        state.key_valid = torch.cat([state.key_valid, valid], dim=1)
+    state.length += T
+    return slots, positions
+
+
+def _forward_without_cache(model: Transformer, state: DecodeState, tokens: Tensor) -> Tensor:
+    # Recompute everything: the sequence so far plus `tokens`, all positions from the valid mask.
+    state.tokens = torch.cat([state.tokens, tokens], dim=1)  # [B, S]
+    positions = (state.key_valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    slots = torch.arange(state.length, device=tokens.device)
+    mask = causal_mask(slots, state.key_valid)
+    return model(state.tokens, positions, mask, last_only=True)[:, -1]
+
+
+def prefill(
+    model: Transformer,
+    state: DecodeState,
+    tokens: Tensor,
+    valid: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Run the prompt tokens [B, T] (valid [B, T]: False for left padding) -> next-token logits [B, V].
+
+    With `chunk_size`, the prompt goes through in chunks that each attend to the cache so far,
+    bounding activation memory at the price of more, smaller matmuls.
+    """
+    if valid is None:
+        valid = torch.ones_like(tokens, dtype=torch.bool)
+    base = state.length
+    slots, positions = _claim_slots(state, valid)
+    if state.cache is None:
+        return _forward_without_cache(model, state, tokens)
+    T = tokens.shape[1]
+    chunk = chunk_size or T
+    for start in range(0, T, chunk):
+        end = min(T, start + chunk)
+        # A growing cache returns only the slots written so far; a static one returns them all.
+        key_valid = state.key_valid if state.is_static else state.key_valid[:, : base + end]
+        mask = causal_mask(slots[start:end], key_valid)  # [B, 1, chunk, S]
+        logits = model(
+            tokens[:, start:end], positions[:, start:end], mask, state.cache, slots[start:end], last_only=True
+        )
+    return logits[:, -1]
+
+
+def _decode_forward(
+    model: Transformer, tokens: Tensor, positions: Tensor, slots: Tensor, key_valid: Tensor, cache: KVCache
+) -> Tensor:
+    mask = causal_mask(slots, key_valid)  # [B, 1, 1, S]
+    return model(tokens, positions, mask, cache, slots)[:, -1]  # [B, V]
+
+
+def compiled_decode_forward(model: Transformer) -> Callable[..., Tensor]:
+    """`_decode_forward` under torch.compile, compiled once per model (CUDA graphs on CUDA)."""
+    compiled = model.__dict__.get("_compiled_decode_forward")
+    if compiled is None:
+        mode = "reduce-overhead" if model.inv_freq.is_cuda else None
+        compiled = torch.compile(_decode_forward, mode=mode, fullgraph=True)
+        model.__dict__["_compiled_decode_forward"] = compiled
+    return compiled
+
+
+def decode_step(model: Transformer, state: DecodeState, tokens: Tensor, compiled: bool = False) -> Tensor:
+    """One new token per row: tokens [B] -> next-token logits [B, V]."""
+    tokens = tokens[:, None]  # [B, 1]
+    slots, positions = _claim_slots(state, torch.ones_like(tokens, dtype=torch.bool))
+    if state.cache is None:
+        return _forward_without_cache(model, state, tokens)
+    forward = compiled_decode_forward(model) if compiled else _decode_forward
+    return forward(model, tokens, positions, slots, state.key_valid, state.cache)
+
+
+def sample(
+    logits: Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """logits [B, V] -> tokens [B]: greedy when temperature is 0, else softmax sampling (top-k)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class StepTimer:
+    """Wall time of each timed region: CUDA events on CUDA (read after one sync), else a host clock."""
+
+    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.cuda = device.type == "cuda"
+        self.clock = clock
+        self._host: list[float] = []
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._start: float | torch.cuda.Event | None = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = self.clock()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((self._start, end))
+        else:
+            self._host.append(self.clock() - self._start)
+
+    def durations_s(self) -> list[float]:
+        if not self.cuda:
+            return list(self._host)
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) / 1000.0 for start, end in self._events]
+
+
+@dataclass
+class GenerationResult:
+    tokens: Tensor  # [B, n_new]; after a row's eos, pad_token_id
+    prompt_lens: list[int]
+    prefill_s: float  # prompt forward + first token (time to first token)
+    decode_step_s: list[float] = field(default_factory=list)  # one per decode step (all rows together)
+    finished: Tensor | None = None  # [B] bool: row stopped on eos
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens produced by decode steps per second of decode time, all rows counted."""
+        total_s = sum(self.decode_step_s)
+        return self.batch * len(self.decode_step_s) / total_s if total_s > 0 else float("nan")
+
+    def sequences(self, eos_token_id: int | list[int] | None = None) -> list[list[int]]:
+        """New tokens per row, cut after the first eos."""
+        eos = _as_set(eos_token_id)
+        rows = []
+        for row in self.tokens.tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            rows.append(row[:cut])
+        return rows
+
+
+def _as_set(eos_token_id: int | list[int] | None) -> set[int]:
+    if eos_token_id is None:
+        return set()
+    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Prompts of any lengths -> (tokens [B, T], valid [B, T]) right-aligned."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UsageError("every prompt needs at least one token")
+    T = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), T), pad_token_id, dtype=torch.long, device=device)
+    valid = torch.zeros(len(prompts), T, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, T - len(prompt) :] = torch.tensor(prompt, dtype=torch.long, device=device)
+        valid[row, T - len(prompt) :] = True
+    return tokens, valid
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with `threads` intra-op threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@torch.inference_mode()
+def generate(
+    model: Transformer,
+    prompts: list[list[int]] | Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int = 0,
+    options: EngineOptions | None = None,
+    generator: torch.Generator | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> GenerationResult:
+    """Generate up to `max_new_tokens` per prompt; a row stops at eos, the batch when all rows have.
+
+    prompts: token lists (left-padded here) or a [B, T] tensor of unpadded prompts.
+    options: run-time switches (kv_cache, prefill_chunk_size, compile_decode, threads);
+    defaults to the options the model was loaded with.
+    """
+    if max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    options = options or model.options
+    device = model.inv_freq.device
+    if isinstance(prompts, Tensor):
+        tokens, valid = prompts.to(device), torch.ones_like(prompts, dtype=torch.bool, device=device)
+    else:
+        tokens, valid = left_pad(prompts, pad_token_id, device)
+    B, T = tokens.shape
+    eos = torch.tensor(sorted(_as_set(eos_token_id)), dtype=torch.long, device=device)
+
+    with torch_threads(options.threads):
+        state = new_decode_state(model, B, T + max_new_tokens, options.kv_cache)
+        if options.compile_decode and device.type == "cuda":
+            # CUDA graphs replay fixed addresses: the cache and the mask buffer must stay put.
+            for tensor in [*state.cache.tensors(), state.key_valid]:
+                torch._dynamo.mark_static_address(tensor)
+        timer = StepTimer(device, clock)
+        timer.start()
+        logits = prefill(model, state, tokens, valid, options.prefill_chunk_size)
+        next_tokens = sample(logits, temperature, top_k, generator)
+        finished = torch.isin(next_tokens, eos)
+        timer.stop()
+        out = [next_tokens]
+        for _ in range(max_new_tokens - 1):
+            if bool(finished.all()):
+                break
+            timer.start()
+            logits = decode_step(model, state, next_tokens, compiled=options.compile_decode)
+            next_tokens = sample(logits, temperature, top_k, generator)
+            next_tokens = torch.where(finished, pad_token_id, next_tokens)
+            finished = finished | torch.isin(next_tokens, eos)
+            timer.stop()
+            out.append(next_tokens)
+        durations = timer.durations_s()
+    return GenerationResult(
+        tokens=torch.stack(out, dim=1).cpu(),
+        prompt_lens=valid.sum(dim=1).tolist(),
+        prefill_s=durations[0],
+        decode_step_s=durations[1:],
+        finished=finished.cpu(),
+    )

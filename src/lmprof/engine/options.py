@@ -1,0 +1,65 @@
+"""The engine's optimization switches, each one small and independent of the others.
+
+Load-time switches change the weights the model runs (dtype, fused projections, int8);
+run-time switches change how a forward pass or the generation loop works (attention kernel,
+GQA handling, KV cache, chunked prefill, torch.compile, threads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from lmprof.errors import UsageError
+
+KVCacheMode = Literal["off", "growing", "static"]
+AttentionMode = Literal["naive", "sdpa"]
+GQAMode = Literal["repeat", "grouped"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    # load time
+    dtype: DType = "float32"
+    fuse_qkv: bool = False  # one [q; k; v] matmul instead of three
+    fuse_gate_up: bool = False  # one [gate; up] matmul instead of two
+    int8: bool = False  # int8 weight-only linear layers, per-output-channel scales
+    # run time
+    attention: AttentionMode = "sdpa"  # "naive": explicit matmul + softmax
+    gqa: GQAMode = "grouped"  # "repeat": repeat_interleave K/V to every query head
+    kv_cache: KVCacheMode = "static"  # "off" re-runs the whole sequence every step
+    prefill_chunk_size: int | None = None  # None: the whole prompt in one forward
+    compile_decode: bool = False  # torch.compile the decode step (CUDA graphs on CUDA)
+    threads: int | None = None  # torch intra-op threads while generating; None leaves torch's setting
+
+    def __post_init__(self) -> None:
+        choices = {
+            "dtype": TORCH_DTYPES,
+            "attention": ("naive", "sdpa"),
+            "gqa": ("repeat", "grouped"),
+            "kv_cache": ("off", "growing", "static"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.prefill_chunk_size is not None and self.prefill_chunk_size < 1:
+            raise UsageError(f"prefill_chunk_size must be positive, got {self.prefill_chunk_size}")
+        if self.prefill_chunk_size is not None and self.kv_cache == "off":
+            raise UsageError("chunked prefill needs a KV cache (kv_cache 'growing' or 'static')")
+        if self.compile_decode and self.kv_cache != "static":
+            raise UsageError("compile_decode needs kv_cache='static' (fixed shapes every step)")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"threads must be positive, got {self.threads}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]

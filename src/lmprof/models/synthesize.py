@@ -1,0 +1,70 @@
+"""Random-weight built-in models: a real architecture, seeded weights, a local tokenizer.
+
+The result is an ordinary Hugging Face folder written by `save_pretrained` (float32
+safetensors, sharded when large), so loading it exercises the same from_pretrained path as
+any downloaded model. Peak memory is about one copy of the weights (4.9 GB for llama-3.2-1b).
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from lmprof.models.build_progress import BuildProgress, folder_bytes_watched
+from lmprof.models.presets import SYNTHESIS_SEED, parameter_count, preset_config
+from lmprof.models.tokenizer import (
+    BOS_TOKEN_ID,
+    EOS_TOKEN_ID,
+    PAD_TOKEN_ID,
+    TOKENIZER_RECIPE_VERSION,
+    build_tokenizer,
+)
+
+# Bump when the weights or files a preset produces would change; cached copies then rebuild.
+SYNTHESIS_RECIPE = f"synthesize-v1/tokenizer-v{TOKENIZER_RECIPE_VERSION}"
+
+# Several shards for the large presets, as on the hub, so sharded loading is what gets profiled.
+MAX_SHARD_SIZE = "1GB"
+
+FLOAT32_BYTES = 4
+
+
+def synthesize_preset(name: str, folder: Path, progress: BuildProgress) -> dict[str, Any]:
+    """Write the random-weight preset `name` into the empty `folder`; return its manifest."""
+    config = preset_config(name)
+    with progress.phase("tokenizer (byte-level BPE, local)"):
+        tokenizer = build_tokenizer(config.vocab_size, model_max_length=config.max_position_embeddings)
+        tokenizer.save_pretrained(folder)
+
+    parameters = parameter_count(config)
+    with progress.phase(f"random weights ({parameters / 1e6:,.1f}M parameters, seed {SYNTHESIS_SEED})"):
+        torch.manual_seed(SYNTHESIS_SEED)
+        # Weights are drawn by the model's own _init_weights: normal(0, initializer_range).
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.generation_config = GenerationConfig(
+            bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID
+        )
+
+    with progress.phase("writing safetensors", total=parameters * FLOAT32_BYTES, unit="bytes") as phase:
+        with folder_bytes_watched(phase, folder, "*.safetensors"):
+            model.save_pretrained(folder, max_shard_size=MAX_SHARD_SIZE)
+
+    return {
+        "name": name,
+        "built_by": "synthesized",
+        "recipe": SYNTHESIS_RECIPE,
+        "seed": SYNTHESIS_SEED,
+        "architecture": config.architectures[0],
+        "parameter_count": parameters,
+        "dtype": "float32",
+        "trained": False,
+        "tokenizer": f"byte-level BPE trained on lmprof's embedded corpus, padded to {config.vocab_size} ids",
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
