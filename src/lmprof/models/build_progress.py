@@ -22,7 +22,6 @@ from rich.progress import (
     Progress,
     SpinnerColumn,
     TaskID,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -41,6 +40,8 @@ class Phase:
         if self._progress is None or self._task is None:
             return
         shown_total = total if total is not None else self._progress.tasks[self._task].total
+        if shown_total is not None:
+            shown_total = max(shown_total, completed)  # file headers overshoot a parameter-bytes total
         self._progress.update(
             self._task,
             completed=completed,
@@ -98,12 +99,11 @@ def build_progress(title: str, *, enabled: bool) -> Iterator[BuildProgress]:
             return
         # Bound to today's stderr, so redirecting sys.stderr later (to mute a library) keeps us visible.
         console = Console(file=sys.stderr)
-        console.print(f"[bold]{title}[/bold]")
+        console.print(f"[bold]{title}[/bold]", soft_wrap=True)
         columns = (
             SpinnerColumn(finished_text="[green]done[/green]"),
             TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
+            BarColumn(bar_width=20),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
         )

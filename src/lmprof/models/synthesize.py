@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from lmprof.models.build_progress import BuildProgress, folder_bytes_watched
 from lmprof.models.presets import SYNTHESIS_SEED, parameter_count, preset_config
@@ -34,15 +34,33 @@ MAX_SHARD_SIZE = "1GB"
 FLOAT32_BYTES = 4
 
 
+def check_tokenizer_matches_model(folder: Path) -> None:
+    """Fail the build if AutoTokenizer does not load exactly the model's vocabulary from `folder`.
+
+    transformers picks the tokenizer class from the config's model_type and may rebuild the
+    tokenizer around our vocabulary (it does for qwen2); a token it appends would be an id
+    with no embedding row.
+    """
+    vocab_size = AutoConfig.from_pretrained(folder).vocab_size
+    loaded = len(AutoTokenizer.from_pretrained(folder))
+    if loaded != vocab_size:
+        raise RuntimeError(
+            f"the tokenizer saved in {folder} loads with {loaded} ids under transformers "
+            f"{transformers.__version__}, but the model has {vocab_size}; lmprof needs an update"
+        )
+
+
 def synthesize_preset(name: str, folder: Path, progress: BuildProgress) -> dict[str, Any]:
     """Write the random-weight preset `name` into the empty `folder`; return its manifest."""
     config = preset_config(name)
-    with progress.phase("tokenizer (byte-level BPE, local)"):
+    with progress.phase("tokenizer (byte-level BPE)"):
         tokenizer = build_tokenizer(config.vocab_size, model_max_length=config.max_position_embeddings)
         tokenizer.save_pretrained(folder)
+        config.save_pretrained(folder)
+        check_tokenizer_matches_model(folder)
 
     parameters = parameter_count(config)
-    with progress.phase(f"random weights ({parameters / 1e6:,.1f}M parameters, seed {SYNTHESIS_SEED})"):
+    with progress.phase(f"random weights ({parameters / 1e6:,.1f}M, seed {SYNTHESIS_SEED})"):
         torch.manual_seed(SYNTHESIS_SEED)
         # Weights are drawn by the model's own _init_weights: normal(0, initializer_range).
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

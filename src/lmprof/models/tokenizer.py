@@ -20,10 +20,12 @@ from transformers import PreTrainedTokenizerFast
 
 from lmprof.models.tokenizer_corpus import TOKENIZER_CORPUS
 
-# Bump when the corpus, the trainer settings or the padding scheme change.
-TOKENIZER_RECIPE_VERSION = 1
+# Bump when the corpus, the trainer settings, the special tokens or the padding scheme change.
+TOKENIZER_RECIPE_VERSION = 2
 
-PAD_TOKEN = "<|pad|>"
+# GPT-2/Qwen's name: transformers loads qwen2 folders with Qwen2Tokenizer, whose unk token
+# defaults to "<|endoftext|>" and would otherwise be appended past the model's vocabulary.
+PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)  # ids 0, 1, 2 in this order
