@@ -21,6 +21,8 @@ from lmprof.engine.model import Transformer, causal_mask
 from lmprof.engine.options import EngineOptions
 from lmprof.errors import UsageError
 
+COMPILE_CAPACITY_STEP = 256  # static-cache slots are allocated in these steps when compiling
+
 
 @dataclass
 class DecodeState:
@@ -282,7 +284,11 @@ def generate(
     eos = torch.tensor(sorted(_as_set(eos_token_id)), dtype=torch.long, device=device)
 
     with torch_threads(options.threads):
-        state = new_decode_state(model, B, T + max_new_tokens, options.kv_cache)
+        capacity = T + max_new_tokens
+        if options.compile_decode:
+            # Each capacity is a new static shape (and CUDA graph): round up so lengths share them.
+            capacity = -(-capacity // COMPILE_CAPACITY_STEP) * COMPILE_CAPACITY_STEP
+        state = new_decode_state(model, B, capacity, options.kv_cache)
         if options.compile_decode and device.type == "cuda":
             # CUDA graphs replay fixed addresses: the cache and the mask buffer must stay put.
             for tensor in [*state.cache.tensors(), state.key_valid]:

@@ -33,6 +33,7 @@ class EngineOptions:
     fuse_qkv: bool = False  # one [q; k; v] matmul instead of three
     fuse_gate_up: bool = False  # one [gate; up] matmul instead of two
     int8: bool = False  # int8 weight-only linear layers, per-output-channel scales
+    column_major: bool = False  # float linear weights stored [in, out]: faster batch-1 matmuls on CPU
     # run time
     attention: AttentionMode = "sdpa"  # "naive": explicit matmul + softmax
     gqa: GQAMode = "grouped"  # "repeat": repeat_interleave K/V to every query head
@@ -57,6 +58,8 @@ class EngineOptions:
             raise UsageError("chunked prefill needs a KV cache (kv_cache 'growing' or 'static')")
         if self.compile_decode and self.kv_cache != "static":
             raise UsageError("compile_decode needs kv_cache='static' (fixed shapes every step)")
+        if self.int8 and self.column_major:
+            raise UsageError("column_major applies to float weights; int8 weights keep their own layout")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be positive, got {self.threads}")
 

@@ -147,4 +147,6 @@ def load_hf_folder(
         model.fuse_projections(qkv=options.fuse_qkv, gate_up=options.fuse_gate_up)
     if options.int8:
         quantize_int8(model)
+    elif options.column_major:
+        model.store_column_major()
     return model
