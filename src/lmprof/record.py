@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.errors import RunFileError, UsageError
+from lmprof.record_deep import DeepProfile, deep_from_dict, deep_to_dict
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
@@ -124,6 +125,7 @@ class Run:
     wall_s: float = 0.0
     instrumented: list[str] = field(default_factory=list)  # entry points lmprof wrapped
     warnings: list[str] = field(default_factory=list)
+    deep: DeepProfile | None = None  # `--deep`: operators, modules, flame graphs, memory by kind
     schema_version: int = SCHEMA_VERSION
 
     # --- serialization -------------------------------------------------------------
@@ -131,6 +133,7 @@ class Run:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["phases"] = [_phase_dict(p) for p in self.phases]
+        data["deep"] = deep_to_dict(self.deep) if self.deep is not None else None
         return data
 
     def to_json(self) -> str:
@@ -150,6 +153,8 @@ class Run:
             kwargs["generation"] = _dataclass_from_dict(Generation, data["generation"])
         if data.get("memory") is not None:
             kwargs["memory"] = _dataclass_from_dict(MemoryTimeline, data["memory"])
+        if data.get("deep") is not None:
+            kwargs["deep"] = deep_from_dict(data["deep"])
         return cls(**kwargs)
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
