@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
 
     hf = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    fp32_options = EngineOptions(fuse_qkv=True, fuse_gate_up=True)
+    fp32_options = EngineOptions(fuse_qkv=True, fuse_gate_up=True, column_major=True)
     engines = {
         "engine fp32": load_hf_folder(args.model, fp32_options),
         "engine int8": load_hf_folder(args.model, EngineOptions(int8=True)),
