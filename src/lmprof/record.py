@@ -80,6 +80,7 @@ class Generation:
     timing: str  # "host_clock" or "host_clock_cuda_synchronized"
     prompt: str | None = None
     text: str | None = None
+    traced: bool = False  # run under torch.profiler (--deep): its times are inflated by the tracer
     # Derived figures, filled by lmprof.analyze.generation at finalize.
     ttft_s: float | None = None
     tpot_s: float | None = None

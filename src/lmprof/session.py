@@ -54,6 +54,8 @@ class ProfileSession:
         command: list[str] | None = None,
         settings: dict[str, Any] | None = None,
         instrument: bool = True,
+        deep: bool = False,
+        python_stacks: bool = True,
     ) -> None:
         self._clock = clock or Clock()
         self._origin_s = self._clock.wall()
@@ -75,6 +77,10 @@ class ProfileSession:
         )
         self.run.settings.setdefault("sample_interval_s", sample_interval_s)
         self._instrumentation: Any = None
+        self._deep_pending = deep  # the first generate call gets traced
+        self._python_stacks = python_stacks
+        self._deep_trace: Any = None
+        self._kv_samples: list[tuple[float, int]] = []
         self._load_start = snapshot_load()
         self._started = False
         self._stopped = False
@@ -137,7 +143,19 @@ class ProfileSession:
         for gen in run.generations:
             derive_generation_figures(gen)
         if run.generation is None and run.generations:
-            run.generation = run.generations[0]
+            # The headline is an untraced call when there is one: tracing inflates times.
+            run.generation = next((g for g in run.generations if not g.traced), run.generations[0])
+        if self._deep_trace is not None:
+            from lmprof.analyze.deep import build_deep_profile, tracer_overhead
+
+            run.deep = build_deep_profile(run, self._deep_trace, self._kv_samples)
+            run.deep.overhead.update(tracer_overhead(run.generations))
+            if run.generation is not None and run.generation.traced:
+                run.warnings.append(
+                    "the generation figures come from the call traced by torch.profiler, which slows it; "
+                    "no untraced call was made to compare (lmprof profile --deep makes one)"
+                )
+            self._deep_trace = None
         run.system = collect_system_info()
         cores = run.system.get("cpu", {}).get("logical_cores") or os.cpu_count() or 1
         run.environment = describe_environment(self._load_start, snapshot_load(), cores)
@@ -176,6 +194,19 @@ class ProfileSession:
 
         startup_s = time.time() - psutil.Process().create_time() - self.now_s()
         self.phases.add_span("python_startup", -max(startup_s, 0.0), 0.0, cpu_s=self._origin_cpu_s)
+
+    def take_deep_tracer(self, model: Any) -> Any:
+        """A torch.profiler collector for this generate call, once per session under --deep."""
+        if not self._deep_pending:
+            return None
+        self._deep_pending = False
+        from lmprof.collect.torch_trace import TorchTraceCollector
+
+        return TorchTraceCollector(model, self.now_s, cuda=self.device.is_cuda, with_stack=self._python_stacks)
+
+    def finish_deep_trace(self, tracer: Any, kv_samples: list[tuple[float, int]]) -> None:
+        self._deep_trace = tracer.stop()
+        self._kv_samples = kv_samples
 
     def observe_model(self, model: Any, name: str) -> None:
         if self.run.model is not None:

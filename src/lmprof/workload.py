@@ -9,6 +9,7 @@ choosing dtype, device and threads. It never prints.
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ class ProfileRequest:
     do_sample: bool = False
     stop_at_eos: bool = False
     chat: bool = False
+    deep: bool = False  # trace the generate call with torch.profiler, then repeat it untraced
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -153,8 +155,11 @@ def _run_pipeline(session, req, resolved, device, load_kwargs, gen_kwargs) -> No
         raise _load_error(resolved, exc) from exc
     inputs: Any = [{"role": "user", "content": req.prompt}] if req.chat else req.prompt
     pipe(inputs, return_full_text=False, **gen_kwargs)
-    if session.run.generations:
-        session.run.generations[-1].prompt = req.prompt
+    if req.deep:  # the same call untraced: undistorted figures, and the tracer's measured cost
+        with session.phase("untraced_repeat"):
+            pipe(inputs, return_full_text=False, **gen_kwargs)
+    for gen in session.run.generations:
+        gen.prompt = req.prompt
 
 
 def _run_generate(session, req, resolved, device, load_kwargs, gen_kwargs) -> None:
@@ -174,9 +179,17 @@ def _run_generate(session, req, resolved, device, load_kwargs, gen_kwargs) -> No
     else:
         inputs = tokenizer(req.prompt, return_tensors="pt")
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    output = model.generate(**inputs, **gen_kwargs)
     prompt_len = inputs["input_ids"].shape[-1]
-    text = tokenizer.decode(output[0][prompt_len:], skip_special_tokens=True)
-    if session.run.generations:
-        gen = session.run.generations[-1]
-        gen.prompt, gen.text = req.prompt, text
+    for repeat in range(2 if req.deep else 1):
+        # with --deep the first call is traced; the repeat is untraced (see _run_pipeline)
+        with session.phase("untraced_repeat") if repeat else _no_phase():
+            output = model.generate(**inputs, **gen_kwargs)
+            text = tokenizer.decode(output[0][prompt_len:], skip_special_tokens=True)
+        gen = session.run.generations[-1] if session.run.generations else None
+        if gen is not None:
+            gen.prompt, gen.text = req.prompt, text
+
+
+@contextmanager
+def _no_phase():
+    yield

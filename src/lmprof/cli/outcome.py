@@ -16,6 +16,7 @@ from rich.console import Console
 
 from lmprof.errors import LmprofError, ModelNotFoundError, UsageError
 from lmprof.record import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
+from lmprof.render.exports import write_exports
 from lmprof.render.terminal import render_run
 from lmprof.session import ProfileSession
 
@@ -78,6 +79,7 @@ def run_profiled(
         traceback.print_exception(error)
     run = session.stop(status, error)
     session.save(out)
+    write_exports(run, out)
     if as_json:
         print(run.to_json())
     else:

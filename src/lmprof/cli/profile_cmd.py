@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--stop-at-eos", action="store_true", help="stop at end-of-sequence instead of generating exactly --max-new-tokens")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--deep", action="store_true", help="also trace the generate call: operators, modules, flame graphs, memory by kind")
+    p.add_argument("--no-python-stacks", action="store_true", help="with --deep: leave Python frames out of the trace (cheaper)")
     p.add_argument("--sample-interval-ms", type=float, default=10.0, help="host/device memory sampling interval (default 10)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<model>)")
     p.add_argument("--json", action="store_true", help="print the Run record as JSON on stdout instead of the summary")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         do_sample=args.do_sample,
         stop_at_eos=args.stop_at_eos,
         chat=args.chat,
+        deep=args.deep,
     )
     req.validate()
     if args.sample_interval_ms <= 0:
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         sample_interval_s=args.sample_interval_ms / 1e3,
         device=None if args.device == "auto" else args.device,
         settings={**req.as_settings(), "out": str(out)},
+        deep=args.deep,
+        python_stacks=not args.no_python_stacks,
     )
     session.add_python_startup()
     return run_profiled(session, lambda: run_profile(session, req), out, as_json=args.json, debug=args.debug)

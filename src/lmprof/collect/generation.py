@@ -27,6 +27,7 @@ class GenerationWatcher:
         device: CpuDevice | CudaDevice,
         call: str,
         call_start_s: float,
+        measure_kv: bool = False,
     ) -> None:
         self._model = model
         self._phases = phases
@@ -41,11 +42,15 @@ class GenerationWatcher:
         self._prefill = None
         self._decode = None
         self._generate_start_s = 0.0
+        self._measure_kv = measure_kv
+        # (session time, KV-cache bytes) at each forward's start: the cache as the step finds it.
+        self.kv_samples: list[tuple[float, int]] = []
 
     def attach(self) -> None:
         self._generate_start_s = self._now_s()
         self._prefill = self._phases.open("prefill")
-        self._handle = self._model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        # prepend: the step boundary comes before any other pre-hook's work (--deep's module ranges)
+        self._handle = self._model.register_forward_pre_hook(self._on_forward, with_kwargs=True, prepend=True)
 
     def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
         if self._device.is_cuda:
@@ -55,6 +60,10 @@ class GenerationWatcher:
             event.record()
             self._events.append(event)
         n = len(self._step_start_s)
+        if self._measure_kv:
+            # transformers 5 passes the cache as `cache`; 4.x as `past_key_values`
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            self.kv_samples.append((self._now_s(), kv_cache_bytes(cache)))
         if n == 0:
             self._prompt_shape = _input_shape(args, kwargs)
         if n == 1:
@@ -120,3 +129,23 @@ def _new_tokens(output: Any, prompt_tokens: int, default: int) -> int:
     if shape is not None and len(shape) == 2 and prompt_tokens:
         return int(shape[1]) - prompt_tokens
     return default
+
+
+def kv_cache_bytes(cache: Any) -> int:
+    """Bytes held by a transformers cache object's key and value tensors (0 when empty)."""
+    if cache is None:
+        return 0
+    total = 0
+    seen: set[int] = set()
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if t is not None and hasattr(t, "untyped_storage") and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    if not total:  # older caches: key_cache / value_cache lists
+        for name in ("key_cache", "value_cache"):
+            for t in getattr(cache, name, None) or []:
+                if hasattr(t, "numel"):
+                    total += t.numel() * t.element_size()
+    return total

@@ -196,20 +196,27 @@ class Instrumentation:
                 return func(model, *args, **kwargs)
             call = "pipeline" if session.pipeline_call_start_s is not None else "generate"
             start = session.pipeline_call_start_s if call == "pipeline" else op.start_s
-            watcher = GenerationWatcher(model, phases, session.now_s, session.device, call, start)
+            tracer = session.take_deep_tracer(model)  # --deep: trace the first generate call only
+            watcher = GenerationWatcher(
+                model, phases, session.now_s, session.device, call, start, measure_kv=tracer is not None
+            )
+            if tracer is not None:
+                tracer.start()
             watcher.attach()
+            complete = False
+            output = None
             try:
                 output = func(model, *args, **kwargs)
-            except BaseException:
-                gen = watcher.detach(None, complete=False)
-                phases.close(op, complete=False)
+                complete = True
+            finally:
+                gen = watcher.detach(output, complete=complete)
+                phases.close(op, complete=complete)
+                if tracer is not None:  # lmprof's own cost, in a phase of its own
+                    with phases.phase("lmprof_trace_export"):
+                        session.finish_deep_trace(tracer, watcher.kv_samples)
                 if gen is not None:
+                    gen.traced = tracer is not None
                     session.add_generation(gen)
-                raise
-            gen = watcher.detach(output)
-            phases.close(op)
-            if gen is not None:
-                session.add_generation(gen)
             return output
 
         return wrapper

@@ -1,0 +1,99 @@
+"""Assemble the `deep` part of a Run from a torch.profiler trace of one generate call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmprof.analyze.flames import device_flame, memory_flame, time_flame, trace_events
+from lmprof.analyze.inside_run import copy_rows, kernels_by_launch, module_rows, operator_rows, step_breakdown
+from lmprof.analyze.memory_kinds import device_memory_by_kind, expected_memory, host_memory_by_kind
+from lmprof.analyze.trace_tree import build_tree
+from lmprof.collect.torch_trace import TorchTrace
+from lmprof.record import Run
+from lmprof.record_deep import DeepProfile
+
+
+def stage_windows(run: Run, trace: TorchTrace) -> dict[str, tuple[float, float]]:
+    """The prefill and decode phases of the traced call, on the session clock."""
+    end = trace.start_s + trace.wall_s
+    windows = {}
+    for p in run.phases:
+        if p.name in ("prefill", "decode") and trace.start_s <= p.start_s and p.end_s <= end + 1e-6:
+            windows.setdefault(p.name, (p.start_s, p.end_s))
+    return windows
+
+
+def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float, int]]) -> DeepProfile:
+    roots = build_tree(trace.spans, trace.main_tid)
+    launches = kernels_by_launch(trace.spans)
+    windows = stage_windows(run, trace)
+    gen = _traced_generation(run, trace)
+    steps = {"prefill": 1, "decode": max((gen.new_tokens - 1) if gen else 1, 1)}
+    deep = DeepProfile(
+        operators=operator_rows(roots, windows, launches),
+        modules=module_rows(roots, windows, launches, trace.module_types),
+        step_breakdown=step_breakdown(roots, windows, steps),
+        copies=copy_rows(roots, windows, launches),
+        trace=trace_events(roots, trace.spans),
+    )
+    flames = [time_flame(run.phases, run.wall_s, roots, launches)]
+    for extra in (device_flame(run.phases, roots, launches), memory_flame(run.phases, roots, trace.spans, trace.main_tid)):
+        if extra is not None:
+            flames.append(extra)
+    deep.flames = flames
+    window = (trace.start_s, trace.start_s + trace.wall_s)
+    cpu_allocated = [
+        (s.start_s, int(s.args["Total Allocated"]))
+        for s in trace.spans
+        if s.cat == "memory" and s.args.get("Device Type", 0) == 0 and "Total Allocated" in s.args
+    ]
+    by_kind: dict[str, Any] = {}
+    host = host_memory_by_kind(run, window, kv_samples, cpu_allocated)
+    if host:
+        by_kind["host"] = host
+    device = device_memory_by_kind(run, window, kv_samples)
+    if device:
+        by_kind["device"] = device
+    if run.model and gen:
+        by_kind["expected"] = expected_memory(run.model, gen.prompt_tokens + gen.new_tokens, gen.batch_size)
+        by_kind["kv_growth_bytes_per_token"] = _kv_growth(kv_samples)
+    deep.memory_by_kind = by_kind or None
+    deep.notes.append(
+        f"torch.profiler traced one generate call ({trace.wall_s:.2f} s on the session clock) with "
+        f"nn.Module ranges{', Python stacks' if trace.with_stack else ''} and allocator events."
+    )
+    return deep
+
+
+def _traced_generation(run: Run, trace: TorchTrace):
+    end = trace.start_s + trace.wall_s + 1e-6
+    return next((g for g in run.generations if trace.start_s - 1e-6 <= g.first_token_s <= end), None)
+
+
+def _kv_growth(kv_samples: list[tuple[float, int]]) -> float | None:
+    """Measured KV-cache growth per generated token (bytes), from the cache's tensors."""
+    if len(kv_samples) < 3:
+        return None
+    (t1, b1), (t2, b2) = kv_samples[1], kv_samples[-1]
+    steps = len(kv_samples) - 2
+    return (b2 - b1) / steps if steps > 0 else None
+
+
+def tracer_overhead(generations) -> dict[str, dict[str, Any]]:
+    """torch.profiler's cost, from the traced call and an untraced call of the same length:
+    paired runs in one process, so the slowdown is measured, not assumed."""
+    traced = next((g for g in generations if g.traced), None)
+    plain = next((g for g in generations if not g.traced and traced and g.new_tokens == traced.new_tokens), None)
+    if traced is None or plain is None or not plain.decode_s or not plain.prefill_s:
+        return {}
+    return {
+        "torch.profiler": {
+            "method": "the traced generate call against an untraced call of the same length, same process",
+            "traced_decode_s": traced.decode_s,
+            "untraced_decode_s": plain.decode_s,
+            "decode_slowdown": traced.decode_s / plain.decode_s,
+            "prefill_slowdown": traced.prefill_s / plain.prefill_s,
+            "distorts": ["the traced call's prefill and decode phases and generation figures",
+                         "operator, module and flame-graph times (inflated by the same order)"],
+        }
+    }

@@ -1,0 +1,148 @@
+"""Flame graphs of a run: one stack per traced span, phases at the root.
+
+The time flame covers the whole run: each phase's own time (not inside a child phase or
+a traced span) is a stack of phase frames; inside the traced generate call, every span's
+self time is a stack phase -> Python frames -> nn.Module path -> aten op -> the CUDA
+kernel a launch queued. Its total weight is the run's wall time, so nothing is hidden.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from typing import Any
+
+from lmprof.analyze.trace_tree import Node, all_nodes, innermost_at
+from lmprof.collect.torch_trace import Span
+from lmprof.record import Phase
+from lmprof.record_deep import FlameGraph, TraceEvent
+
+UNATTRIBUTED_FRAME = "phase:(unattributed)"
+
+
+class PhaseChains:
+    """The chain of phase names (root first) covering a time on the session clock."""
+
+    def __init__(self, phases: list[Phase]) -> None:
+        self._phases = phases
+        self._starts = [p.start_s for p in phases]
+
+    def index_at(self, t_s: float) -> int | None:
+        best = None
+        for i in range(bisect.bisect_right(self._starts, t_s) - 1, -1, -1):
+            p = self._phases[i]
+            if p.start_s <= t_s < p.end_s and (best is None or p.depth > self._phases[best].depth):
+                best = i
+            if p.depth == 0:  # top-level phases do not overlap: nothing earlier covers t_s
+                break
+        return best
+
+    def chain(self, index: int | None) -> list[str]:
+        frames: list[str] = []
+        while index is not None:
+            frames.append("phase:" + self._phases[index].name)
+            index = self._phases[index].parent_index
+        return frames[::-1]
+
+    def chain_at(self, t_s: float) -> list[str]:
+        return self.chain(self.index_at(t_s)) or [UNATTRIBUTED_FRAME]
+
+
+def frame_of(node: Node) -> str:
+    s = node.span
+    if node.is_module:
+        return "module:" + (node.module_path or "")
+    if s.cat == "python_function":
+        return "py:" + s.name
+    if s.cat == "cuda_runtime":
+        return "cuda:" + s.name
+    return "op:" + s.name
+
+
+def _frames(node: Node) -> list[str]:
+    return [frame_of(a) for a in reversed(list(node.ancestors()))] + [frame_of(node)]
+
+
+def time_flame(phases: list[Phase], wall_s: float, roots: list[Node], launches: dict[Any, list[Span]]) -> FlameGraph:
+    chains = PhaseChains(phases)
+    weights: dict[tuple[str, ...], float] = defaultdict(float)
+    traced_self: dict[int, float] = defaultdict(float)  # phase index -> self time of spans in it
+    for node in all_nodes(roots):
+        index = chains.index_at(node.span.start_s)
+        stack = chains.chain(index) or [UNATTRIBUTED_FRAME]
+        frames = _frames(node)
+        weight = node.self_s
+        kernels = launches.get(node.span.args.get("correlation")) if node.span.cat == "cuda_runtime" else None
+        if kernels:
+            frames = frames + ["kernel:" + kernels[0].name]
+        weights[tuple(stack + frames)] += weight
+        if index is not None:
+            traced_self[index] += weight
+    child_wall: dict[int, float] = defaultdict(float)
+    for p in phases:
+        if p.parent_index is not None:
+            child_wall[p.parent_index] += p.wall_s
+    for i, p in enumerate(phases):
+        own = p.wall_s - child_wall[i] - traced_self[i]
+        if own > 0:
+            weights[tuple(chains.chain(i))] += own
+    rest = wall_s - sum(p.wall_s for p in phases if p.parent_index is None)
+    if rest > 0:
+        weights[(UNATTRIBUTED_FRAME,)] += rest
+    return _flame("time", "seconds", "phases (session clock) + torch.profiler trace of the profiled generate call", weights)
+
+
+def device_flame(phases: list[Phase], roots: list[Node], launches: dict[Any, list[Span]]) -> FlameGraph | None:
+    """CUDA kernel time by the host stack that launched it (None on CPU)."""
+    if not launches:
+        return None
+    chains = PhaseChains(phases)
+    weights: dict[tuple[str, ...], float] = defaultdict(float)
+    for node in all_nodes(roots):
+        if node.span.cat != "cuda_runtime":
+            continue
+        for k in launches.get(node.span.args.get("correlation"), []):
+            stack = chains.chain_at(node.span.start_s) + _frames(node) + ["kernel:" + k.name]
+            weights[tuple(stack)] += k.dur_s
+    return _flame("device", "seconds", "CUDA kernel time (torch.profiler, CUPTI) by launching stack", weights)
+
+
+def memory_flame(phases: list[Phase], roots: list[Node], spans: list[Span], main_tid: Any) -> FlameGraph | None:
+    """Bytes allocated through torch's allocators (profile_memory events) by stack."""
+    chains = PhaseChains(phases)
+    weights: dict[tuple[str, ...], float] = defaultdict(float)
+    for s in spans:
+        if s.cat != "memory":
+            continue
+        n_bytes = s.args.get("Bytes", 0)
+        if not n_bytes or n_bytes <= 0:
+            continue
+        device = "cuda" if s.args.get("Device Type") == 1 else "cpu"
+        node = innermost_at(roots, s.start_s) if s.tid == main_tid else None
+        stack = chains.chain_at(s.start_s) + (_frames(node) if node else []) + [f"alloc:{device}"]
+        weights[tuple(stack)] += n_bytes
+    if not weights:
+        return None
+    return _flame("memory", "bytes", "torch allocator events (torch.profiler profile_memory)", weights)
+
+
+def _flame(name: str, unit: str, source: str, weights: dict[tuple[str, ...], float]) -> FlameGraph:
+    items = sorted((k, v) for k, v in weights.items() if v > 0)
+    return FlameGraph(name=name, unit=unit, source=source, stacks=[list(k) for k, _ in items], weights=[v for _, v in items])
+
+
+def trace_events(roots: list[Node], spans: list[Span], cap: int = 20000) -> list[TraceEvent]:
+    """Module ranges, ops and kernels for the timeline, the first `cap` of them in time order
+    (a long generation has hundreds of thousands; the flame and tables keep the totals)."""
+    out: list[TraceEvent] = []
+    for node in all_nodes(roots):
+        if node.span.cat == "python_function":
+            continue  # too many for a timeline; the flame graph has them
+        cat = "module" if node.is_module else ("launch" if node.span.cat == "cuda_runtime" else "op")
+        out.append(TraceEvent(frame_of(node).split(":", 1)[1], cat, node.span.start_s, node.span.dur_s, "cpu main thread"))
+    for s in spans:
+        if s.cat in ("kernel", "gpu_memcpy", "gpu_memset"):
+            stream = s.args.get("stream", "?")
+            out.append(TraceEvent(s.name, "kernel", s.start_s, s.dur_s, f"cuda stream {stream}"))
+    out.sort(key=lambda e: e.start_s)
+    return out[:cap]

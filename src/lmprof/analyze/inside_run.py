@@ -1,0 +1,202 @@
+"""What happened inside the model, from a torch.profiler trace: operators, modules, the
+make-up of a decode step, copies, and the CUDA kernels each op launched. Pure functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import Any
+
+from lmprof.analyze.trace_tree import Node, all_nodes
+from lmprof.collect.torch_trace import Span
+
+COPY_OPS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous"}
+DTYPE_BYTES = {
+    "float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "long int": 8, "int": 4,
+    "short int": 2, "signed char": 1, "unsigned char": 1, "bool": 1,
+}  # fmt: skip
+STEP_PARTS = ("attention", "mlp", "norm", "embedding", "lm_head", "other_in_model", "python_in_model", "outside_model")
+
+
+def stage_of(t_s: float, windows: dict[str, tuple[float, float]]) -> str | None:
+    for name, (start, end) in windows.items():
+        if start <= t_s < end:
+            return name
+    return None
+
+
+def kernels_by_launch(spans: list[Span]) -> dict[Any, list[Span]]:
+    """Device spans (kernels, memcpys) keyed by the correlation id of the launch that queued them."""
+    out: dict[Any, list[Span]] = defaultdict(list)
+    for s in spans:
+        if s.cat in ("kernel", "gpu_memcpy", "gpu_memset") and "correlation" in s.args:
+            out[s.args["correlation"]].append(s)
+    return out
+
+
+def _device_s(node: Node, launches: dict[Any, list[Span]]) -> float:
+    if node.span.cat != "cuda_runtime":
+        return 0.0
+    return sum(k.dur_s for k in launches.get(node.span.args.get("correlation"), []))
+
+
+def operator_rows(roots: list[Node], windows, launches, limit: int = 60) -> dict[str, list[dict[str, Any]]]:
+    agg: dict[tuple[str, str], dict[str, Any]] = {}
+    for node in all_nodes(roots):
+        if node.span.cat != "cpu_op":
+            continue
+        stage = stage_of(node.span.start_s, windows)
+        if stage is None:
+            continue
+        row = agg.setdefault(
+            (stage, node.span.name),
+            {"name": node.span.name, "calls": 0, "self_cpu_s": 0.0, "total_cpu_s": 0.0,
+             "self_device_s": 0.0, "total_device_s": 0.0, "flops": 0, "_shapes": Counter()},
+        )  # fmt: skip
+        row["calls"] += 1
+        row["total_cpu_s"] += node.span.dur_s
+        row["self_cpu_s"] += node.self_s
+        own_device = sum(_device_s(c, launches) for c in node.children)
+        sub_device = sum(_device_s(n, launches) for n in node.walk())
+        row["self_device_s"] += own_device
+        row["total_device_s"] += sub_device
+        row["flops"] += int(node.span.args.get("flops", 0) or 0)
+        dims = node.span.args.get("Input Dims")
+        if dims:
+            row["_shapes"][str(dims)] += 1
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (stage, _), row in agg.items():
+        row["shapes"] = [s for s, _ in row.pop("_shapes").most_common(3)]
+        out[stage].append(row)
+    for stage in out:
+        out[stage].sort(key=lambda r: -(r["self_device_s"] or r["self_cpu_s"]))
+        out[stage] = out[stage][:limit]
+    return dict(out)
+
+
+def module_rows(roots: list[Node], windows, launches, module_types: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    agg: dict[tuple[str, str], dict[str, Any]] = {}
+    for node in all_nodes(roots):
+        if not node.is_module:
+            continue
+        stage = stage_of(node.span.start_s, windows)
+        if stage is None:
+            continue
+        path = node.module_path or ""
+        inner_modules = [n for n in _nearest_module_descendants(node)]
+        row = agg.setdefault(
+            (stage, path),
+            {"path": path, "type": module_types.get(path, ""), "calls": 0, "total_s": 0.0, "self_s": 0.0,
+             "device_s": 0.0},
+        )  # fmt: skip
+        row["calls"] += 1
+        row["total_s"] += node.span.dur_s
+        row["self_s"] += node.span.dur_s - sum(n.span.dur_s for n in inner_modules)
+        row["device_s"] += sum(_device_s(n, launches) for n in node.walk())
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (stage, _), row in agg.items():
+        out[stage].append(row)
+    for stage in out:
+        out[stage].sort(key=lambda r: _module_sort_key(r["path"]))
+    return dict(out)
+
+
+def _nearest_module_descendants(node: Node):
+    for child in node.children:
+        if child.is_module:
+            yield child
+        else:
+            yield from _nearest_module_descendants(child)
+
+
+def _module_sort_key(path: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in path.split(".")]
+
+
+def module_category(path: str | None) -> str:
+    """Which part of a transformer block a module path is (for the decode-step breakdown)."""
+    if path is None:
+        return "outside_model"
+    leaf = path.rsplit(".", 1)[-1].lower()
+    if "attn" in leaf or "attention" in leaf:
+        return "attention"
+    if "mlp" in leaf or leaf in ("ffn", "feed_forward"):
+        return "mlp"
+    if "norm" in leaf or leaf.startswith("ln"):
+        return "norm"
+    if "embed" in leaf or leaf == "wte":
+        return "embedding"
+    if leaf in ("lm_head", "output"):
+        return "lm_head"
+    return "other_in_model"
+
+
+def _part_of(node: Node) -> str:
+    """Which step part a node's own (self) time belongs to."""
+    if node.span.cat == "cpu_op" or node.span.cat == "cuda_runtime":
+        # an op inside a category module counts for it, even under an inner unnamed module
+        for path in [node.nearest_module()] + [a.module_path for a in node.ancestors() if a.is_module]:
+            if path is None:
+                return "outside_model"
+            cat = module_category(path)
+            if cat != "other_in_model":
+                return cat
+        return "other_in_model"
+    if node.nearest_module() is not None:
+        return "python_in_model"  # module ranges and Python frames between ops
+    return "outside_model"
+
+
+def step_breakdown(roots: list[Node], windows: dict[str, tuple[float, float]], steps: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Each stage's wall time split into parts that add up to it: time in attention, MLP,
+    norms, embedding, lm_head, other ops inside the model, Python between ops inside
+    the model, and everything outside the model forward (sampling, logits processors,
+    generate's loop). Time no traced span covers is outside the model too."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage, (start, end) in windows.items():
+        parts = dict.fromkeys(STEP_PARTS, 0.0)
+        for node in all_nodes(roots):
+            if stage_of(node.span.start_s, windows) == stage:
+                parts[_part_of(node)] += node.self_s
+        wall = end - start
+        # what no span starting in the window accounts for is generate's own loop
+        parts["outside_model"] += max(wall - sum(parts.values()), 0.0)
+        n = max(steps.get(stage, 1), 1)
+        out[stage] = {
+            "wall_s": wall,
+            "steps": n,
+            "parts_s": parts,
+            "per_step_s": {k: v / n for k, v in parts.items()},
+        }
+    return out
+
+
+def copy_rows(roots: list[Node], windows, launches) -> list[dict[str, Any]]:
+    """Device transfers and dtype/device casts, with the stage and the module (or the
+    generate loop) that made them: the seed user's unexplained `copy_` seconds."""
+    agg: dict[tuple, dict[str, Any]] = {}
+    for node in all_nodes(roots):
+        if node.span.cat != "cpu_op" or node.span.name not in COPY_OPS:
+            continue
+        if any(a.span.cat == "cpu_op" and a.span.name in COPY_OPS for a in node.ancestors()):
+            continue  # aten::to -> _to_copy -> copy_ is one copy
+        stage = stage_of(node.span.start_s, windows) or "other"
+        where = node.nearest_module() or "generate loop (outside the model)"
+        key = (stage, node.span.name, where)
+        row = agg.setdefault(
+            key, {"stage": stage, "op": node.span.name, "where": where, "calls": 0, "bytes": 0, "cpu_s": 0.0, "device_s": 0.0}
+        )
+        row["calls"] += 1
+        row["bytes"] += _input_bytes(node.span.args)
+        row["cpu_s"] += node.span.dur_s
+        row["device_s"] += sum(_device_s(n, launches) for n in node.walk())
+    return sorted(agg.values(), key=lambda r: -(r["device_s"] or r["cpu_s"]))
+
+
+def _input_bytes(args: dict[str, Any]) -> int:
+    dims = args.get("Input Dims") or []
+    types = args.get("Input type") or []
+    if not dims or not isinstance(dims[0], list) or not types:
+        return 0
+    return math.prod(dims[0]) * DTYPE_BYTES.get(types[0], 0) if dims[0] else 0

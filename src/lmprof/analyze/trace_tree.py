@@ -1,0 +1,116 @@
+"""Nesting of host trace spans into a tree, by time, on the main thread.
+
+torch.profiler emits flat spans; a span that starts inside another and ends before it is
+its child. Python frames (with_stack), module ranges and aten ops all nest this way, so
+one walk gives the call stack of every op: Python -> nn.Module path -> op -> launch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+from lmprof.collect.torch_trace import MODULE_PREFIX, Span
+
+HOST_CATEGORIES = {"cpu_op", "user_annotation", "python_function", "cuda_runtime"}
+HOOK_FILE = "lmprof/collect/torch_trace.py"
+EPS_S = 1e-9
+
+
+@dataclass
+class Node:
+    span: Span
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
+
+    @property
+    def self_s(self) -> float:
+        return max(self.span.dur_s - sum(c.span.dur_s for c in self.children), 0.0)
+
+    @property
+    def is_module(self) -> bool:
+        return self.span.cat == "user_annotation" and self.span.name.startswith(MODULE_PREFIX)
+
+    @property
+    def module_path(self) -> str | None:
+        return self.span.name[len(MODULE_PREFIX) :] if self.is_module else None
+
+    def ancestors(self) -> Iterator[Node]:
+        node = self.parent
+        while node is not None:
+            yield node
+            node = node.parent
+
+    def nearest_module(self) -> str | None:
+        if self.is_module:
+            return self.module_path
+        return next((a.module_path for a in self.ancestors() if a.is_module), None)
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+def _is_own_hook(span: Span) -> bool:
+    return span.cat == "python_function" and HOOK_FILE in span.name
+
+
+def build_tree(spans: Iterable[Span], main_tid: int | str) -> list[Node]:
+    """Root nodes of the main thread's host spans (spans must be sorted by start, longest first).
+
+    lmprof's own module hooks open a module range in one Python frame and close it in
+    another, so those frames (and what runs inside them: record_function's own calls)
+    are dropped; the module range then nests in the module's `_call_impl` frame, and the
+    hooks' cost stays visible as that frame's own time."""
+    host = [s for s in spans if s.cat in HOST_CATEGORIES and s.tid == main_tid]
+    hooks = [(s.start_s, s.end_s) for s in host if _is_own_hook(s)]
+    hook_starts = [h[0] for h in hooks]
+    roots: list[Node] = []
+    stack: list[Node] = []
+    for span in host:
+        if span.cat != "user_annotation" and _inside(hooks, hook_starts, span):
+            continue
+        while stack and stack[-1].span.end_s <= span.start_s + EPS_S:
+            stack.pop()
+        if stack and span.end_s > stack[-1].span.end_s:
+            # A span that outlives its parent (a hook's Python frame that closes the module
+            # range it runs in) is clipped to it, so children never exceed their parent.
+            parent_end = stack[-1].span.end_s
+            span = replace(span, dur_s=max(parent_end - span.start_s, 0.0))
+        node = Node(span, parent=stack[-1] if stack else None)
+        (node.parent.children if node.parent else roots).append(node)
+        stack.append(node)
+    return roots
+
+
+def all_nodes(roots: list[Node]) -> Iterator[Node]:
+    for root in roots:
+        yield from root.walk()
+
+
+def innermost_at(roots: list[Node], t_s: float) -> Node | None:
+    """The deepest node covering time t_s (for instant events such as allocations)."""
+    level = roots
+    found = None
+    while True:
+        nxt = None
+        lo, hi = 0, len(level)
+        while lo < hi:  # children are sorted by start: binary search the last start <= t
+            mid = (lo + hi) // 2
+            if level[mid].span.start_s <= t_s:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo and level[lo - 1].span.end_s >= t_s:
+            nxt = level[lo - 1]
+        if nxt is None:
+            return found
+        found, level = nxt, nxt.children
+
+
+def _inside(hooks: list[tuple[float, float]], starts: list[float], span: Span) -> bool:
+    import bisect
+
+    i = bisect.bisect_right(starts, span.start_s + EPS_S) - 1
+    return i >= 0 and hooks[i][0] <= span.start_s + EPS_S and span.end_s <= hooks[i][1] + EPS_S

@@ -1,0 +1,155 @@
+"""torch.profiler over one generate call, with nn.Module ranges, read back as plain spans.
+
+Under `--deep` the instrumentation starts this at a generate call's entry and stops it at
+the exit, so loading is never traced (tracing it costs minutes). Forward hooks on every
+submodule open a `record_function("module:<path>")` range, so each aten op lands inside
+the module path that ran it. The trace is read from the exported Chrome-trace JSON
+rather than `key_averages()`, which costs ~100 µs per event. The profiler's clock is
+tied to the session clock by a marker range recorded at a known session time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+MODULE_PREFIX = "module:"
+CLOCK_MARKER = "lmprof:clock"
+
+
+@dataclass
+class Span:
+    """One trace event on the session clock."""
+
+    name: str
+    cat: str  # cpu_op, user_annotation, python_function, kernel, gpu_memcpy, cuda_runtime, ...
+    start_s: float
+    dur_s: float
+    tid: int | str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.dur_s
+
+
+@dataclass
+class TorchTrace:
+    spans: list[Span]
+    main_tid: int
+    module_types: dict[str, str]  # module path -> class name
+    wall_s: float  # profiled window on the session clock
+    start_s: float
+    with_stack: bool
+
+
+class TorchTraceCollector:
+    def __init__(self, model: Any, now_s: Callable[[], float], *, cuda: bool, with_stack: bool = True) -> None:
+        self._model = model
+        self._now_s = now_s
+        self._cuda = cuda
+        self._with_stack = with_stack
+        self._handles: list[Any] = []
+        self._prof: Any = None
+        self._module_types: dict[str, str] = {}
+        self._t0_s = 0.0
+        self._marker_s = 0.0
+
+    def start(self) -> None:
+        import torch
+        from torch.autograd.profiler import record_function
+        from torch.profiler import ProfilerActivity, profile
+
+        root = type(self._model).__name__
+        stack: list[Any] = []
+
+        def pre(module: Any, args: Any) -> None:
+            rf = record_function(MODULE_PREFIX + paths[module])
+            rf.__enter__()
+            stack.append(rf)
+
+        def post(module: Any, args: Any, output: Any) -> None:
+            if stack:
+                stack.pop().__exit__(None, None, None)
+
+        paths = {m: (name or root) for name, m in self._model.named_modules()}
+        self._module_types = {p: type(m).__name__ for m, p in paths.items()}
+        for module in paths:
+            self._handles.append(module.register_forward_pre_hook(pre))
+            self._handles.append(module.register_forward_hook(post))
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self._cuda else [])
+        self._prof = profile(
+            activities=activities,
+            record_shapes=True,
+            with_stack=self._with_stack,
+            with_flops=True,
+            profile_memory=True,
+        )
+        self._t0_s = self._now_s()
+        self._prof.__enter__()
+        with record_function(CLOCK_MARKER):
+            self._marker_s = self._now_s()
+        del torch
+
+    def stop(self) -> TorchTrace:
+        end_s = self._now_s()
+        try:
+            self._prof.__exit__(None, None, None)
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+        fd, path = tempfile.mkstemp(suffix=".json", prefix="lmprof-trace-")
+        os.close(fd)
+        try:
+            self._prof.export_chrome_trace(path)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                data = json.load(fh)
+        finally:
+            os.unlink(path)
+        spans = read_spans(data.get("traceEvents", []), self._marker_s)
+        return TorchTrace(
+            spans=spans,
+            main_tid=threading.get_native_id(),
+            module_types=self._module_types,
+            wall_s=end_s - self._t0_s,
+            start_s=self._t0_s,
+            with_stack=self._with_stack,
+        )
+
+
+KEPT_CATEGORIES = {"cpu_op", "user_annotation", "python_function", "kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime"}
+
+
+def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
+    """Chrome-trace events -> Spans on the session clock (µs -> s, shifted by the marker)."""
+    marker_ts = next(
+        (e["ts"] for e in events if e.get("name") == CLOCK_MARKER and e.get("ph") == "X"),
+        None,
+    )
+    if marker_ts is None:
+        raise RuntimeError("torch.profiler trace lacks lmprof's clock marker")
+    offset_s = marker_s - marker_ts * 1e-6
+    spans = []
+    for e in events:
+        if e.get("name") == "[memory]" and "ts" in e:  # allocator events: instant, with Bytes
+            spans.append(Span("[memory]", "memory", e["ts"] * 1e-6 + offset_s, 0.0, e.get("tid", 0), e.get("args", {})))
+            continue
+        if e.get("ph") != "X" or e.get("cat") not in KEPT_CATEGORIES or e.get("name") == CLOCK_MARKER:
+            continue
+        spans.append(
+            Span(
+                name=e["name"],
+                cat=e["cat"],
+                start_s=e["ts"] * 1e-6 + offset_s,
+                dur_s=max(float(e.get("dur", 0.0)), 0.0) * 1e-6,
+                tid=e.get("tid", 0),
+                args=e.get("args", {}),
+            )
+        )
+    spans.sort(key=lambda s: (s.start_s, -s.dur_s))
+    return spans
