@@ -78,7 +78,7 @@ FIGURES_BY_NAME = {spec.name: spec for spec in FIGURES}
 
 
 def memory_kind_spec(part: str) -> FigureSpec:
-    """The figure for one part of `deep.memory_by_kind` (weights, kv_cache, ...)."""
+    """The figure for one part of `deep.memory_by_kind` (weights, kv_cache, host_kv_cache, ...)."""
     return FigureSpec(f"memory_{part}_bytes", f"memory: {part.replace('_', ' ')}", BYTES, LOWER, "memory")
 
 
@@ -106,17 +106,20 @@ _GENERATION_VALUES: dict[str, Callable[[Generation], float | None]] = {
 
 def repeat_generations(run: Run) -> list[Generation]:
     """The run's generation calls shaped like its primary one (same call, batch, prompt
-    length): these can stand as in-process repeats. Just the primary when alone."""
+    length), untraced ones preferred: these can stand as in-process repeats."""
     primary = run.generation
     if primary is None:
         return []
-    same = [
-        g
-        for g in run.generations
-        if (g.call, g.batch_size, g.prompt_tokens)
-        == (primary.call, primary.batch_size, primary.prompt_tokens)
-    ]
-    return same or [primary]
+    shape = (primary.call, primary.batch_size, primary.prompt_tokens)
+    same = [g for g in run.generations if (g.call, g.batch_size, g.prompt_tokens) == shape] or [primary]
+    # A call traced by torch.profiler (--deep) is slowed by the tracer: leave it out
+    # whenever an untraced call of the same shape exists.
+    untraced = [g for g in same if not _traced(g)]
+    return untraced or same
+
+
+def _traced(gen: Generation) -> bool:
+    return bool(getattr(gen, "traced", False))
 
 
 def generation_samples(run: Run) -> dict[str, list[float]]:
@@ -156,15 +159,27 @@ def run_figures(run: Run) -> dict[str, float]:
 
 
 def memory_parts(run: Run) -> dict[str, float]:
-    """`deep.memory_by_kind["parts"]` as {part: bytes}, part names without a `_bytes` suffix."""
+    """`deep.memory_by_kind` as {part: bytes}: its `parts` (weights, kv_cache, ...), and the
+    `parts` of its `host` and `device` splits as host_<part> and device_<part>. Part names
+    lose a `_bytes` suffix, so every figure is memory_<part>_bytes."""
     by_kind = run.deep.memory_by_kind if run.deep is not None else None
-    parts = by_kind.get("parts") if isinstance(by_kind, dict) else None
+    if not isinstance(by_kind, dict):
+        return {}
+    out = _parts_of(by_kind, "")
+    for where in ("host", "device"):
+        if isinstance(by_kind.get(where), dict):
+            out.update(_parts_of(by_kind[where], f"{where}_"))
+    return out
+
+
+def _parts_of(split: dict, prefix: str) -> dict[str, float]:
+    parts = split.get("parts")
     if not isinstance(parts, dict):
         return {}
     out: dict[str, float] = {}
     for key, value in parts.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            part = key.removesuffix("_bytes")
+            part = prefix + str(key).removesuffix("_bytes")
             if re.fullmatch(r"[a-z0-9_]+", part):
                 out[part] = float(value)
     return out
@@ -263,6 +278,7 @@ class GroupSummary:
     runs: int
     in_process_repeats: int  # matching generation calls in a single-run group (0 if none)
     statuses: list[str]
+    traced_generations: bool = False  # its generation figures come only from traced calls
 
     @property
     def description(self) -> str:
@@ -340,25 +356,32 @@ def _summary(label: str, group: RunGroup) -> GroupSummary:
         runs=len(group.runs),
         in_process_repeats=repeats,
         statuses=[r.status for r in group.runs],
+        traced_generations=any(any(_traced(g) for g in repeat_generations(r)) for r in group.runs),
     )
 
 
 def _notes(groups: list[GroupSummary], rows: list[FigureRow]) -> list[str]:
     notes: list[str] = []
-    unknown = [r.spec.name for r in rows if any(c is not None and c.noise is None for c in r.changes)]
+    unknown = [r for r in rows if any(c is not None and c.noise is None for c in r.changes)]
+    advice = "pass a folder of repeat runs (one run folder each) to measure the spread"
     if unknown and len(unknown) == sum(1 for r in rows if any(c is not None for c in r.changes)):
         notes.append(
-            "noise unknown: one run per configuration, so no change can be told from run-to-run noise; "
-            "pass a folder of repeat runs (one run folder each) to measure the spread"
+            f"noise unknown: one run per configuration, so no change can be told from run-to-run noise; {advice}"
         )
     elif unknown:
-        notes.append(f"noise unknown for {', '.join(unknown)}: one run per configuration for these figures")
+        sections = ", ".join(dict.fromkeys(r.spec.section for r in unknown))
+        notes.append(f"noise unknown for the {sections} figures: one run per configuration; {advice}")
     if any(g.in_process_repeats > 1 for g in groups):
         notes.append(
             "in-process repeats: generation calls of one process; they miss load-to-load variation, "
             "so their spread understates run-to-run noise"
         )
     for g in groups:
+        if g.traced_generations:
+            notes.append(
+                f"{g.label}: generation figures come from a call traced by torch.profiler (--deep), "
+                "slowed by the tracer"
+            )
         bad = [s for s in g.statuses if s != STATUS_COMPLETE]
         if bad:
             notes.append(
