@@ -20,6 +20,11 @@ def stage_windows(run: Run, trace: TorchTrace) -> dict[str, tuple[float, float]]
     for p in run.phases:
         if p.name in ("prefill", "decode") and trace.start_s <= p.start_s and p.end_s <= end + 1e-6:
             windows.setdefault(p.name, (p.start_s, p.end_s))
+    # The prefill/decode boundary from the trace's own step marker: exact on the trace clock.
+    second = next((s for s in trace.spans if s.cat == "step_marker" and s.name.endswith(":1")), None)
+    if second is not None and "prefill" in windows and "decode" in windows:
+        windows["prefill"] = (windows["prefill"][0], second.start_s)
+        windows["decode"] = (second.start_s, windows["decode"][1])
     return windows
 
 

@@ -28,6 +28,7 @@ class GenerationWatcher:
         call: str,
         call_start_s: float,
         measure_kv: bool = False,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         self._model = model
         self._phases = phases
@@ -43,6 +44,7 @@ class GenerationWatcher:
         self._decode = None
         self._generate_start_s = 0.0
         self._measure_kv = measure_kv
+        self._on_step = on_step
         # (session time, KV-cache bytes) at each forward's start: the cache as the step finds it.
         self.kv_samples: list[tuple[float, int]] = []
 
@@ -53,6 +55,8 @@ class GenerationWatcher:
         self._handle = self._model.register_forward_pre_hook(self._on_forward, with_kwargs=True, prepend=True)
 
     def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if self._on_step is not None:
+            self._on_step(len(self._step_start_s))
         if self._device.is_cuda:
             import torch
 

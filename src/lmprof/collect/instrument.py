@@ -198,8 +198,9 @@ class Instrumentation:
             start = session.pipeline_call_start_s if call == "pipeline" else op.start_s
             tracer = session.take_deep_tracer(model)  # --deep: trace the first generate call only
             watcher = GenerationWatcher(
-                model, phases, session.now_s, session.device, call, start, measure_kv=tracer is not None
-            )
+                model, phases, session.now_s, session.device, call, start,
+                measure_kv=tracer is not None, on_step=tracer.mark_step if tracer is not None else None,
+            )  # fmt: skip
             if tracer is not None:
                 tracer.start()
             watcher.attach()

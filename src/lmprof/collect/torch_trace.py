@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 MODULE_PREFIX = "module:"
 CLOCK_MARKER = "lmprof:clock"
+STEP_MARKER = "lmprof:step:"  # + step index; marks where each forward (token) begins
 
 
 @dataclass
@@ -91,9 +92,21 @@ class TorchTraceCollector:
         )
         self._t0_s = self._now_s()
         self._prof.__enter__()
+        # The marker's trace timestamp is taken inside __enter__, between these two reads.
+        before_s = self._now_s()
         with record_function(CLOCK_MARKER):
-            self._marker_s = self._now_s()
+            after_s = self._now_s()
+        self._marker_s = before_s
+        self.marker_uncertainty_s = after_s - before_s
         del torch
+
+    def mark_step(self, index: int) -> None:
+        """Called first thing in each forward: the trace's own record of the step boundary,
+        exact on the trace's clock (the session-clock alignment is only good to µs)."""
+        from torch.autograd.profiler import record_function
+
+        with record_function(f"{STEP_MARKER}{index}"):
+            pass
 
     def stop(self) -> TorchTrace:
         end_s = self._now_s()
@@ -122,7 +135,7 @@ class TorchTraceCollector:
         )
 
 
-KEPT_CATEGORIES = {"cpu_op", "user_annotation", "python_function", "kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime"}
+KEPT_CATEGORIES = {"step_marker", "cpu_op", "user_annotation", "python_function", "kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime"}
 
 
 def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
@@ -141,6 +154,8 @@ def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
             continue
         if e.get("ph") != "X" or e.get("cat") not in KEPT_CATEGORIES or e.get("name") == CLOCK_MARKER:
             continue
+        if str(e.get("name", "")).startswith(STEP_MARKER):
+            e = {**e, "cat": "step_marker"}
         spans.append(
             Span(
                 name=e["name"],

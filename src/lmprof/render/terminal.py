@@ -15,6 +15,7 @@ from rich.text import Text
 
 from lmprof.analyze.phases import UNATTRIBUTED, phase_rows, weight_paging
 from lmprof.record import STATUS_COMPLETE, Run
+from lmprof.render.deep_view import render_deep
 from lmprof.render.system_view import system_line
 from lmprof.render.units import fmt_bytes, fmt_count, fmt_pct, fmt_rate, fmt_s
 
@@ -26,6 +27,8 @@ def render_run(run: Run, run_dir: Path | None = None) -> RenderableType:
     if run.generation is not None:
         parts.append(generation_table(run))
     parts.append(memory_text(run))
+    if run.deep is not None:
+        parts.append(render_deep(run))
     if run.generation is not None and run.generation.text:
         parts.append(_generated_text(run))
     if run.system:
@@ -34,6 +37,9 @@ def render_run(run: Run, run_dir: Path | None = None) -> RenderableType:
         parts.append(Text(f"warning: {warning}", style="yellow"))
     if run_dir is not None:
         parts.append(Text(f"Run saved to {run_dir}/run.json  (re-render: lmprof show {run_dir})"))
+        if run.deep is not None and run.deep.flames:
+            names = ", ".join(f"flame-{f.name}.svg" for f in run.deep.flames)
+            parts.append(Text(f"Flame graphs: {names} (+ .speedscope.json, .folded); timeline: trace.json (Perfetto)"))
     return Group(*parts)
 
 
@@ -43,7 +49,12 @@ def _header(run: Run) -> Text:
     m = run.model
     if m:
         text.append(f"{m.get('id')}", style="bold cyan")
-        bits = [m.get("architecture"), f"{fmt_count(m.get('parameter_count'))} params", m.get("dtype"), m.get("device")]
+        bits = [
+            m.get("architecture"),
+            f"{fmt_count(m.get('parameter_count'))} params",
+            m.get("dtype"),
+            m.get("device"),
+        ]
         text.append("  " + " · ".join(str(b) for b in bits if b))
     text.append(f"  wall {fmt_s(run.wall_s)}")
     if run.status != STATUS_COMPLETE:
@@ -97,7 +108,8 @@ def generation_table(run: Run) -> Table:
         ("timing", f"{g.timing} via {g.call}"),
     ]  # fmt: skip
     if len(run.generations) > 1:
-        rows.append(("calls", f"{len(run.generations)} generation calls; this is the first"))
+        which = "the untraced repeat" if any(x.traced for x in run.generations) else "the first"
+        rows.append(("calls", f"{len(run.generations)} generation calls; shown: {which}"))
     for k, v in rows:
         table.add_row(k, v)
     return table

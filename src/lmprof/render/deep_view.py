@@ -1,0 +1,146 @@
+"""Terminal views of `--deep`: what a decode step is made of, operators, modules, copies,
+memory by kind, and what tracing cost. Takes a Run, returns rich renderables."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from lmprof.record import Run
+from lmprof.render.units import fmt_bytes, fmt_pct, fmt_s
+
+PART_LABELS = {
+    "attention": "attention",
+    "mlp": "MLP",
+    "norm": "norms",
+    "embedding": "embedding",
+    "lm_head": "lm_head",
+    "other_in_model": "other ops in the model (rotary, residuals, masks)",
+    "python_in_model": "Python between ops inside the model",
+    "outside_model": "outside the model (sampling, logits processors, generate loop)",
+}
+
+
+def render_deep(run: Run, top: int = 12) -> RenderableType:
+    deep = run.deep
+    if deep is None:
+        return Text("")
+    parts: list[RenderableType] = []
+    if "decode" in deep.step_breakdown:
+        parts.append(step_table(deep.step_breakdown["decode"], "decode step"))
+    for stage in ("decode", "prefill"):
+        if deep.operators.get(stage):
+            parts.append(operator_table(deep.operators[stage], stage, top))
+    if deep.modules.get("decode"):
+        parts.append(module_table(deep.modules["decode"], "decode", top))
+    if deep.copies:
+        parts.append(copy_table(deep.copies, top=6))
+    if deep.memory_by_kind:
+        parts.append(memory_kind_table(deep.memory_by_kind))
+    for name, cost in deep.overhead.items():
+        if "decode_slowdown" in cost:
+            parts.append(
+                Text(
+                    f"Cost of watching: {name} made the traced call's decode {cost['decode_slowdown']:.2f}x and "
+                    f"prefill {cost['prefill_slowdown']:.2f}x slower than the untraced repeat; the tables above "
+                    "are from the traced call, the generation figures from the untraced one.",
+                    style="yellow",
+                )
+            )
+    return Group(*parts)
+
+
+def step_table(breakdown: dict[str, Any], label: str) -> Table:
+    n = breakdown["steps"]
+    table = Table(title=f"One {label}, on average over {n} (traced)", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("part")
+    table.add_column("per step", justify="right")
+    table.add_column("share", justify="right")
+    wall = breakdown["wall_s"] or 1e-12
+    for key, label_text in PART_LABELS.items():
+        value = breakdown["parts_s"].get(key, 0.0)
+        table.add_row(label_text, fmt_s(value / n), fmt_pct(value / wall))
+    table.add_row(Text("total", style="bold"), fmt_s(wall / n), fmt_pct(sum(breakdown["parts_s"].values()) / wall))
+    return table
+
+
+def operator_table(rows: list[dict[str, Any]], stage: str, top: int) -> Table:
+    has_device = any(r.get("self_device_s") for r in rows)
+    table = Table(title=f"Operators in {stage} (traced)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("operator", "calls", "self cpu", "total cpu") + (("self device",) if has_device else ()):
+        table.add_column(col, justify="left" if col == "operator" else "right", no_wrap=col == "operator")
+    table.add_column("top input shapes", overflow="fold")
+    for r in rows[:top]:
+        cells = [r["name"], str(r["calls"]), fmt_s(r["self_cpu_s"]), fmt_s(r["total_cpu_s"])]
+        if has_device:
+            cells.append(fmt_s(r.get("self_device_s")))
+        cells.append(r["shapes"][0] if r.get("shapes") else "")
+        table.add_row(*cells)
+    return table
+
+
+def collapse_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """model.layers.7.mlp -> model.layers.*.mlp, summed: one row per kind of module."""
+    merged: dict[str, dict[str, Any]] = defaultdict(lambda: {"calls": 0, "total_s": 0.0, "self_s": 0.0, "device_s": 0.0})
+    for r in rows:
+        key = re.sub(r"\.(\d+)(\.|$)", r".*\2", r["path"])
+        m = merged[key]
+        m["path"], m["type"] = key, r.get("type", "")
+        for f in ("calls", "total_s", "self_s", "device_s"):
+            m[f] += r.get(f, 0) or 0
+    return sorted(merged.values(), key=lambda m: -m["total_s"])
+
+
+def module_table(rows: list[dict[str, Any]], stage: str, top: int) -> Table:
+    table = Table(title=f"Modules in {stage}, layers summed (traced)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("module", "type", "calls", "total", "self"):
+        table.add_column(col, justify="right" if col in ("calls", "total", "self") else "left", no_wrap=True)
+    for r in collapse_layers(rows)[:top]:
+        table.add_row(r["path"], r["type"], str(r["calls"]), fmt_s(r["total_s"]), fmt_s(r["self_s"]))
+    return table
+
+
+def copy_table(rows: list[dict[str, Any]], top: int) -> Table:
+    table = Table(title="Copies and casts (traced)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("stage", "op", "where", "calls", "bytes", "cpu", "device"):
+        table.add_column(col, justify="right" if col in ("calls", "bytes", "cpu", "device") else "left")
+    for r in rows[:top]:
+        table.add_row(
+            r["stage"], r["op"], r["where"], str(r["calls"]), fmt_bytes(r["bytes"]), fmt_s(r["cpu_s"]),
+            fmt_s(r["device_s"]) if r["device_s"] else "-",
+        )  # fmt: skip
+    return table
+
+
+def memory_kind_table(by_kind: dict[str, Any]) -> Table:
+    table = Table(title="Memory by kind at the traced call's peak", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("where")
+    table.add_column("kind")
+    table.add_column("measured", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("expected", justify="right")
+    expected = by_kind.get("expected", {})
+    expect_for = {"weights_mapped": None, "weights": "weights", "kv_cache": "kv_cache",
+                  "activations_and_temporaries": "activations_estimate"}  # fmt: skip
+    for where in ("host", "device"):
+        part = by_kind.get(where)
+        if not part:
+            continue
+        total = part["measured_bytes"] or 1
+        for kind, n_bytes in part["parts"].items():
+            key = expect_for.get(kind)
+            table.add_row(where, kind.replace("_", " "), fmt_bytes(n_bytes), fmt_pct(n_bytes / total),
+                          fmt_bytes(expected.get(key)) if key else "")  # fmt: skip
+        table.add_row(where, Text(f"= {part['measured']}", style="bold"), fmt_bytes(part["measured_bytes"]), "100.0%", "")
+    if by_kind.get("kv_growth_bytes_per_token") is not None:
+        table.caption = (
+            f"KV cache grew {fmt_bytes(by_kind['kv_growth_bytes_per_token'])} per token (measured from the cache "
+            f"tensors; expected {fmt_bytes(expected.get('kv_bytes_per_token'))}). Activation expectation is a rough estimate."
+        )
+    return table

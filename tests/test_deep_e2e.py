@@ -1,0 +1,104 @@
+"""`lmprof profile --deep` end to end on the tiny preset: the views recorded in the Run and
+the exports written beside it, checked for structure and for adding up."""
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from lmprof.record import load_run, validate_run_dict
+from lmprof.render.folded import parse_folded
+
+SPEEDSCOPE_SCHEMA = "tests/fixtures/exports/speedscope-file-format-schema.json"
+
+
+@pytest.fixture(scope="module")
+def deep_run(tmp_path_factory, lmprof_cache):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("deep") / "run"
+    env = dict(os.environ, LMPROF_CACHE=str(lmprof_cache))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmprof", "profile", "tiny", "--deep", "--max-new-tokens", "10", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out, load_run(out), proc.stdout
+
+
+def test_deep_run_is_valid_and_rendered(deep_run):
+    out, run, stdout = deep_run
+    validate_run_dict(run.to_dict())
+    assert run.deep is not None
+    for title in ("One decode step", "Operators in decode", "Modules in decode", "Memory by kind", "Cost of watching"):
+        assert title in stdout
+
+
+def test_traced_and_untraced_calls(deep_run):
+    _, run, _ = deep_run
+    traced = [g for g in run.generations if g.traced]
+    plain = [g for g in run.generations if not g.traced]
+    assert len(traced) == 1 and len(plain) == 1
+    assert run.generation == plain[0]  # the headline figures are the undistorted ones
+    cost = run.deep.overhead["torch.profiler"]
+    assert cost["decode_slowdown"] == pytest.approx(traced[0].decode_s / plain[0].decode_s)
+
+
+def test_modules_and_ops_per_stage(deep_run):
+    _, run, _ = deep_run
+    deep = run.deep
+    decode_steps = run.generation.new_tokens - 1
+    by_path = {m["path"]: m for m in deep.modules["decode"]}
+    assert by_path["LlamaForCausalLM"]["calls"] == decode_steps  # one forward per decode step
+    assert by_path["lm_head"]["calls"] == decode_steps
+    assert by_path["model.layers.0.mlp"]["calls"] == decode_steps
+    assert {m["path"]: m["calls"] for m in deep.modules["prefill"]}["LlamaForCausalLM"] == 1
+    ops = {o["name"]: o for o in deep.operators["decode"]}
+    assert "aten::mm" in ops or "aten::addmm" in ops
+    # Per-module time covers the decode step's in-model time: the model's root range equals
+    # its in-model parts (ops by category plus Python between them) within 5%.
+    parts = deep.step_breakdown["decode"]["parts_s"]
+    in_model = sum(v for k, v in parts.items() if k != "outside_model")
+    assert in_model == pytest.approx(by_path["LlamaForCausalLM"]["total_s"], rel=0.05)
+    # and the parts add up to the decode wall time
+    assert sum(parts.values()) == pytest.approx(deep.step_breakdown["decode"]["wall_s"], rel=1e-6)
+
+
+def test_flame_weight_is_the_run_wall_time(deep_run):
+    _, run, _ = deep_run
+    flame = run.deep.flame("time")
+    assert flame.total == pytest.approx(run.wall_s, rel=0.01)
+    roots = {stack[0] for stack in flame.stacks}
+    assert {"phase:import_torch", "phase:pipeline_call"} <= roots
+    deepest = max(flame.stacks, key=len)
+    assert any(f.startswith("module:") for f in deepest) and any(f.startswith("op:aten::") for f in deepest)
+    assert any(f.startswith("py:") for f in deepest)  # Python frames above the module path
+
+
+def test_memory_parts_add_up(deep_run):
+    _, run, _ = deep_run
+    host = run.deep.memory_by_kind["host"]
+    assert sum(host["parts"].values()) == host["measured_bytes"]
+    expected = run.deep.memory_by_kind["expected"]
+    assert run.deep.memory_by_kind["kv_growth_bytes_per_token"] == expected["kv_bytes_per_token"]
+
+
+def test_exports_parse_in_their_formats(deep_run):
+    out, run, _ = deep_run
+    schema = json.load(open(SPEEDSCOPE_SCHEMA))
+    for flame in run.deep.flames:
+        doc = json.loads((out / f"flame-{flame.name}.speedscope.json").read_text())
+        jsonschema.validate(doc, schema)
+        lines = parse_folded((out / f"flame-{flame.name}.folded").read_text())
+        assert lines
+        svg = (out / f"flame-{flame.name}.svg").read_text()
+        assert svg.startswith("<?xml") or svg.startswith("<svg")
+    trace = json.loads((out / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert {"prefill", "decode"} <= names
+    assert any(e.get("ph") == "C" for e in trace["traceEvents"])
+    assert all(e["ts"] >= 0 for e in trace["traceEvents"] if "ts" in e)
+    assert any(re.match(r"aten::", str(e.get("name"))) for e in trace["traceEvents"])
