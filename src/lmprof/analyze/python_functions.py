@@ -12,7 +12,9 @@ from lmprof.errors import UsageError
 SORT_KEYS = {"self": "self_s", "total": "total_s", "calls": "calls"}
 
 
-def function_rows(python: dict[str, Any], sort_by: str = "self", limit: int | None = 30) -> list[dict[str, Any]]:
+def function_rows(
+    python: dict[str, Any], sort_by: str = "self", limit: int | None = 30
+) -> list[dict[str, Any]]:
     """The profile's functions, heaviest first by `sort_by` ("self", "total" or "calls").
 
     Each row gains `self_share` and `total_share`: its time over the profile's total.
@@ -22,7 +24,9 @@ def function_rows(python: dict[str, Any], sort_by: str = "self", limit: int | No
     functions = python.get("functions") or []
     key = SORT_KEYS[sort_by]
     if sort_by == "calls" and any(f.get("calls") is None for f in functions):
-        raise UsageError(f"{python.get('sampler', 'this profiler')} samples stacks and cannot count calls: sort by self or total")
+        raise UsageError(
+            f"{python.get('sampler', 'this profiler')} samples stacks and cannot count calls: sort by self or total"
+        )
     total_s = python.get("total_s") or 0.0
     rows = []
     for f in functions:
