@@ -55,7 +55,8 @@ class ProfileSession:
         settings: dict[str, Any] | None = None,
         instrument: bool = True,
         deep: bool = False,
-        python_stacks: bool = True,
+        python_stacks: bool = False,
+        deep_steps: int | None = 16,
     ) -> None:
         self._clock = clock or Clock()
         self._origin_s = self._clock.wall()
@@ -79,6 +80,7 @@ class ProfileSession:
         self._instrumentation: Any = None
         self._deep_pending = deep  # the first generate call gets traced
         self._python_stacks = python_stacks
+        self._deep_steps = deep_steps
         self._deep_trace: Any = None
         self._kv_samples: list[tuple[float, int]] = []
         self._load_start = snapshot_load()
@@ -149,7 +151,7 @@ class ProfileSession:
             from lmprof.analyze.deep import build_deep_profile, tracer_overhead
 
             run.deep = build_deep_profile(run, self._deep_trace, self._kv_samples)
-            run.deep.overhead.update(tracer_overhead(run.generations))
+            run.deep.overhead.update(tracer_overhead(run.generations, self._deep_trace.steps_traced))
             if run.generation is not None and run.generation.traced:
                 run.warnings.append(
                     "the generation figures come from the call traced by torch.profiler, which slows it; "
@@ -202,7 +204,9 @@ class ProfileSession:
         self._deep_pending = False
         from lmprof.collect.torch_trace import TorchTraceCollector
 
-        return TorchTraceCollector(model, self.now_s, cuda=self.device.is_cuda, with_stack=self._python_stacks)
+        return TorchTraceCollector(
+            model, self.now_s, cuda=self.device.is_cuda, with_stack=self._python_stacks, max_decode_steps=self._deep_steps
+        )
 
     def finish_deep_trace(self, tracer: Any, kv_samples: list[tuple[float, int]]) -> None:
         self._deep_trace = tracer.stop()

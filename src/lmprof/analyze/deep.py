@@ -25,6 +25,10 @@ def stage_windows(run: Run, trace: TorchTrace) -> dict[str, tuple[float, float]]
     if second is not None and "prefill" in windows and "decode" in windows:
         windows["prefill"] = (windows["prefill"][0], second.start_s)
         windows["decode"] = (second.start_s, windows["decode"][1])
+    # Tracing may stop after the first N decode steps: the window ends at the last marker.
+    markers = [s for s in trace.spans if s.cat == "step_marker"]
+    if "decode" in windows and markers and trace.steps_traced is not None:
+        windows["decode"] = (windows["decode"][0], markers[-1].start_s)
     return windows
 
 
@@ -33,7 +37,10 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
     launches = kernels_by_launch(trace.spans)
     windows = stage_windows(run, trace)
     gen = _traced_generation(run, trace)
-    steps = {"prefill": 1, "decode": max((gen.new_tokens - 1) if gen else 1, 1)}
+    decode_steps = (gen.new_tokens - 1) if gen else 1
+    if trace.steps_traced is not None:
+        decode_steps = min(decode_steps, trace.steps_traced)
+    steps = {"prefill": 1, "decode": max(decode_steps, 1)}
     deep = DeepProfile(
         operators=operator_rows(roots, windows, launches),
         modules=module_rows(roots, windows, launches, trace.module_types),
@@ -65,7 +72,8 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
     deep.memory_by_kind = by_kind or None
     deep.notes.append(
         f"torch.profiler traced one generate call ({trace.wall_s:.2f} s on the session clock) with "
-        f"nn.Module ranges{', Python stacks' if trace.with_stack else ''} and allocator events."
+        f"nn.Module ranges{', Python stacks' if trace.with_stack else ''} and allocator events"
+        + (f", prefill and the first {trace.steps_traced} decode steps." if trace.steps_traced is not None else ".")
     )
     return deep
 
@@ -84,19 +92,27 @@ def _kv_growth(kv_samples: list[tuple[float, int]]) -> float | None:
     return (b2 - b1) / steps if steps > 0 else None
 
 
-def tracer_overhead(generations) -> dict[str, dict[str, Any]]:
+def tracer_overhead(generations, steps_traced: int | None = None) -> dict[str, dict[str, Any]]:
     """torch.profiler's cost, from the traced call and an untraced call of the same length:
-    paired runs in one process, so the slowdown is measured, not assumed."""
+    paired runs in one process, so the slowdown is measured, not assumed. Only the decode
+    steps that were traced are compared (median step latency, traced over untraced)."""
+    from statistics import median
+
     traced = next((g for g in generations if g.traced), None)
     plain = next((g for g in generations if not g.traced and traced and g.new_tokens == traced.new_tokens), None)
-    if traced is None or plain is None or not plain.decode_s or not plain.prefill_s:
+    if traced is None or plain is None or not plain.prefill_s:
+        return {}
+    k = steps_traced or len(traced.decode_step_latencies_s)
+    t_steps, p_steps = traced.decode_step_latencies_s[:k], plain.decode_step_latencies_s[:k]
+    if not t_steps or not p_steps:
         return {}
     return {
         "torch.profiler": {
-            "method": "the traced generate call against an untraced call of the same length, same process",
-            "traced_decode_s": traced.decode_s,
-            "untraced_decode_s": plain.decode_s,
-            "decode_slowdown": traced.decode_s / plain.decode_s,
+            "method": "median latency of the traced decode steps against the same steps of an untraced "
+            "call of the same length, same process",
+            "traced_step_s": median(t_steps),
+            "untraced_step_s": median(p_steps),
+            "decode_slowdown": median(t_steps) / median(p_steps),
             "prefill_slowdown": traced.prefill_s / plain.prefill_s,
             "distorts": ["the traced call's prefill and decode phases and generation figures",
                          "operator, module and flame-graph times (inflated by the same order)"],

@@ -46,10 +46,19 @@ class TorchTrace:
     wall_s: float  # profiled window on the session clock
     start_s: float
     with_stack: bool
+    steps_traced: int | None = None  # decode steps traced, when tracing stopped early
 
 
 class TorchTraceCollector:
-    def __init__(self, model: Any, now_s: Callable[[], float], *, cuda: bool, with_stack: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        now_s: Callable[[], float],
+        *,
+        cuda: bool,
+        with_stack: bool = True,
+        max_decode_steps: int | None = 16,
+    ) -> None:
         self._model = model
         self._now_s = now_s
         self._cuda = cuda
@@ -59,6 +68,10 @@ class TorchTraceCollector:
         self._module_types: dict[str, str] = {}
         self._t0_s = 0.0
         self._marker_s = 0.0
+        # Tracing every step of a long generation costs seconds of export and GBs of
+        # memory per hundred steps; steps look alike, so the first N are traced.
+        self._max_decode_steps = max_decode_steps
+        self._end_s: float | None = None
 
     def start(self) -> None:
         import torch
@@ -105,13 +118,19 @@ class TorchTraceCollector:
         exact on the trace's clock (the session-clock alignment is only good to µs)."""
         from torch.autograd.profiler import record_function
 
+        if self._end_s is not None:
+            return
         with record_function(f"{STEP_MARKER}{index}"):
             pass
+        if self._max_decode_steps is not None and index > self._max_decode_steps:
+            self._end_s = self._now_s()
+            self._prof.stop()
 
     def stop(self) -> TorchTrace:
-        end_s = self._now_s()
+        end_s = self._end_s if self._end_s is not None else self._now_s()
         try:
-            self._prof.__exit__(None, None, None)
+            if self._end_s is None:
+                self._prof.__exit__(None, None, None)
         finally:
             for handle in self._handles:
                 handle.remove()
@@ -132,6 +151,7 @@ class TorchTraceCollector:
             wall_s=end_s - self._t0_s,
             start_s=self._t0_s,
             with_stack=self._with_stack,
+            steps_traced=self._max_decode_steps if self._end_s is not None else None,
         )
 
 
