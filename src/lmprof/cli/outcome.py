@@ -17,6 +17,7 @@ from rich.console import Console
 from lmprof.errors import LmprofError, ModelNotFoundError, UsageError
 from lmprof.record import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
 from lmprof.render.exports import write_exports
+from lmprof.render.html_report import write_html_report
 from lmprof.render.terminal import render_run
 from lmprof.session import ProfileSession
 
@@ -80,6 +81,7 @@ def run_profiled(
     run = session.stop(status, error)
     session.save(out)
     write_exports(run, out)
+    write_html_report(run, out)
     if as_json:
         print(run.to_json())
     else:

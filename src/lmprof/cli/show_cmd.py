@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lmprof.record import load_run
+from lmprof.render.html_report import write_html_report
 from lmprof.render.terminal import render_run
 
 
@@ -15,12 +16,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="re-render a saved run", description="Render RUN_DIR/run.json again.")
     p.add_argument("run_dir", type=Path, help="a folder written by `lmprof profile` (or its run.json)")
     p.add_argument("--json", action="store_true", help="print the Run record as JSON")
+    p.add_argument(
+        "--html", action="store_true", help="write RUN_DIR/report.html again from run.json and print its path"
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     record = load_run(args.run_dir)
-    if args.json:
+    if args.html:
+        run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
+        print(write_html_report(record, run_dir))
+    elif args.json:
         print(record.to_json())
     else:
         Console().print(render_run(record, args.run_dir))
