@@ -16,11 +16,24 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "profile", "load_run"]
 
 
-def profile(*, sample_interval_s: float = 0.010, device: str | None = None, **settings: Any):
-    """A profiling session for the code in the `with` block (see `ProfileSession`)."""
+def profile(
+    *,
+    sample_interval_s: float = 0.010,
+    device: str | None = None,
+    deep: bool = False,
+    python_profiler: str | None = None,
+    **settings: Any,
+):
+    """A profiling session for the code in the `with` block (see `ProfileSession`).
+
+    deep=True traces the first generate call with torch.profiler (operators, modules,
+    flame graphs, memory by kind); python_profiler="py-spy" or "cprofile" adds a
+    function-level profile of the whole block."""
     from lmprof.session import ProfileSession
 
-    return ProfileSession(sample_interval_s=sample_interval_s, device=device, settings=settings)
+    return ProfileSession(
+        sample_interval_s=sample_interval_s, device=device, settings=settings, deep=deep, python_profiler=python_profiler
+    )
 
 
 def load_run(location: str):

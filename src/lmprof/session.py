@@ -57,6 +57,7 @@ class ProfileSession:
         deep: bool = False,
         python_stacks: bool = False,
         deep_steps: int | None = 16,
+        python_profiler: str | None = None,
     ) -> None:
         self._clock = clock or Clock()
         self._origin_s = self._clock.wall()
@@ -81,6 +82,8 @@ class ProfileSession:
         self._deep_pending = deep  # the first generate call gets traced
         self._python_stacks = python_stacks
         self._deep_steps = deep_steps
+        self._python_profiler_name = python_profiler
+        self._python_profiler: Any = None
         self._deep_trace: Any = None
         self._kv_samples: list[tuple[float, int]] = []
         self._load_start = snapshot_load()
@@ -95,6 +98,8 @@ class ProfileSession:
     def start(self) -> ProfileSession:
         self.sampler.start()
         self._started = True
+        if self._python_profiler_name:
+            self._python_profiler = make_python_profiler(self._python_profiler_name).start()
         if self._instrument and "transformers" in sys.modules:
             self.install_instrumentation()
         return self
@@ -147,11 +152,18 @@ class ProfileSession:
         if run.generation is None and run.generations:
             # The headline is an untraced call when there is one: tracing inflates times.
             run.generation = next((g for g in run.generations if not g.traced), run.generations[0])
-        if self._deep_trace is not None:
+        python_profile = self._python_profiler.stop() if self._python_profiler is not None else None
+        if self._deep_trace is not None or python_profile is not None:
             from lmprof.analyze.deep import build_deep_profile, tracer_overhead
+            from lmprof.record_deep import DeepProfile
 
-            run.deep = build_deep_profile(run, self._deep_trace, self._kv_samples)
-            run.deep.overhead.update(tracer_overhead(run.generations, self._deep_trace.steps_traced))
+            if self._deep_trace is not None:
+                run.deep = build_deep_profile(run, self._deep_trace, self._kv_samples)
+                run.deep.overhead.update(tracer_overhead(run.generations, self._deep_trace.steps_traced))
+            else:
+                run.deep = DeepProfile()
+            if python_profile is not None:
+                add_python_profile(run.deep, python_profile, self._python_profiler_name or "")
             if run.generation is not None and run.generation.traced:
                 run.warnings.append(
                     "the generation figures come from the call traced by torch.profiler, which slows it; "
@@ -178,6 +190,12 @@ class ProfileSession:
             self.stop(STATUS_FAILED, exc)
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        collector = self._python_profiler
+        if collector is not None and hasattr(collector, "save_pstats") and self.run.deep and self.run.deep.python:
+            # cProfile's data as a .pstats file beside run.json (pstats, snakeviz read it)
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            collector.save_pstats(Path(run_dir) / PSTATS_FILE)
+            self.run.deep.python["pstats_file"] = PSTATS_FILE
         return self.run.save(run_dir)
 
     # --- what the workload and the instrumentation report ---------------------------------
@@ -313,3 +331,48 @@ def _generated_text(result: Any) -> str | None:
         if isinstance(text, list) and text and isinstance(text[-1], dict):
             return str(text[-1].get("content"))
     return None
+
+
+PSTATS_FILE = "profile.pstats"
+
+
+def make_python_profiler(name: str) -> Any:
+    """The function-level profiler: py-spy (sampling, low cost) or cProfile (exact counts)."""
+    if name == "py-spy":
+        from lmprof.collect.python_sampler import PySpySampler
+
+        return PySpySampler(rate_hz=100)
+    if name == "cprofile":
+        from lmprof.collect.python_cprofile import CProfileCollector
+
+        return CProfileCollector()
+    raise ValueError(f"unknown python profiler {name!r}")
+
+
+def add_python_profile(deep: Any, profile: Any, name: str) -> None:
+    """Put a PythonProfile into the deep record, with its cost measured on a calibration
+    workload (paired runs with and without the profiler, in this process)."""
+    from lmprof.collect.overhead import measure_slowdown
+
+    deep.python = profile.to_record()
+    if profile.flame is not None and profile.flame.stacks:
+        deep.flames.append(profile.flame)
+    if not profile.available:
+        deep.notes.append(f"no Python function profile: {profile.reason}")
+        return
+    cost = measure_slowdown(_calibration_workload, lambda: make_python_profiler(name), repeats=3)
+    cost["method"] = "calibration: a fixed Python + small-matmul loop timed with and without the profiler, paired"
+    cost["distorts"] = ["every phase's wall time, by about this factor on Python-heavy work"]
+    deep.overhead[name] = cost
+    deep.python["slowdown"] = cost["slowdown"]
+
+
+def _calibration_workload() -> None:
+    # Python-heavy like generate's loop: many small tensor ops with Python between them.
+    import torch
+
+    x = torch.ones(64, 64)
+    total = 0.0
+    for i in range(400):
+        x = torch.tanh(x @ x * 0.01)
+        total += float(i % 7)

@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-interval-ms", type=float, default=10.0, help="memory sampling interval (default 10)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<script>)")
     p.add_argument("--json", action="store_true", help="print the Run record as JSON on stdout")
+    p.add_argument("--deep", action="store_true", help="trace the first generate call and profile Python functions")
+    p.add_argument("--python-profiler", choices=["py-spy", "cprofile", "none"], default="py-spy",
+                   help="with --deep: the function-level profiler (default py-spy)")
     p.set_defaults(handler=run)
 
 
@@ -41,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         sample_interval_s=args.sample_interval_ms / 1e3,
         command=[str(script), *args.script_args],
         settings={"script": str(script), "script_args": list(args.script_args), "out": str(out)},
+        deep=args.deep,
+        python_profiler=args.python_profiler if args.deep and args.python_profiler != "none" else None,
     )
     session.add_python_startup()
 

@@ -43,7 +43,14 @@ def render_deep(run: Run, top: int = 12) -> RenderableType:
         parts.append(copy_table(deep.copies, top=6))
     if deep.memory_by_kind:
         parts.append(memory_kind_table(deep.memory_by_kind))
+    if deep.python:
+        from lmprof.render.python_table import render_python_table
+
+        parts.append(render_python_table(deep.python, sort_by="self", limit=15))
     for name, cost in deep.overhead.items():
+        if "slowdown" in cost and "decode_slowdown" not in cost:
+            parts.append(Text(f"Cost of watching: {name} slowed a calibration workload {cost['slowdown']:.2f}x "
+                              f"(paired runs, median of {cost.get('repeats')}).", style="yellow"))  # fmt: skip
         if "decode_slowdown" in cost:
             parts.append(
                 Text(
