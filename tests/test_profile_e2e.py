@@ -204,3 +204,15 @@ def test_models_and_sysinfo(run_cli):
     assert proc.returncode == 0
     info = json.loads(proc.stdout)
     assert info["cpu"]["logical_cores"] == os.cpu_count()
+
+
+def test_repeat_runs_cold_processes_as_one_group(run_cli, tmp_path):
+    out = tmp_path / "rep"
+    proc = run_cli("profile", "tiny", "--max-new-tokens", 3, "--repeat", 2, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    runs = [load_run(out / f"rep-{k}") for k in (1, 2)]
+    assert all(r.status == "complete" for r in runs)
+    assert runs[0].run_id != runs[1].run_id
+    # each repeat is a fresh process: imports are cold in both
+    assert all(next(p for p in r.phases if p.name == "import_torch").wall_s > 0.05 for r in runs)
+    assert "2 repeats" in proc.stdout and "time to first token" in proc.stdout
