@@ -146,3 +146,15 @@ def test_cprofile_writes_pstats(run_cli, tmp_path):
     stats = pstats.Stats(str(out / "profile.pstats"))
     assert any(name == "generate" for (_, _, name) in stats.stats)
     assert any(r["calls"] for r in run.deep.python["functions"])
+
+
+def test_only_the_first_decode_steps_are_traced(run_cli, tmp_path):
+    out = tmp_path / "steps"
+    proc = run_cli("profile", "tiny", "--deep", "--deep-steps", 3, "--python-profiler", "none",
+                   "--max-new-tokens", 9, "--out", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = load_run(out)
+    assert run.deep.step_breakdown["decode"]["steps"] == 3
+    by_path = {m["path"]: m for m in run.deep.modules["decode"]}
+    assert by_path["LlamaForCausalLM"]["calls"] == 3
+    assert "first 3 decode steps" in " ".join(run.deep.notes)

@@ -18,8 +18,10 @@ def stage_windows(run: Run, trace: TorchTrace) -> dict[str, tuple[float, float]]
     end = trace.start_s + trace.wall_s
     windows = {}
     for p in run.phases:
-        if p.name in ("prefill", "decode") and trace.start_s <= p.start_s and p.end_s <= end + 1e-6:
-            windows.setdefault(p.name, (p.start_s, p.end_s))
+        # a phase of the traced call starts inside the trace; decode may outlast it when only
+        # the first N steps were traced
+        if p.name in ("prefill", "decode") and trace.start_s <= p.start_s < end:
+            windows.setdefault(p.name, (p.start_s, min(p.end_s, end)))
     # The prefill/decode boundary from the trace's own step marker: exact on the trace clock.
     second = next((s for s in trace.spans if s.cat == "step_marker" and s.name.endswith(":1")), None)
     if second is not None and "prefill" in windows and "decode" in windows:
