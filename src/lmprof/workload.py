@@ -18,6 +18,7 @@ from lmprof.session import ProfileSession
 
 DEFAULT_PROMPT = "User: Hello! How are you?\nAssistant:"
 DEFAULT_MAX_NEW_TOKENS = 64
+ENGINES = ("transformers", "lmprof")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ProfileRequest:
     stop_at_eos: bool = False
     chat: bool = False
     deep: bool = False  # trace the generate call with torch.profiler, then repeat it untraced
+    engine: str = "transformers"  # or "lmprof": the from-scratch engine (lmprof.engine_workload)
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -45,6 +47,8 @@ class ProfileRequest:
             raise UsageError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not self.prompt:
             raise UsageError("--prompt must not be empty")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
     def as_settings(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +95,11 @@ def run_profile(session: ProfileSession, req: ProfileRequest) -> None:
     from lmprof.collect.system import collect_cpu
 
     req.validate()
+    if req.engine == "lmprof":
+        from lmprof.engine_workload import run_engine_profile
+
+        run_engine_profile(session, req)
+        return
     import_frameworks(session)
     import torch
 

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--stop-at-eos", action="store_true", help="stop at end-of-sequence instead of generating exactly --max-new-tokens")
+    p.add_argument("--engine", choices=["transformers", "lmprof"], default="transformers", help="transformers (default) or lmprof's from-scratch engine")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--deep", action="store_true", help="also trace the generate call: operators, modules, flame graphs, memory by kind")
     p.add_argument("--no-python-stacks", action="store_true", help="with --deep: leave Python frames out of the trace (cheaper)")
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         stop_at_eos=args.stop_at_eos,
         chat=args.chat,
         deep=args.deep,
+        engine=args.engine,
     )
     req.validate()
     if args.sample_interval_ms <= 0:

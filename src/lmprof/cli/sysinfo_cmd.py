@@ -1,4 +1,8 @@
-"""`lmprof sysinfo`: the machine, as a profile records it."""
+"""`lmprof sysinfo [--measure]`: the machine, as a profile records it, and what it can do.
+
+`--measure` adds short probes of memory bandwidth and matmul throughput (cached per machine;
+`--refresh` measures again).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,24 @@ import json
 
 from rich.console import Console
 
+from lmprof.errors import UsageError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sysinfo", help="show CPU, memory, GPUs and versions", description="Show this machine.")
+    p = sub.add_parser(
+        "sysinfo",
+        help="show CPU, memory, GPUs and versions (--measure: bandwidth and matmul probes)",
+        description="Show this machine. With --measure, also measure its memory bandwidth and matmul "
+        "throughput per dtype (about 10-20 s; cached per machine and thread count).",
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--measure", action="store_true", help="run (or reuse cached) hardware probes")
+    p.add_argument(
+        "--refresh", action="store_true", help="with --measure: ignore the cache and measure again"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads for the probes (default: torch's)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -20,9 +38,30 @@ def run(args: argparse.Namespace) -> int:
     from lmprof.collect.system import collect_system_info
     from lmprof.render.system_view import render_system
 
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    if (args.refresh or args.threads is not None) and not args.measure:
+        raise UsageError("--refresh and --threads apply to the probes: add --measure")
     info = collect_system_info(torch)
+    probes = cache_file = None
+    from_cache = False
+    if args.measure:
+        from lmprof.probe_cache import measured_hardware
+
+        probes, cache_file, from_cache = measured_hardware(threads=args.threads, refresh=args.refresh)
     if args.json:
+        if probes is not None:
+            info["hardware_probes"] = {
+                **probes.to_dict(),
+                "cache_file": str(cache_file),
+                "from_cache": from_cache,
+            }
         print(json.dumps(info, indent=1))
-    else:
-        Console().print(render_system(info))
+        return 0
+    console = Console()
+    console.print(render_system(info))
+    if probes is not None:
+        from lmprof.render.probes_view import render_probes
+
+        console.print(render_probes(probes, cache_file, from_cache))
     return 0

@@ -1,0 +1,160 @@
+"""Which rows `lmprof ablate` runs: a transformers baseline, the engine, each switch alone,
+and the best combination of the switches that paid off.
+
+A row that cannot run here stays in the plan with the reason, so the table says what was
+not measured instead of hiding it. Pure: no model is loaded and nothing is measured here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmprof.engine import EngineOptions
+from lmprof.errors import LmprofError, UsageError
+
+BASELINE = "transformers"
+REFERENCE = "engine"  # the engine as it loads by default: fp32, static KV cache, SDPA, grouped GQA
+BEST = "best"
+BATCH_ROW_SIZE = 8
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    name: str  # folder name under OUT and the --only key
+    label: str  # the table's first column
+    runner: str  # "transformers" or "engine"
+    options: dict[str, Any] = field(default_factory=dict)  # EngineOptions fields this row changes
+    batch: int = 1
+    skip_reason: str | None = None
+    combines: list[str] = field(default_factory=list)  # the best combination: the rows it merges
+
+    def engine_options(self, threads: int | None) -> EngineOptions:
+        """The row's switches over the engine's defaults; threads from the run unless the row sets them."""
+        return EngineOptions(**{"threads": threads, **self.options})
+
+    def weight_dtype(self) -> str:
+        """How the weights a decode step reads are stored ("int8" or a float dtype): sizes the floor."""
+        return "int8" if self.options.get("int8") else self.options.get("dtype", "float32")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "runner": self.runner,
+            "options": dict(self.options),
+            "batch": self.batch,
+            "skip_reason": self.skip_reason,
+            "combines": list(self.combines),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AblationRow:
+        return cls(
+            **{k: data[k] for k in ("name", "label", "runner", "options", "batch", "skip_reason", "combines")}
+        )
+
+
+def plan_rows(
+    *,
+    threads: int,
+    logical_cores: int,
+    prompt_tokens: int,
+    compile_decode: bool = False,
+    unrunnable_dtypes: Mapping[str, str] | None = None,
+) -> list[AblationRow]:
+    """Every row, in table order, the best combination excepted (it depends on measurements).
+
+    unrunnable_dtypes: dtype -> why it has no kernels here (from the hardware probes).
+    """
+    unrunnable = dict(unrunnable_dtypes or {})
+    chunk = max(1, prompt_tokens // 4)
+    other_threads = 1 if threads > 1 else (2 if logical_cores >= 2 else None)
+    rows = [
+        AblationRow(BASELINE, "transformers fp32", "transformers"),
+        AblationRow(REFERENCE, "engine fp32", "engine"),
+        AblationRow("kv-off", "KV cache off", "engine", {"kv_cache": "off"}),
+        AblationRow("kv-growing", "KV cache growing", "engine", {"kv_cache": "growing"}),
+        AblationRow("naive-attention", "naive attention", "engine", {"attention": "naive"}),
+        AblationRow("gqa-repeat", "GQA repeat K/V", "engine", {"gqa": "repeat"}),
+        AblationRow("fused", "fused QKV+gate-up", "engine", {"fuse_qkv": True, "fuse_gate_up": True}),
+        AblationRow("column-major", "column-major W", "engine", {"column_major": True}),
+        AblationRow(
+            "bf16", "bf16 weights", "engine", {"dtype": "bfloat16"}, skip_reason=unrunnable.get("bfloat16")
+        ),
+        AblationRow(
+            "fp16", "fp16 weights", "engine", {"dtype": "float16"}, skip_reason=unrunnable.get("float16")
+        ),
+        AblationRow("int8", "int8 weight-only", "engine", {"int8": True}),
+        AblationRow(
+            "int4", "int4 weight-only", "engine", skip_reason="the engine has no int4 path (int8 only)"
+        ),
+        AblationRow(
+            "compile",
+            "torch.compile",
+            "engine",
+            {"compile_decode": True},
+            skip_reason=None
+            if compile_decode
+            else "off by default: pass --compile (compiling takes 20-90 s on a CPU)",
+        ),
+        AblationRow(f"batch-{BATCH_ROW_SIZE}", f"batch {BATCH_ROW_SIZE}", "engine", batch=BATCH_ROW_SIZE),
+        AblationRow("chunked-prefill", f"prefill chunks of {chunk}", "engine", {"prefill_chunk_size": chunk}),
+        AblationRow(
+            "threads",
+            f"{other_threads} thread{'s' if other_threads != 1 else ''}" if other_threads else "thread count",
+            "engine",
+            {"threads": other_threads} if other_threads else {},
+            skip_reason=None if other_threads else "one core: no other thread count to try",
+        ),
+    ]
+    return rows
+
+
+def select_rows(rows: Sequence[AblationRow], only: Sequence[str] | None) -> list[AblationRow]:
+    """The rows `--only` names (in plan order), or all; unknown names are an error."""
+    if not only:
+        return list(rows)
+    known = [r.name for r in rows] + [BEST]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise UsageError(f"unknown ablation rows {', '.join(unknown)}; rows: {', '.join(known)}")
+    return [r for r in rows if r.name in only]
+
+
+def best_combination(
+    rows: Sequence[AblationRow], decode_tokens_per_s: Mapping[str, float | None], reference: str = REFERENCE
+) -> AblationRow:
+    """The engine with every switch that made batch-1 decode faster than `reference`, fastest
+    first; a switch that conflicts with one already taken (int8 with column-major weights,
+    two dtypes, compile with a growing cache) is left out. A skipped row when none helped."""
+    ref_rate = decode_tokens_per_s.get(reference)
+    winners = [
+        row
+        for row in rows
+        if row.runner == "engine"
+        and row.name != reference
+        and row.batch == 1
+        and row.options
+        and row.skip_reason is None
+        and ref_rate
+        and (decode_tokens_per_s.get(row.name) or 0.0) > ref_rate
+    ]
+    winners.sort(key=lambda row: decode_tokens_per_s[row.name] or 0.0, reverse=True)
+    merged: dict[str, Any] = {}
+    taken: list[AblationRow] = []
+    for row in winners:
+        if any(key in merged for key in row.options):
+            continue
+        candidate = {**merged, **row.options}
+        try:
+            EngineOptions(**candidate)
+        except LmprofError:
+            continue
+        merged = candidate
+        taken.append(row)
+    if not taken:
+        reason = "no switch beat the engine row" if ref_rate else "the engine row did not run"
+        return AblationRow(BEST, "best combination", "engine", skip_reason=reason)
+    return AblationRow(BEST, "best combination", "engine", merged, combines=[row.name for row in taken])

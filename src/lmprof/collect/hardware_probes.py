@@ -1,0 +1,366 @@
+"""Short hardware probes: the memory bandwidth and matmul throughput this machine reaches.
+
+A batch-1 decode step reads every weight once, so its fastest possible time is weight bytes
+over read bandwidth; prefill and batched decode lean on matmul throughput. These probes
+measure both with the kernels torch itself runs, because the datasheet number is not what a
+shared, thread-limited process gets. Each probe warms up, repeats (stopping early once a
+probe has used its time budget) and keeps every repeat's time, so best and median are both
+known. Timing uses a host clock on CPU and CUDA events on CUDA. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+MIB = 2**20
+MIN_REPEATS = 2  # a probe stops early on its time budget, but never with fewer repeats than this
+PROBE_DTYPES = ("float32", "bfloat16", "float16")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ProbeSizes:
+    """How big and how long each probe is; tests pass tiny ones."""
+
+    # Well above any last-level cache (32 MiB on the machine this was written on), so the
+    # probes stream from DRAM rather than re-reading cached lines.
+    read_bytes: int = 256 * MIB
+    matvec_weight_bytes: int = 128 * MIB
+    matvec_in_features: int = 2048
+    matmul_n: int = 1024
+    h2d_bytes: int = 256 * MIB
+    warmup: int = 1
+    repeats: int = 7
+    max_probe_s: float = 1.5  # repeats stop after this much time (once MIN_REPEATS ran)
+    max_matmul_op_s: float = 0.25  # a slower square matmul (fp16 without native kernels) is halved
+
+    @classmethod
+    def for_device(cls, device: str) -> ProbeSizes:
+        # A GPU streams 256 MiB in well under a millisecond: give it more to read and multiply.
+        if device.startswith("cuda"):
+            return cls(read_bytes=1024 * MIB, matvec_weight_bytes=512 * MIB, matmul_n=4096)
+        return cls()
+
+
+@dataclass
+class ProbeResult:
+    """One probe: what it moved or computed per repeat, and how long each repeat took."""
+
+    name: str  # "read", "copy", "matvec", "matvec_column_major", "matmul", "h2d_pinned", ...
+    kind: str  # read | copy | matvec | matmul | host_to_device
+    device: str
+    dtype: str | None
+    shape: list[int]
+    bytes_per_repeat: int  # bytes read (a copy: read plus written)
+    flops_per_repeat: int  # a multiply-add counts 2
+    times_s: list[float] = field(default_factory=list)
+    timing: str = "host_clock"  # or "cuda_events"
+    skipped: str | None = None  # why the probe did not run here
+
+    @property
+    def best_s(self) -> float | None:
+        return min(self.times_s) if self.times_s else None
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.times_s) if self.times_s else None
+
+    def _rate(self, amount: int, seconds: float | None) -> float | None:
+        return amount / seconds / 1e9 if amount and seconds else None
+
+    @property
+    def best_gbps(self) -> float | None:
+        return self._rate(self.bytes_per_repeat, self.best_s)
+
+    @property
+    def median_gbps(self) -> float | None:
+        return self._rate(self.bytes_per_repeat, self.median_s)
+
+    @property
+    def best_gflops(self) -> float | None:
+        return self._rate(self.flops_per_repeat, self.best_s)
+
+    @property
+    def median_gflops(self) -> float | None:
+        return self._rate(self.flops_per_repeat, self.median_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("best_s", "median_s", "best_gbps", "median_gbps", "best_gflops", "median_gflops"):
+            data[name] = getattr(self, name)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class HardwareProbes:
+    """Every probe of one measurement, with the conditions it ran under."""
+
+    measured_at: str
+    threads: int
+    torch_version: str
+    sizes: dict[str, dict[str, Any]]  # device -> ProbeSizes as a dict
+    load_avg_start: list[float]
+    load_avg_end: list[float]
+    wall_s: float
+    probes: list[ProbeResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["probes"] = [p.to_dict() for p in self.probes]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HardwareProbes:
+        fields = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["probes"] = [ProbeResult.from_dict(p) for p in data.get("probes", [])]
+        return cls(**kwargs)
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+
+def op_timer(
+    device: str, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[Callable[[], Any]], float]:
+    """A function that runs `op` once and returns its duration in seconds.
+
+    CUDA: events around the op on the current stream, waited for right away (a probe wants
+    each repeat's own time). CPU: the host clock around the op, which returns when done.
+    """
+    if device.startswith("cuda"):
+
+        def time_cuda(op: Callable[[], Any]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            op()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+
+        return time_cuda
+
+    def time_host(op: Callable[[], Any]) -> float:
+        start = clock()
+        op()
+        return clock() - start
+
+    return time_host
+
+
+def repeat_op(
+    op: Callable[[], Any],
+    timer: Callable[[Callable[[], Any]], float],
+    sizes: ProbeSizes,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Warm up, then time up to `sizes.repeats` runs, stopping once `max_probe_s` is spent."""
+    for _ in range(sizes.warmup):
+        timer(op)
+    times: list[float] = []
+    began = clock()
+    while len(times) < sizes.repeats:
+        times.append(timer(op))
+        if len(times) >= MIN_REPEATS and clock() - began > sizes.max_probe_s:
+            break
+    return times
+
+
+# --- the probes ------------------------------------------------------------------------------
+
+
+def probe_read(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
+    """A sum over one large fp32 tensor: every byte read once, nothing written back."""
+    x = torch.ones(sizes.read_bytes // 4, device=device)
+    result = ProbeResult("read", "read", device, "float32", [x.numel()], x.numel() * 4, 0)
+    result.times_s = repeat_op(x.sum, op_timer(device, clock), sizes, clock)
+    result.timing = _timing(device)
+    return result
+
+
+def probe_copy(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
+    """One large tensor copied into another: each byte read once and written once."""
+    src = torch.ones(sizes.read_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    result = ProbeResult("copy", "copy", device, "float32", [src.numel()], 2 * src.numel() * 4, 0)
+    result.times_s = repeat_op(lambda: dst.copy_(src), op_timer(device, clock), sizes, clock)
+    result.timing = _timing(device)
+    return result
+
+
+def probe_matvec(
+    device: str,
+    dtype: str,
+    sizes: ProbeSizes,
+    column_major: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeResult:
+    """One activation row times a weight, as a batch-1 decode step multiplies.
+
+    Row-major is `F.linear(x, W)` with W stored [out, in] (checkpoints' layout); column-major
+    is `x @ Wt` with Wt stored [in, out], which CPU kernels sometimes stream faster.
+    """
+    torch_dtype = TORCH_DTYPES[dtype]
+    elt = torch.tensor([], dtype=torch_dtype).element_size()
+    k = sizes.matvec_in_features
+    n = max(1, sizes.matvec_weight_bytes // (k * elt))
+    name = "matvec_column_major" if column_major else "matvec"
+    result = ProbeResult(
+        name, "matvec", device, dtype, [n, k], n * k * elt, 2 * n * k, timing=_timing(device)
+    )
+    x = torch.randn(1, k, device=device).to(torch_dtype)
+    if column_major:
+        wt = torch.randn(k, n, device=device).to(torch_dtype)  # [in, out]
+
+        def op() -> Any:
+            return x @ wt
+    else:
+        w = torch.randn(n, k, device=device).to(torch_dtype)  # [out, in]
+
+        def op() -> Any:
+            return F.linear(x, w)
+
+    return _run_or_skip(result, op, device, sizes, clock)
+
+
+def probe_matmul(
+    device: str, dtype: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter
+) -> ProbeResult:
+    """A square matmul [n, n] @ [n, n]: compute-bound, so GFLOP/s is what it measures.
+
+    Where one product takes longer than `max_matmul_op_s` (a dtype without fast kernels) the
+    size is halved until it does not, so the probe stays short and the rate is still measured.
+    """
+    torch_dtype = TORCH_DTYPES[dtype]
+    timer = op_timer(device, clock)
+    n = sizes.matmul_n
+    try:
+        while True:
+            a = torch.randn(n, n, device=device).to(torch_dtype)
+            b = torch.randn(n, n, device=device).to(torch_dtype)
+            first_s = timer(lambda a=a, b=b: a @ b)
+            if first_s <= sizes.max_matmul_op_s or n <= 128:
+                break
+            n //= 2
+    except (RuntimeError, NotImplementedError) as error:
+        return ProbeResult("matmul", "matmul", device, dtype, [n, n, n], 0, 0, skipped=_first_line(error))
+    elt = a.element_size()
+    result = ProbeResult(
+        "matmul", "matmul", device, dtype, [n, n, n], 3 * n * n * elt, 2 * n**3, timing=_timing(device)
+    )
+    return _run_or_skip(result, lambda: a @ b, device, sizes, clock)
+
+
+def probe_host_to_device(
+    device: str, pinned: bool, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter
+) -> ProbeResult:
+    """Host memory copied to the GPU, from page-locked (pinned) or ordinary pageable memory.
+
+    Pinned memory is DMA'd directly; pageable memory is first staged through a pinned buffer
+    by the driver, which is why loading weights from ordinary tensors is slower.
+    """
+    name = "h2d_pinned" if pinned else "h2d_pageable"
+    n = sizes.h2d_bytes // 4
+    src = torch.ones(n)
+    if pinned:
+        src = src.pin_memory()
+    dst = torch.empty(n, device=device)
+    result = ProbeResult(name, "host_to_device", device, "float32", [n], n * 4, 0, timing=_timing(device))
+    result.times_s = repeat_op(
+        lambda: dst.copy_(src, non_blocking=pinned), op_timer(device, clock), sizes, clock
+    )
+    return result
+
+
+def _run_or_skip(
+    result: ProbeResult, op: Callable[[], Any], device: str, sizes: ProbeSizes, clock: Callable[[], float]
+) -> ProbeResult:
+    # A dtype without a kernel on this device raises on first use: that is a finding, not a crash.
+    try:
+        result.times_s = repeat_op(op, op_timer(device, clock), sizes, clock)
+    except (RuntimeError, NotImplementedError) as error:
+        result.skipped = _first_line(error)
+    return result
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _timing(device: str) -> str:
+    return "cuda_events" if device.startswith("cuda") else "host_clock"
+
+
+def probe_device(
+    device: str,
+    sizes: ProbeSizes | None = None,
+    dtypes: tuple[str, ...] = PROBE_DTYPES,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[ProbeResult]:
+    """Every probe on one device: read, copy, matvec (both layouts) and matmul per dtype,
+    and on CUDA the host-to-device copies."""
+    sizes = sizes or ProbeSizes.for_device(device)
+    results = [probe_read(device, sizes, clock), probe_copy(device, sizes, clock)]
+    for dtype in dtypes:
+        results.append(probe_matvec(device, dtype, sizes, column_major=False, clock=clock))
+        results.append(probe_matvec(device, dtype, sizes, column_major=True, clock=clock))
+        results.append(probe_matmul(device, dtype, sizes, clock))
+    if device.startswith("cuda"):
+        results.append(probe_host_to_device(device, pinned=True, sizes=sizes, clock=clock))
+        results.append(probe_host_to_device(device, pinned=False, sizes=sizes, clock=clock))
+        torch.cuda.empty_cache()
+    return results
+
+
+def probe_devices() -> list[str]:
+    """The CPU always (the engine's CPU floor), plus the first GPU where torch sees one."""
+    return ["cpu", "cuda:0"] if torch.cuda.is_available() else ["cpu"]
+
+
+def measure_hardware(
+    devices: list[str] | None = None,
+    sizes: dict[str, ProbeSizes] | None = None,
+    threads: int | None = None,
+    dtypes: tuple[str, ...] = PROBE_DTYPES,
+    clock: Callable[[], float] = time.perf_counter,
+) -> HardwareProbes:
+    """Run every probe on `devices` at `threads` torch threads (default: torch's setting)."""
+    devices = devices or probe_devices()
+    sizes = dict(sizes or {})
+    for device in devices:
+        sizes.setdefault(device, ProbeSizes.for_device(device))
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    load_start = list(psutil.getloadavg())
+    began = clock()
+    try:
+        with torch.inference_mode():
+            probes = [p for device in devices for p in probe_device(device, sizes[device], dtypes, clock)]
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return HardwareProbes(
+        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        threads=used_threads,
+        torch_version=str(torch.__version__),
+        sizes={device: asdict(s) for device, s in sizes.items()},
+        load_avg_start=load_start,
+        load_avg_end=list(psutil.getloadavg()),
+        wall_s=clock() - began,
+        probes=probes,
+    )

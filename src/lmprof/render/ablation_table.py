@@ -1,0 +1,119 @@
+"""The `lmprof ablate` table: one row per configuration, each beside the baseline, the row
+before it, the bandwidth floor and the fp32 engine's greedy tokens.
+
+Takes an AblationReport (what OUT/ablation.json holds); measures nothing.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from lmprof.ablation_plan import BASELINE, REFERENCE
+from lmprof.ablation_runner import AblationReport
+from lmprof.render.units import fmt_bytes, fmt_s
+
+
+def _times(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}×" if value < 100 else f"{value:,.0f}×"
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _share(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:.1f}%" if value < 0.1 else f"{value * 100:.0f}%"
+
+
+def ablation_table(report: AblationReport) -> Table:
+    table = Table(
+        title=f"Ablation: {report.model}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+    )
+    table.add_column("configuration", no_wrap=True)
+    for name in ("TTFT", "tok/s", "peak", "×base", "×prev", "floor", "agree"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for fig in report.figures:
+        label = Text(fig.label, style="bold" if fig.name in (BASELINE, REFERENCE) else "")
+        if fig.status != "ran" or fig.rounds_run == 0:
+            table.add_row(label, Text(fig.status, style="yellow" if fig.status == "skipped" else "red"))
+            continue
+        table.add_row(
+            label,
+            fmt_s(fig.ttft_s),
+            _rate(fig.decode_tokens_per_s),
+            fmt_bytes(fig.peak_memory_bytes),
+            _times(fig.speedup_vs_baseline),
+            _times(fig.speedup_vs_previous),
+            _share(fig.floor_share),
+            _share(fig.agreement),
+        )
+    return table
+
+
+def not_measured(report: AblationReport) -> list[str]:
+    """One line per row that was skipped or failed, with the reason."""
+    return [f"{fig.label}: {fig.status}, {fig.reason}" for fig in report.figures if fig.status != "ran"]
+
+
+def _notes(report: AblationReport) -> list[str]:
+    req = report.request
+    rounds = req.get("rounds")
+    notes = [
+        f"{req.get('prompt_tokens')}-token prompt ({report.prompt_source}), {req.get('max_new_tokens')} new tokens, "
+        f"{report.threads} threads, {rounds} interleaved round{'s' if rounds != 1 else ''}; each row-round a fresh "
+        f"process warmed up with {req.get('warmup_tokens')} tokens. Figures are medians over rounds.",
+        "engine fp32: the engine's defaults (static KV cache, SDPA attention, grouped GQA, unfused fp32 "
+        "weights); each row below it changes one switch; best combination: the switches that beat it in "
+        f"round 1, merged ({' + '.join(report.best_combines) or 'none'}).",
+        "tok/s: decode tokens per second (batch rows count every sequence). ×base / ×prev: decode tok/s "
+        "against the transformers row / the row above, the median of ratios taken within each round.",
+    ]
+    if report.read_bandwidth_gbps:
+        reference = next((f for f in report.figures if f.name == REFERENCE and f.floor_s), None)
+        floor = f" (fp32 floor {fmt_s(reference.floor_s)} per step)" if reference else ""
+        notes.append(
+            f"floor: the decode step's floor (weight bytes it reads / the best read bandwidth measured, "
+            f"{report.read_bandwidth_gbps:.1f} GB/s at {report.probes.get('threads')} threads{floor}) over the "
+            f"measured step time. Probes: {report.probes.get('cache_file')}."
+        )
+    else:
+        notes.append("floor: no read bandwidth was measured, so no floor.")
+    notes.append(
+        "agree: share of positions where the greedy tokens equal the fp32 engine row's (first sequence)."
+    )
+    cores = (report.system.get("cpu") or {}).get("logical_cores") or 1
+    load = report.load_avg_start[0] if report.load_avg_start else 0.0
+    busy = (
+        " — the machine was busy: timings are noisy"
+        if max(load, report.load_avg_end[0]) > cores - 0.5
+        else ""
+    )
+    notes.append(
+        f"Load average {load:.2f} at start, {report.load_avg_end[0]:.2f} at end on {cores} CPUs{busy}."
+    )
+    out = req.get("out")
+    notes.append(f"Runs: {out}/<row>/run.json (median round; `lmprof show` it), {out}/<row>/round-<k>/; "
+                 f"report {out}/ablation.json.")  # fmt: skip
+    return notes
+
+
+def render_ablation(report: AblationReport) -> RenderableType:
+    parts: list[RenderableType] = [ablation_table(report)]
+    skipped = not_measured(report)
+    if skipped:
+        parts.append(Text("Not measured:\n" + "\n".join(f"  {line}" for line in skipped), style="yellow"))
+    parts.extend(Text(note, style="dim") for note in _notes(report))
+    return Group(*parts)

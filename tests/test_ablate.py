@@ -1,0 +1,217 @@
+"""`lmprof ablate`: the figures on hand-built numbers, the row plan, the best combination, the
+table, and a small real ablation of the tiny preset end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+from rich.console import Console
+from runs_for_tests import sample_run
+
+from lmprof.ablation_plan import AblationRow, best_combination, plan_rows, select_rows
+from lmprof.ablation_runner import AblationReport
+from lmprof.analyze.ablation import (
+    RoundFigures,
+    RowResult,
+    common_prefix_tokens,
+    floor_share,
+    floor_step_s,
+    paired_speedup,
+    round_figures,
+    summarize_rows,
+    token_agreement,
+)
+from lmprof.collect.hardware_probes import MIB, HardwareProbes, ProbeResult, ProbeSizes
+from lmprof.errors import UsageError
+from lmprof.probe_cache import cache_path, machine_key, save_probes
+from lmprof.record import load_run, validate_run_dict
+from lmprof.render.ablation_table import render_ablation
+
+# --- the arithmetic ----------------------------------------------------------------------------
+
+
+def test_paired_speedup_is_the_median_of_per_round_ratios():
+    # Round 2 was slow for both rows (a busy machine): the within-round ratio stays 2.
+    assert paired_speedup([20.0, 10.0, 22.0], [10.0, 5.0, 10.0]) == pytest.approx(2.0)
+    assert paired_speedup([20.0, None], [10.0, 4.0]) == pytest.approx(2.0)  # missing rounds left out
+    assert paired_speedup([None], [10.0]) is None
+
+
+def test_floor_and_share():
+    # 538 MB of weights at 20 GB/s: a step cannot take less than 26.9 ms.
+    floor = floor_step_s(538_000_000, 20e9)
+    assert floor == pytest.approx(0.0269)
+    assert floor_share(floor, 0.0538) == pytest.approx(0.5)  # twice the floor: half of it reached
+    assert (
+        floor_step_s(None, 20e9) is None
+        and floor_share(None, 0.05) is None
+        and floor_share(0.02, None) is None
+    )
+
+
+def test_token_agreement_and_common_prefix():
+    assert token_agreement([1, 2, 3, 4], [1, 2, 9, 4]) == pytest.approx(0.75)
+    assert token_agreement([1, 2], [1, 2, 3, 4]) == pytest.approx(0.5)  # over the longer sequence
+    assert token_agreement([], []) is None
+    assert common_prefix_tokens([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+
+
+def rf(rate, ttft=0.1, peak=100, tokens=(1, 2, 3, 4)):
+    return RoundFigures(ttft, rate, 1.0 / rate if rate else None, peak, list(tokens))
+
+
+def test_summarize_rows_against_baseline_previous_floor_and_reference():
+    rows = [
+        RowResult(
+            "transformers", "transformers fp32", "ran", rounds=[rf(10.0), rf(5.0)], decode_weight_bytes=400
+        ),
+        RowResult("engine", "engine fp32", "ran", rounds=[rf(20.0), rf(10.0)], decode_weight_bytes=400),
+        RowResult("int4", "int4 weights", "skipped", "no int4 path"),
+        RowResult(
+            "int8",
+            "int8",
+            "ran",
+            rounds=[rf(60.0, tokens=(1, 2, 7, 4)), rf(20.0, peak=300)],
+            decode_weight_bytes=100,
+        ),  # fmt: skip
+    ]
+    figures = {f.name: f for f in summarize_rows(rows, "transformers", "engine", read_bytes_per_s=1000.0)}
+    assert figures["transformers"].speedup_vs_baseline == 1.0
+    assert figures["engine"].speedup_vs_baseline == pytest.approx(2.0)
+    assert figures["engine"].decode_tokens_per_s == pytest.approx(15.0)  # median over rounds
+    assert figures["int4"].rounds_run == 0 and figures["int4"].decode_tokens_per_s is None
+    # The row before int8 that ran is the engine (the skipped int4 is passed over).
+    assert figures["int8"].speedup_vs_previous == pytest.approx(2.5)  # median of 3.0 and 2.0
+    assert figures["int8"].speedup_vs_baseline == pytest.approx(5.0)  # median of 6 and 4
+    assert figures["int8"].peak_memory_bytes == 300
+    # Floor: 100 bytes at 1000 B/s = 0.1 s; measured step: median of 1/60 and 1/20 s.
+    assert figures["int8"].floor_s == pytest.approx(0.1)
+    assert figures["int8"].floor_share == pytest.approx(0.1 / ((1 / 60 + 1 / 20) / 2))
+    assert figures["int8"].agreement == pytest.approx(0.75)
+    assert figures["int8"].agreement_prefix_tokens == 2
+    assert figures["engine"].agreement == 1.0
+
+
+def test_round_figures_read_the_run():
+    run = sample_run()
+    run.phases[9].detail["new_token_ids"] = [5, 6, 7, 8]
+    figures = round_figures(run)
+    assert figures.decode_tokens_per_s == pytest.approx(run.generation.decode_tokens_per_s)
+    assert figures.ttft_s == pytest.approx(0.51) and figures.step_s == pytest.approx(run.generation.tpot_s)
+    assert figures.peak_memory_bytes == 725 * MIB  # the kernel's high-water mark
+    assert figures.new_token_ids == [5, 6, 7, 8]
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+def test_plan_keeps_unrunnable_rows_with_a_reason():
+    rows = {r.name: r for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32,
+                                         unrunnable_dtypes={"float16": "no fp16 kernels"})}  # fmt: skip
+    assert rows["compile"].skip_reason.startswith("off by default")
+    assert rows["fp16"].skip_reason == "no fp16 kernels" and rows["bf16"].skip_reason is None
+    assert rows["int4"].skip_reason and rows["threads"].options == {"threads": 1}
+    assert rows["chunked-prefill"].options == {"prefill_chunk_size": 8}
+    assert rows["batch-8"].batch == 8
+    with_compile = {
+        r.name: r for r in plan_rows(threads=1, logical_cores=1, prompt_tokens=32, compile_decode=True)
+    }
+    assert with_compile["compile"].skip_reason is None
+    assert with_compile["threads"].skip_reason  # one core: nothing else to try
+    for row in rows.values():  # every switch set is a valid engine configuration
+        row.engine_options(2)
+
+
+def test_select_rows():
+    rows = plan_rows(threads=2, logical_cores=2, prompt_tokens=32)
+    assert [r.name for r in select_rows(rows, ["int8", "engine"])] == ["engine", "int8"]  # plan order
+    with pytest.raises(UsageError, match="nope"):
+        select_rows(rows, ["nope"])
+
+
+def test_best_combination_merges_winners_and_drops_conflicts():
+    rows = plan_rows(threads=2, logical_cores=2, prompt_tokens=32)
+    rates = {"engine": 10.0, "int8": 30.0, "column-major": 14.0, "fused": 12.0, "bf16": 11.0, "fp16": 13.0,
+             "kv-off": 2.0, "batch-8": 80.0, "threads": 9.0}  # fmt: skip
+    best = best_combination(rows, rates)
+    # int8 wins; column-major conflicts with it; fp16 beats bf16 (one dtype only); batch is another
+    # workload, and slower switches are left out.
+    assert best.combines == ["int8", "fp16", "fused"]
+    assert best.options == {"int8": True, "dtype": "float16", "fuse_qkv": True, "fuse_gate_up": True}
+    best.engine_options(2)
+    none = best_combination(rows, {"engine": 10.0, "int8": 9.0})
+    assert none.skip_reason == "no switch beat the engine row"
+
+
+def test_row_round_trips_through_a_job_file():
+    row = AblationRow("best", "best combination", "engine", {"int8": True}, combines=["int8"])
+    assert AblationRow.from_dict(json.loads(json.dumps(row.to_dict()))) == row
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def test_table_shows_figures_and_what_was_not_measured():
+    rows = [
+        RowResult("transformers", "transformers fp32", "ran", rounds=[rf(10.0)], decode_weight_bytes=400),
+        RowResult("engine", "engine fp32", "ran", rounds=[rf(20.0)], decode_weight_bytes=400),
+        RowResult("int4", "int4 weights", "skipped", "the engine has no int4 path"),
+        RowResult("int8", "int8 weight-only", "failed", "RuntimeError: boom"),
+    ]
+    report = AblationReport(
+        created_at="2026-11-25T00:00:00+00:00", model="tiny", model_path="/m", threads=2,
+        request={"rounds": 1, "prompt_tokens": 32, "max_new_tokens": 4, "warmup_tokens": 4, "out": "OUT"},
+        prompt_source="tokenized prose", read_bandwidth_gbps=20.0, probes={"threads": 2, "cache_file": "c.json"},
+        load_avg_start=[0.5, 0, 0], load_avg_end=[0.7, 0, 0], rows=rows,
+        figures=summarize_rows(rows, "transformers", "engine", 1000.0), system={"cpu": {"logical_cores": 2}},
+    )  # fmt: skip
+    report = AblationReport.from_dict(json.loads(json.dumps(report.to_dict())))  # as read from ablation.json
+    console = Console(width=100, record=True, color_system=None)
+    console.print(render_ablation(report))
+    text = console.export_text()
+    assert "engine fp32" in text and "2.00×" in text and "20.0" in text
+    assert "int4 weights: skipped, the engine has no int4 path" in text
+    assert "int8 weight-only: failed, RuntimeError: boom" in text
+    assert "20.0 GB/s" in text and "busy" not in text
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def seed_probe_cache(cache_root, threads: int) -> None:
+    """A cache entry at the default sizes, so the ablation does not spend ~10 s probing."""
+    probes = HardwareProbes(
+        measured_at="2026-11-25T00:00:00+00:00", threads=threads, torch_version="x",
+        sizes={"cpu": asdict(ProbeSizes())}, load_avg_start=[0, 0, 0], load_avg_end=[0, 0, 0], wall_s=1.0,
+        probes=[ProbeResult("read", "read", "cpu", "float32", [1], 20 * 10**9, 0, [1.0])],
+    )  # fmt: skip
+    key = machine_key(threads, ["cpu"])
+    save_probes(cache_path(key, cache_root), key, probes)
+
+
+def test_ablate_tiny_writes_one_run_per_row(run_cli, lmprof_cache, tiny_model, tmp_path):
+    seed_probe_cache(lmprof_cache, threads=1)
+    out = tmp_path / "ablate"
+    proc = run_cli("ablate", "tiny", "--max-new-tokens", 4, "--rounds", 1, "--threads", 1,
+                   "--only", "transformers,engine,int8", "--out", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for name in ("transformers", "engine", "int8"):
+        run = load_run(out / name)
+        validate_run_dict(run.to_dict())
+        assert run.status == "complete" and run.generation.new_tokens == 4
+        assert (out / name / "round-1" / "run.json").is_file()
+        assert len(run.generations) == 1  # the warm-up's generation is not the row's figure
+        assert any(p.name == "warmup" for p in run.phases)
+    assert load_run(out / "transformers").model["class"] == "LlamaForCausalLM"
+    assert load_run(out / "int8").model["engine_options"]["int8"] is True
+    report = json.loads((out / "ablation.json").read_text())
+    figures = {f["name"]: f for f in report["figures"]}
+    assert set(figures) == {"transformers", "engine", "int8"}
+    assert report["read_bandwidth_gbps"] == pytest.approx(20.0)  # from the seeded cache
+    assert figures["engine"]["agreement"] == 1.0 and figures["int8"]["agreement"] is not None
+    assert figures["transformers"]["agreement"] == 1.0  # the same prompt, fp32, greedy: the same tokens
+    assert figures["engine"]["speedup_vs_baseline"] > 0 and figures["int8"]["floor_share"] > 0
+    for name in ("transformers fp32", "engine fp32", "int8 weight-only"):
+        assert name in proc.stdout
