@@ -22,6 +22,7 @@ from lmprof.analyze.phases import refine_phase_peaks
 from lmprof.clock import Clock
 from lmprof.collect.device import detect_device
 from lmprof.collect.environment import describe_environment, snapshot_load
+from lmprof.collect.function_profilers import PSTATS_FILE, add_python_profile, make_python_profiler
 from lmprof.collect.memory_sampler import DEFAULT_INTERVAL_S, MemorySampler
 from lmprof.collect.phases import PhaseHandle, PhaseRecorder
 from lmprof.collect.process_stats import os_peak_rss_bytes
@@ -68,7 +69,9 @@ class ProfileSession:
         # session starts on the CPU part and looks again when instrumentation is installed.
         self.device = detect_device(device) if "torch" in sys.modules else detect_device("cpu")
         self.sampler = MemorySampler(self.now_s, sample_interval_s, self.device)
-        self.phases = PhaseRecorder(self._clock, self._origin_s, self.device, on_boundary=self.sampler.sample_once)
+        self.phases = PhaseRecorder(
+            self._clock, self._origin_s, self.device, on_boundary=self.sampler.sample_once
+        )
         self.pipeline_call_start_s: float | None = None
         self.run = Run(
             run_id=uuid.uuid4().hex[:12],
@@ -191,7 +194,12 @@ class ProfileSession:
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
         collector = self._python_profiler
-        if collector is not None and hasattr(collector, "save_pstats") and self.run.deep and self.run.deep.python:
+        if (
+            collector is not None
+            and hasattr(collector, "save_pstats")
+            and self.run.deep
+            and self.run.deep.python
+        ):
             # cProfile's data as a .pstats file beside run.json (pstats, snakeviz read it)
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             collector.save_pstats(Path(run_dir) / PSTATS_FILE)
@@ -223,7 +231,11 @@ class ProfileSession:
         from lmprof.collect.torch_trace import TorchTraceCollector
 
         return TorchTraceCollector(
-            model, self.now_s, cuda=self.device.is_cuda, with_stack=self._python_stacks, max_decode_steps=self._deep_steps
+            model,
+            self.now_s,
+            cuda=self.device.is_cuda,
+            with_stack=self._python_stacks,
+            max_decode_steps=self._deep_steps,
         )
 
     def finish_deep_trace(self, tracer: Any, kv_samples: list[tuple[float, int]]) -> None:
@@ -252,7 +264,11 @@ class ProfileSession:
         s = self.sampler.samples
         timeline = MemoryTimeline(
             interval_s=self.sampler.interval_s,
-            host={"t_s": list(s.t_s), "rss_bytes": list(s.rss_bytes), "file_rss_bytes": list(s.file_rss_bytes)},
+            host={
+                "t_s": list(s.t_s),
+                "rss_bytes": list(s.rss_bytes),
+                "file_rss_bytes": list(s.file_rss_bytes),
+            },
             notes=[RSS_NOTE],
         )
         if s.rss_bytes:
@@ -331,48 +347,3 @@ def _generated_text(result: Any) -> str | None:
         if isinstance(text, list) and text and isinstance(text[-1], dict):
             return str(text[-1].get("content"))
     return None
-
-
-PSTATS_FILE = "profile.pstats"
-
-
-def make_python_profiler(name: str) -> Any:
-    """The function-level profiler: py-spy (sampling, low cost) or cProfile (exact counts)."""
-    if name == "py-spy":
-        from lmprof.collect.python_sampler import PySpySampler
-
-        return PySpySampler(rate_hz=100)
-    if name == "cprofile":
-        from lmprof.collect.python_cprofile import CProfileCollector
-
-        return CProfileCollector()
-    raise ValueError(f"unknown python profiler {name!r}")
-
-
-def add_python_profile(deep: Any, profile: Any, name: str) -> None:
-    """Put a PythonProfile into the deep record, with its cost measured on a calibration
-    workload (paired runs with and without the profiler, in this process)."""
-    from lmprof.collect.overhead import measure_slowdown
-
-    deep.python = profile.to_record()
-    if profile.flame is not None and profile.flame.stacks:
-        deep.flames.append(profile.flame)
-    if not profile.available:
-        deep.notes.append(f"no Python function profile: {profile.reason}")
-        return
-    cost = measure_slowdown(_calibration_workload, lambda: make_python_profiler(name), repeats=3)
-    cost["method"] = "calibration: a fixed Python + small-matmul loop timed with and without the profiler, paired"
-    cost["distorts"] = ["every phase's wall time, by about this factor on Python-heavy work"]
-    deep.overhead[name] = cost
-    deep.python["slowdown"] = cost["slowdown"]
-
-
-def _calibration_workload() -> None:
-    # Python-heavy like generate's loop: many small tensor ops with Python between them.
-    import torch
-
-    x = torch.ones(64, 64)
-    total = 0.0
-    for i in range(400):
-        x = torch.tanh(x @ x * 0.01)
-        total += float(i % 7)
