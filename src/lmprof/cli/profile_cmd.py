@@ -28,9 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["transformers", "lmprof"], default="transformers", help="transformers (default) or lmprof's from-scratch engine")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--deep", action="store_true", help="also trace the generate call: operators, modules, flame graphs, memory by kind")
-    p.add_argument("--no-python-stacks", action="store_true", help="with --deep: leave Python frames out of the trace (cheaper)")
+    p.add_argument("--python-stacks", action="store_true", help="with --deep: Python frames in the op trace and flame graph (several times costlier)")
+    p.add_argument("--python-profiler", choices=["py-spy", "cprofile", "none"], default="py-spy",
+                   help="with --deep: function-level profile of the whole run (default py-spy; cprofile also writes profile.pstats)")
+    p.add_argument("--deep-steps", type=int, default=16, help="with --deep: decode steps to trace (default 16; 0 = all)")
     p.add_argument("--sample-interval-ms", type=float, default=10.0, help="host/device memory sampling interval (default 10)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<model>)")
+    p.add_argument("--repeat", type=int, default=1, help="N cold runs, each in a fresh process, saved as OUT/rep-1..N; prints their spread")
     p.add_argument("--json", action="store_true", help="print the Run record as JSON on stdout instead of the summary")
     p.set_defaults(handler=run)
 
@@ -58,12 +62,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--sample-interval-ms must be positive, got {args.sample_interval_ms}")
     out = args.out or default_run_dir(args.model or "default")
     check_writable(out)
+    if args.repeat != 1:
+        from lmprof.cli.repeat import run_repeats
+
+        return run_repeats(args.argv, args.repeat, out, args.json)
     session = ProfileSession(
         sample_interval_s=args.sample_interval_ms / 1e3,
         device=None if args.device == "auto" else args.device,
         settings={**req.as_settings(), "out": str(out)},
         deep=args.deep,
-        python_stacks=not args.no_python_stacks,
+        python_stacks=args.python_stacks,
+        deep_steps=args.deep_steps or None,
+        python_profiler=args.python_profiler if args.deep and args.python_profiler != "none" else None,
     )
     session.add_python_startup()
     return run_profiled(session, lambda: run_profile(session, req), out, as_json=args.json, debug=args.debug)
