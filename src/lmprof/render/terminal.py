@@ -37,6 +37,8 @@ def render_run(run: Run, run_dir: Path | None = None) -> RenderableType:
         parts.append(Text(f"warning: {warning}", style="yellow"))
     if run_dir is not None:
         parts.append(Text(f"Run saved to {run_dir}/run.json  (re-render: lmprof show {run_dir})"))
+        if (Path(run_dir) / "report.html").exists():
+            parts.append(Text(f"Report: {run_dir}/report.html  (open it in a browser)"))
         if run.deep is not None and run.deep.flames:
             names = ", ".join(f"flame-{f.name}.svg" for f in run.deep.flames)
             parts.append(Text(f"Flame graphs: {names} (+ .speedscope.json, .folded); timeline: trace.json (Perfetto)"))
