@@ -51,7 +51,10 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
         trace=trace_events(roots, trace.spans),
     )
     flames = [time_flame(run.phases, run.wall_s, roots, launches)]
-    for extra in (device_flame(run.phases, roots, launches), memory_flame(run.phases, roots, trace.spans, trace.main_tid)):
+    for extra in (
+        device_flame(run.phases, roots, launches),
+        memory_flame(run.phases, roots, trace.spans, trace.main_tid),
+    ):
         if extra is not None:
             flames.append(extra)
     deep.flames = flames
@@ -75,7 +78,11 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
     deep.notes.append(
         f"torch.profiler traced one generate call ({trace.wall_s:.2f} s on the session clock) with "
         f"nn.Module ranges{', Python stacks' if trace.with_stack else ''} and allocator events"
-        + (f", prefill and the first {trace.steps_traced} decode steps." if trace.steps_traced is not None else ".")
+        + (
+            f", prefill and the first {trace.steps_traced} decode steps."
+            if trace.steps_traced is not None
+            else "."
+        )
     )
     return deep
 
@@ -89,7 +96,7 @@ def _kv_growth(kv_samples: list[tuple[float, int]]) -> float | None:
     """Measured KV-cache growth per generated token (bytes), from the cache's tensors."""
     if len(kv_samples) < 3:
         return None
-    (t1, b1), (t2, b2) = kv_samples[1], kv_samples[-1]
+    (_t1, b1), (_t2, b2) = kv_samples[1], kv_samples[-1]
     steps = len(kv_samples) - 2
     return (b2 - b1) / steps if steps > 0 else None
 
@@ -101,7 +108,9 @@ def tracer_overhead(generations, steps_traced: int | None = None) -> dict[str, d
     from statistics import median
 
     traced = next((g for g in generations if g.traced), None)
-    plain = next((g for g in generations if not g.traced and traced and g.new_tokens == traced.new_tokens), None)
+    plain = next(
+        (g for g in generations if not g.traced and traced and g.new_tokens == traced.new_tokens), None
+    )
     if traced is None or plain is None or not plain.prefill_s:
         return {}
     k = steps_traced or len(traced.decode_step_latencies_s)
@@ -116,7 +125,9 @@ def tracer_overhead(generations, steps_traced: int | None = None) -> dict[str, d
             "untraced_step_s": median(p_steps),
             "decode_slowdown": median(t_steps) / median(p_steps),
             "prefill_slowdown": traced.prefill_s / plain.prefill_s,
-            "distorts": ["the traced call's prefill and decode phases and generation figures",
-                         "operator, module and flame-graph times (inflated by the same order)"],
+            "distorts": [
+                "the traced call's prefill and decode phases and generation figures",
+                "operator, module and flame-graph times (inflated by the same order)",
+            ],
         }
     }

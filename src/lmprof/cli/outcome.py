@@ -4,7 +4,6 @@ it measured (status failed/incomplete) and the user gets one line, not a traceba
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 import sys
 import tempfile

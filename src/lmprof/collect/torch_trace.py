@@ -14,8 +14,9 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 MODULE_PREFIX = "module:"
 CLOCK_MARKER = "lmprof:clock"
@@ -155,7 +156,16 @@ class TorchTraceCollector:
         )
 
 
-KEPT_CATEGORIES = {"step_marker", "cpu_op", "user_annotation", "python_function", "kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime"}
+KEPT_CATEGORIES = {
+    "step_marker",
+    "cpu_op",
+    "user_annotation",
+    "python_function",
+    "kernel",
+    "gpu_memcpy",
+    "gpu_memset",
+    "cuda_runtime",
+}
 
 
 def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
@@ -170,7 +180,9 @@ def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
     spans = []
     for e in events:
         if e.get("name") == "[memory]" and "ts" in e:  # allocator events: instant, with Bytes
-            spans.append(Span("[memory]", "memory", e["ts"] * 1e-6 + offset_s, 0.0, e.get("tid", 0), e.get("args", {})))
+            spans.append(
+                Span("[memory]", "memory", e["ts"] * 1e-6 + offset_s, 0.0, e.get("tid", 0), e.get("args", {}))
+            )
             continue
         if e.get("ph") != "X" or e.get("cat") not in KEPT_CATEGORIES or e.get("name") == CLOCK_MARKER:
             continue
