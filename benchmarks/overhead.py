@@ -46,7 +46,9 @@ class TokenClock:
 
 def one_round(model, inputs, new_tokens: int) -> float:
     clock = TokenClock()
-    model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=clock)
+    model.generate(
+        **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=clock
+    )
     return clock.decode_tokens_per_s()
 
 

@@ -7,7 +7,9 @@ from lmprof.record import Generation, MemoryTimeline, Phase, Run
 MiB = 1 << 20
 
 
-def phase(name, start, end, depth=0, parent=None, rss=(100 * MiB, 110 * MiB), file_rss=(10 * MiB, 10 * MiB), **kw):
+def phase(
+    name, start, end, depth=0, parent=None, rss=(100 * MiB, 110 * MiB), file_rss=(10 * MiB, 10 * MiB), **kw
+):
     return Phase(
         name=name, start_s=start, end_s=end, depth=depth, parent_index=parent, cpu_s=(end - start) * 0.9,
         rss_start_bytes=rss[0], rss_end_bytes=rss[1], rss_peak_bytes=max(rss),
@@ -22,7 +24,9 @@ def sample_run() -> Run:
         phase("resolve", 1.0, 1.1),
         phase("pipeline_setup", 1.1, 2.1),
         phase("load_model", 1.1, 1.6, depth=1, parent=3),
-        phase("read_weights", 1.2, 1.4, depth=2, parent=4, file_rss=(10 * MiB, 60 * MiB), payload_bytes=50 * MiB),
+        phase(
+            "read_weights", 1.2, 1.4, depth=2, parent=4, file_rss=(10 * MiB, 60 * MiB), payload_bytes=50 * MiB
+        ),
         phase("load_tokenizer", 1.6, 2.0, depth=1, parent=3),
         phase("pipeline_call", 2.2, 4.2, rss=(110 * MiB, 700 * MiB)),
         phase("tokenize", 2.2, 2.21, depth=1, parent=7),

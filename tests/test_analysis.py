@@ -36,7 +36,14 @@ def test_phase_rows_cover_the_wall_time():
     by_name = {r.name: r for r in rows}
     # self time of pipeline_setup excludes load_model and load_tokenizer
     assert by_name["pipeline_setup"].self_s == pytest.approx(1.0 - 0.5 - 0.4)
-    assert [r.name for r in rows[:6]] == ["python_startup", "import_torch", "resolve", "pipeline_setup", "load_model", "read_weights"]
+    assert [r.name for r in rows[:6]] == [
+        "python_startup",
+        "import_torch",
+        "resolve",
+        "pipeline_setup",
+        "load_model",
+        "read_weights",
+    ]
 
 
 def test_repeated_siblings_merge_with_count():

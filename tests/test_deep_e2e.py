@@ -33,7 +33,13 @@ def test_deep_run_is_valid_and_rendered(deep_run):
     out, run, stdout = deep_run
     validate_run_dict(run.to_dict())
     assert run.deep is not None
-    for title in ("One decode step", "Operators in decode", "Modules in decode", "Memory by kind", "Cost of watching"):
+    for title in (
+        "One decode step",
+        "Operators in decode",
+        "Modules in decode",
+        "Memory by kind",
+        "Cost of watching",
+    ):
         assert title in stdout
 
 
@@ -139,7 +145,9 @@ def test_cprofile_writes_pstats(run_cli, tmp_path):
     import pstats
 
     out = tmp_path / "cp"
-    proc = run_cli("profile", "tiny", "--deep", "--python-profiler", "cprofile", "--max-new-tokens", 3, "--out", out)
+    proc = run_cli(
+        "profile", "tiny", "--deep", "--python-profiler", "cprofile", "--max-new-tokens", 3, "--out", out
+    )
     assert proc.returncode == 0, proc.stderr
     run = load_run(out)
     assert run.deep.python["sampler"] == "cprofile" and run.deep.python["pstats_file"] == "profile.pstats"

@@ -22,7 +22,15 @@ def test_context_manager_records_a_pipeline_made_inside_it(tiny_model, tmp_path)
     rec = lmprof.load_run(tmp_path / "lib")
     validate_run_dict(rec.to_dict())
     names = [p.name for p in rec.phases]
-    for name in ("load_model", "read_weights", "load_tokenizer", "pipeline_call", "tokenize", "prefill", "decode"):
+    for name in (
+        "load_model",
+        "read_weights",
+        "load_tokenizer",
+        "pipeline_call",
+        "tokenize",
+        "prefill",
+        "decode",
+    ):
         assert name in names
     assert rec.generation.new_tokens == 6 and rec.generation.call == "pipeline"
     assert rec.generation.text is not None
@@ -40,7 +48,9 @@ def test_instrumentation_is_removed_after_the_session(tiny_model):
         ]
     }
     with lmprof.profile():
-        assert inspect.getattr_static(GenerationMixin, "generate") is not before[(GenerationMixin, "generate")]
+        assert (
+            inspect.getattr_static(GenerationMixin, "generate") is not before[(GenerationMixin, "generate")]
+        )
     for (cls, name), raw in before.items():
         assert inspect.getattr_static(cls, name) is raw
 

@@ -34,8 +34,22 @@ def test_nested_phases_record_times_cpu_memory_and_parents():
             h.add_payload(200)
         clock.advance(0.5, 0.5)
     load, read = rec.phases
-    assert (load.name, load.start_s, load.end_s, load.cpu_s, load.depth, load.parent_index) == ("load", 0, 3.5, 2.5, 0, None)
-    assert (read.start_s, read.end_s, read.wall_s, read.cpu_s, read.depth, read.parent_index) == (1.0, 3.0, 2.0, 1.5, 1, 0)
+    assert (load.name, load.start_s, load.end_s, load.cpu_s, load.depth, load.parent_index) == (
+        "load",
+        0,
+        3.5,
+        2.5,
+        0,
+        None,
+    )
+    assert (read.start_s, read.end_s, read.wall_s, read.cpu_s, read.depth, read.parent_index) == (
+        1.0,
+        3.0,
+        2.0,
+        1.5,
+        1,
+        0,
+    )
     assert read.rss_start_bytes == 100 and read.rss_end_bytes == 300
     assert read.file_rss_end_bytes - read.file_rss_start_bytes == 200
     assert read.disk_read_bytes == 4096 and read.minor_faults == 7

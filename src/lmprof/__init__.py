@@ -1,10 +1,10 @@
 """lmprof: where an LLM inference run's time and memory go.
 
-    import lmprof
-    with lmprof.profile() as run:
-        pipe = pipeline("text-generation", model=...)
-        pipe("...", max_new_tokens=64)
-    run.save("out/")
+import lmprof
+with lmprof.profile() as run:
+    pipe = pipeline("text-generation", model=...)
+    pipe("...", max_new_tokens=64)
+run.save("out/")
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ def profile(
     from lmprof.session import ProfileSession
 
     return ProfileSession(
-        sample_interval_s=sample_interval_s, device=device, settings=settings, deep=deep, python_profiler=python_profiler
+        sample_interval_s=sample_interval_s,
+        device=device,
+        settings=settings,
+        deep=deep,
+        python_profiler=python_profiler,
     )
 
 

@@ -164,7 +164,9 @@ class Run:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot create output folder '{path}': {exc.strerror}; pass --out to a writable folder") from exc
+            raise UsageError(
+                f"cannot create output folder '{path}': {exc.strerror}; pass --out to a writable folder"
+            ) from exc
         return write_atomic(path / RUN_FILE, self.to_json() + "\n")
 
 

@@ -73,7 +73,9 @@ class DeepProfile:
 
 def deep_from_dict(data: dict[str, Any]) -> DeepProfile:
     kwargs = {f.name: data[f.name] for f in dataclasses.fields(DeepProfile) if f.name in data}
-    kwargs["flames"] = [FlameGraph(**{k: v for k, v in f.items() if k != "total"}) for f in data.get("flames", [])]
+    kwargs["flames"] = [
+        FlameGraph(**{k: v for k, v in f.items() if k != "total"}) for f in data.get("flames", [])
+    ]
     kwargs["trace"] = [TraceEvent(**t) for t in data.get("trace", [])]
     return DeepProfile(**kwargs)
 

@@ -63,7 +63,9 @@ def _frames(node: Node) -> list[str]:
     return [frame_of(a) for a in reversed(list(node.ancestors()))] + [frame_of(node)]
 
 
-def time_flame(phases: list[Phase], wall_s: float, roots: list[Node], launches: dict[Any, list[Span]]) -> FlameGraph:
+def time_flame(
+    phases: list[Phase], wall_s: float, roots: list[Node], launches: dict[Any, list[Span]]
+) -> FlameGraph:
     chains = PhaseChains(phases)
     weights: dict[tuple[str, ...], float] = defaultdict(float)
     traced_self: dict[int, float] = defaultdict(float)  # phase index -> self time of spans in it
@@ -89,10 +91,17 @@ def time_flame(phases: list[Phase], wall_s: float, roots: list[Node], launches: 
     rest = wall_s - sum(p.wall_s for p in phases if p.parent_index is None)
     if rest > 0:
         weights[(UNATTRIBUTED_FRAME,)] += rest
-    return _flame("time", "seconds", "phases (session clock) + torch.profiler trace of the profiled generate call", weights)
+    return _flame(
+        "time",
+        "seconds",
+        "phases (session clock) + torch.profiler trace of the profiled generate call",
+        weights,
+    )
 
 
-def device_flame(phases: list[Phase], roots: list[Node], launches: dict[Any, list[Span]]) -> FlameGraph | None:
+def device_flame(
+    phases: list[Phase], roots: list[Node], launches: dict[Any, list[Span]]
+) -> FlameGraph | None:
     """CUDA kernel time by the host stack that launched it (None on CPU)."""
     if not launches:
         return None
@@ -107,7 +116,9 @@ def device_flame(phases: list[Phase], roots: list[Node], launches: dict[Any, lis
     return _flame("device", "seconds", "CUDA kernel time (torch.profiler, CUPTI) by launching stack", weights)
 
 
-def memory_flame(phases: list[Phase], roots: list[Node], spans: list[Span], main_tid: Any) -> FlameGraph | None:
+def memory_flame(
+    phases: list[Phase], roots: list[Node], spans: list[Span], main_tid: Any
+) -> FlameGraph | None:
     """Bytes allocated through torch's allocators (profile_memory events) by stack."""
     chains = PhaseChains(phases)
     weights: dict[tuple[str, ...], float] = defaultdict(float)
@@ -128,7 +139,9 @@ def memory_flame(phases: list[Phase], roots: list[Node], spans: list[Span], main
 
 def _flame(name: str, unit: str, source: str, weights: dict[tuple[str, ...], float]) -> FlameGraph:
     items = sorted((k, v) for k, v in weights.items() if v > 0)
-    return FlameGraph(name=name, unit=unit, source=source, stacks=[list(k) for k, _ in items], weights=[v for _, v in items])
+    return FlameGraph(
+        name=name, unit=unit, source=source, stacks=[list(k) for k, _ in items], weights=[v for _, v in items]
+    )
 
 
 def trace_events(roots: list[Node], spans: list[Span], cap: int = 20000) -> list[TraceEvent]:
@@ -139,7 +152,11 @@ def trace_events(roots: list[Node], spans: list[Span], cap: int = 20000) -> list
         if node.span.cat == "python_function":
             continue  # too many for a timeline; the flame graph has them
         cat = "module" if node.is_module else ("launch" if node.span.cat == "cuda_runtime" else "op")
-        out.append(TraceEvent(frame_of(node).split(":", 1)[1], cat, node.span.start_s, node.span.dur_s, "cpu main thread"))
+        out.append(
+            TraceEvent(
+                frame_of(node).split(":", 1)[1], cat, node.span.start_s, node.span.dur_s, "cpu main thread"
+            )
+        )
     for s in spans:
         if s.cat in ("kernel", "gpu_memcpy", "gpu_memset"):
             stream = s.args.get("stream", "?")

@@ -16,7 +16,16 @@ DTYPE_BYTES = {
     "float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "long int": 8, "int": 4,
     "short int": 2, "signed char": 1, "unsigned char": 1, "bool": 1,
 }  # fmt: skip
-STEP_PARTS = ("attention", "mlp", "norm", "embedding", "lm_head", "other_in_model", "python_in_model", "outside_model")
+STEP_PARTS = (
+    "attention",
+    "mlp",
+    "norm",
+    "embedding",
+    "lm_head",
+    "other_in_model",
+    "python_in_model",
+    "outside_model",
+)
 
 
 def stage_of(t_s: float, windows: dict[str, tuple[float, float]]) -> str | None:
@@ -75,7 +84,9 @@ def operator_rows(roots: list[Node], windows, launches, limit: int = 60) -> dict
     return dict(out)
 
 
-def module_rows(roots: list[Node], windows, launches, module_types: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+def module_rows(
+    roots: list[Node], windows, launches, module_types: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
     agg: dict[tuple[str, str], dict[str, Any]] = {}
     for node in all_nodes(roots):
         if not node.is_module:
@@ -148,7 +159,9 @@ def _part_of(node: Node) -> str:
     return "outside_model"
 
 
-def step_breakdown(roots: list[Node], windows: dict[str, tuple[float, float]], steps: dict[str, int]) -> dict[str, dict[str, Any]]:
+def step_breakdown(
+    roots: list[Node], windows: dict[str, tuple[float, float]], steps: dict[str, int]
+) -> dict[str, dict[str, Any]]:
     """Each stage's wall time split into parts that add up to it: time in attention, MLP,
     norms, embedding, lm_head, other ops inside the model, Python between ops inside
     the model, and everything outside the model forward (sampling, logits processors,
@@ -185,7 +198,16 @@ def copy_rows(roots: list[Node], windows, launches) -> list[dict[str, Any]]:
         where = node.nearest_module() or "generate loop (outside the model)"
         key = (stage, node.span.name, where)
         row = agg.setdefault(
-            key, {"stage": stage, "op": node.span.name, "where": where, "calls": 0, "bytes": 0, "cpu_s": 0.0, "device_s": 0.0}
+            key,
+            {
+                "stage": stage,
+                "op": node.span.name,
+                "where": where,
+                "calls": 0,
+                "bytes": 0,
+                "cpu_s": 0.0,
+                "device_s": 0.0,
+            },
         )
         row["calls"] += 1
         row["bytes"] += _input_bytes(node.span.args)

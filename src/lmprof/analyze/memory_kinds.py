@@ -26,7 +26,10 @@ def expected_memory(model: dict[str, Any], tokens: int, batch: int) -> dict[str,
     hidden = cfg.get("hidden_size", 0)
     head_dim = cfg.get("head_dim") or (hidden // heads if heads else 0)
     kv_per_token = 2 * layers * kv_heads * head_dim * b
-    act = batch * tokens * (2 * cfg.get("intermediate_size", 0) + 4 * hidden) * b + batch * cfg.get("vocab_size", 0) * 4
+    act = (
+        batch * tokens * (2 * cfg.get("intermediate_size", 0) + 4 * hidden) * b
+        + batch * cfg.get("vocab_size", 0) * 4
+    )
     return {
         "weights": int(model.get("parameter_count", 0) * b),
         "kv_cache": int(kv_per_token * tokens * batch),
@@ -60,7 +63,9 @@ def host_memory_by_kind(
     t_peak, rss_peak, file_peak = t[i], rss[i], frss[i]
     load = next((p for p in run.phases if p.name == "load_model"), None)
     file_before = load.file_rss_start_bytes if load else 0
-    weight_bytes = int(run.model.get("weight_bytes", 0)) if str(run.model.get("device", "cpu")).startswith("cpu") else 0
+    weight_bytes = (
+        int(run.model.get("weight_bytes", 0)) if str(run.model.get("device", "cpu")).startswith("cpu") else 0
+    )
     weights_mapped = min(max(file_peak - file_before, 0), weight_bytes)
     libraries = file_peak - weights_mapped
     anon = rss_peak - file_peak
@@ -80,7 +85,9 @@ def host_memory_by_kind(
     return {"where": "host", "t_s": t_peak, "measured_bytes": rss_peak, "measured": "RSS", "parts": parts}
 
 
-def device_memory_by_kind(run: Run, window: tuple[float, float], kv_samples: list[tuple[float, int]]) -> dict[str, Any] | None:
+def device_memory_by_kind(
+    run: Run, window: tuple[float, float], kv_samples: list[tuple[float, int]]
+) -> dict[str, Any] | None:
     """Split device memory at the highest NVML/allocator sample inside `window`: weights,
     KV cache, activations (allocated minus both), allocator reserve (reserved minus
     allocated: cached blocks and fragmentation), and outside torch (NVML used minus
@@ -106,7 +113,13 @@ def device_memory_by_kind(run: Run, window: tuple[float, float], kv_samples: lis
     if used is not None:
         parts["outside_torch"] = max(used - reserved, 0)
     parts["unattributed"] = measured - sum(parts.values())
-    return {"where": "device", "t_s": t[i], "measured_bytes": measured, "measured": "NVML used" if used is not None else "reserved", "parts": parts}
+    return {
+        "where": "device",
+        "t_s": t[i],
+        "measured_bytes": measured,
+        "measured": "NVML used" if used is not None else "reserved",
+        "parts": parts,
+    }
 
 
 def _last_at(samples: list[tuple[float, int]], t_s: float) -> int | None:

@@ -67,9 +67,11 @@ def phase_rows(run: Run) -> list[PhaseRow]:
         for group in groups:
             ps = [run.phases[i] for i in group]
             wall = sum(p.wall_s for p in ps)
-            payload = sum(p.payload_bytes for p in ps if p.payload_bytes is not None) if any(
-                p.payload_bytes is not None for p in ps
-            ) else None
+            payload = (
+                sum(p.payload_bytes for p in ps if p.payload_bytes is not None)
+                if any(p.payload_bytes is not None for p in ps)
+                else None
+            )
             rows.append(
                 PhaseRow(
                     name=ps[0].name,

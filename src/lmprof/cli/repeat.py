@@ -41,7 +41,9 @@ def run_repeats(argv: list[str], repeat: int, out: Path, as_json: bool) -> int:
     for k in range(1, repeat + 1):
         rep_dir = out / f"rep-{k}"
         console.print(f"[bold]repeat {k}/{repeat}[/bold] -> {rep_dir}")
-        proc = subprocess.run([sys.executable, "-m", "lmprof", *base, "--out", str(rep_dir)], stdout=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lmprof", *base, "--out", str(rep_dir)], stdout=subprocess.DEVNULL
+        )
         if proc.returncode != 0:
             return proc.returncode
     from lmprof.run_group import load_run_group
@@ -60,7 +62,9 @@ def spread_table(group):
     from lmprof.analyze.compare import FIGURES, group_measure
     from lmprof.render.compare_cells import fmt_value
 
-    table = Table(title=f"{len(group.runs)} repeats: run-to-run noise", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"{len(group.runs)} repeats: run-to-run noise", title_justify="left", box=box.SIMPLE_HEAD
+    )
     for col in ("figure", "median", "min", "max", "± half-range"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     for spec in FIGURES:

@@ -20,12 +20,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("script", type=Path, help="the Python script to run")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
-    p.add_argument("--sample-interval-ms", type=float, default=10.0, help="memory sampling interval (default 10)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<script>)")
+    p.add_argument(
+        "--sample-interval-ms", type=float, default=10.0, help="memory sampling interval (default 10)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<script>)"
+    )
     p.add_argument("--json", action="store_true", help="print the Run record as JSON on stdout")
-    p.add_argument("--deep", action="store_true", help="trace the first generate call and profile Python functions")
-    p.add_argument("--python-profiler", choices=["py-spy", "cprofile", "none"], default="py-spy",
-                   help="with --deep: the function-level profiler (default py-spy)")
+    p.add_argument(
+        "--deep", action="store_true", help="trace the first generate call and profile Python functions"
+    )
+    p.add_argument(
+        "--python-profiler",
+        choices=["py-spy", "cprofile", "none"],
+        default="py-spy",
+        help="with --deep: the function-level profiler (default py-spy)",
+    )
     p.set_defaults(handler=run)
 
 

@@ -80,16 +80,23 @@ class Instrumentation:
         from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
         model_cls = modeling_utils.PreTrainedModel
-        self._patch(model_cls, "from_pretrained", self._wrap_from_pretrained, "PreTrainedModel.from_pretrained")
+        self._patch(
+            model_cls, "from_pretrained", self._wrap_from_pretrained, "PreTrainedModel.from_pretrained"
+        )
         self._patch(
             modeling_utils,
             "_get_resolved_checkpoint_files",
             self._phase_around("resolve"),
             "modeling_utils._get_resolved_checkpoint_files",
         )
-        self._patch(model_cls, "get_init_context", self._wrap_init_context, "PreTrainedModel.get_init_context")
         self._patch(
-            model_cls, "_load_pretrained_model", self._wrap_read_weights, "PreTrainedModel._load_pretrained_model"
+            model_cls, "get_init_context", self._wrap_init_context, "PreTrainedModel.get_init_context"
+        )
+        self._patch(
+            model_cls,
+            "_load_pretrained_model",
+            self._wrap_read_weights,
+            "PreTrainedModel._load_pretrained_model",
         )
         self._patch(model_cls, "to", self._wrap_to_device, "PreTrainedModel.to")
         self._patch(model_cls, "cuda", self._wrap_to_device, "PreTrainedModel.cuda")
@@ -117,7 +124,9 @@ class Instrumentation:
         # still gets its loading phases, just not the enclosing pipeline_setup).
         self._patch(pipelines, "pipeline", self._phase_around("pipeline_setup"), "transformers.pipeline")
         if "pipeline" in vars(transformers):
-            self._patch(transformers, "pipeline", self._phase_around("pipeline_setup"), "transformers.pipeline")
+            self._patch(
+                transformers, "pipeline", self._phase_around("pipeline_setup"), "transformers.pipeline"
+            )
 
     # --- wrappers with more to record than a phase -------------------------------------
 

@@ -65,7 +65,9 @@ def render_deep(run: Run, top: int = 12) -> RenderableType:
 
 def step_table(breakdown: dict[str, Any], label: str) -> Table:
     n = breakdown["steps"]
-    table = Table(title=f"One {label}, on average over {n} (traced)", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"One {label}, on average over {n} (traced)", title_justify="left", box=box.SIMPLE_HEAD
+    )
     table.add_column("part")
     table.add_column("per step", justify="right")
     table.add_column("share", justify="right")
@@ -73,7 +75,9 @@ def step_table(breakdown: dict[str, Any], label: str) -> Table:
     for key, label_text in PART_LABELS.items():
         value = breakdown["parts_s"].get(key, 0.0)
         table.add_row(label_text, fmt_s(value / n), fmt_pct(value / wall))
-    table.add_row(Text("total", style="bold"), fmt_s(wall / n), fmt_pct(sum(breakdown["parts_s"].values()) / wall))
+    table.add_row(
+        Text("total", style="bold"), fmt_s(wall / n), fmt_pct(sum(breakdown["parts_s"].values()) / wall)
+    )
     return table
 
 
@@ -94,7 +98,9 @@ def operator_table(rows: list[dict[str, Any]], stage: str, top: int) -> Table:
 
 def collapse_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """model.layers.7.mlp -> model.layers.*.mlp, summed: one row per kind of module."""
-    merged: dict[str, dict[str, Any]] = defaultdict(lambda: {"calls": 0, "total_s": 0.0, "self_s": 0.0, "device_s": 0.0})
+    merged: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"calls": 0, "total_s": 0.0, "self_s": 0.0, "device_s": 0.0}
+    )
     for r in rows:
         key = re.sub(r"\.(\d+)(\.|$)", r".*\2", r["path"])
         m = merged[key]
@@ -105,7 +111,9 @@ def collapse_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def module_table(rows: list[dict[str, Any]], stage: str, top: int) -> Table:
-    table = Table(title=f"Modules in {stage}, layers summed (traced)", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"Modules in {stage}, layers summed (traced)", title_justify="left", box=box.SIMPLE_HEAD
+    )
     for col in ("module", "type", "calls", "total", "self"):
         table.add_column(col, justify="right" if col in ("calls", "total", "self") else "left", no_wrap=True)
     for r in collapse_layers(rows)[:top]:
@@ -144,7 +152,13 @@ def memory_kind_table(by_kind: dict[str, Any]) -> Table:
             key = expect_for.get(kind)
             table.add_row(where, kind.replace("_", " "), fmt_bytes(n_bytes), fmt_pct(n_bytes / total),
                           fmt_bytes(expected.get(key)) if key else "")  # fmt: skip
-        table.add_row(where, Text(f"= {part['measured']}", style="bold"), fmt_bytes(part["measured_bytes"]), "100.0%", "")
+        table.add_row(
+            where,
+            Text(f"= {part['measured']}", style="bold"),
+            fmt_bytes(part["measured_bytes"]),
+            "100.0%",
+            "",
+        )
     if by_kind.get("kv_growth_bytes_per_token") is not None:
         table.caption = (
             f"KV cache grew {fmt_bytes(by_kind['kv_growth_bytes_per_token'])} per token (measured from the cache "

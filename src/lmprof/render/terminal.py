@@ -41,7 +41,9 @@ def render_run(run: Run, run_dir: Path | None = None) -> RenderableType:
             parts.append(Text(f"Report: {run_dir}/report.html  (open it in a browser)"))
         if run.deep is not None and run.deep.flames:
             names = ", ".join(f"flame-{f.name}.svg" for f in run.deep.flames)
-            parts.append(Text(f"Flame graphs: {names} (+ .speedscope.json, .folded); timeline: trace.json (Perfetto)"))
+            parts.append(
+                Text(f"Flame graphs: {names} (+ .speedscope.json, .folded); timeline: trace.json (Perfetto)")
+            )
     return Group(*parts)
 
 
