@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmprof.engine import EngineOptions
 from lmprof.errors import LmprofError, UsageError
+
+if TYPE_CHECKING:
+    from lmprof.engine import EngineOptions
 
 BASELINE = "transformers"
 REFERENCE = "engine"  # the engine as it loads by default: fp32, static KV cache, SDPA, grouped GQA
 BEST = "best"
 BATCH_ROW_SIZE = 8
+MIN_GAIN = 1.05  # a switch joins the best combination only when it beat the engine row by 5%
+WEIGHT_FORMAT = "weight format"
+WEIGHT_FORMAT_KEYS = ("int8", "dtype", "column_major")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class AblationRow:
 
     def engine_options(self, threads: int | None) -> EngineOptions:
         """The row's switches over the engine's defaults; threads from the run unless the row sets them."""
+        from lmprof.engine import EngineOptions  # imports torch: not before a row's process times that
+
         return EngineOptions(**{"threads": threads, **self.options})
 
     def weight_dtype(self) -> str:
@@ -123,12 +130,23 @@ def select_rows(rows: Sequence[AblationRow], only: Sequence[str] | None) -> list
     return [r for r in rows if r.name in only]
 
 
+def _switch_groups(options: Mapping[str, Any]) -> set[str]:
+    # int8, a float dtype and column-major storage are three ways to store the weights: a
+    # combination takes one of them, the fastest.
+    return {WEIGHT_FORMAT if key in WEIGHT_FORMAT_KEYS else key for key in options}
+
+
 def best_combination(
-    rows: Sequence[AblationRow], decode_tokens_per_s: Mapping[str, float | None], reference: str = REFERENCE
+    rows: Sequence[AblationRow],
+    decode_tokens_per_s: Mapping[str, float | None],
+    reference: str = REFERENCE,
+    min_gain: float = MIN_GAIN,
 ) -> AblationRow:
-    """The engine with every switch that made batch-1 decode faster than `reference`, fastest
-    first; a switch that conflicts with one already taken (int8 with column-major weights,
-    two dtypes, compile with a growing cache) is left out. A skipped row when none helped."""
+    """The engine with every switch that made batch-1 decode at least `min_gain` times faster than
+    `reference`, fastest first; a switch that conflicts with one already taken (another weight
+    format, a second setting of the same option, compile with a growing cache) is left out.
+    The margin keeps a one-round measurement's noise from picking switches that do nothing.
+    A skipped row when none helped."""
     ref_rate = decode_tokens_per_s.get(reference)
     winners = [
         row
@@ -139,13 +157,16 @@ def best_combination(
         and row.options
         and row.skip_reason is None
         and ref_rate
-        and (decode_tokens_per_s.get(row.name) or 0.0) > ref_rate
+        and (decode_tokens_per_s.get(row.name) or 0.0) >= min_gain * ref_rate
     ]
     winners.sort(key=lambda row: decode_tokens_per_s[row.name] or 0.0, reverse=True)
+    from lmprof.engine import EngineOptions
+
     merged: dict[str, Any] = {}
+    groups: set[str] = set()
     taken: list[AblationRow] = []
     for row in winners:
-        if any(key in merged for key in row.options):
+        if groups & _switch_groups(row.options):
             continue
         candidate = {**merged, **row.options}
         try:
@@ -153,8 +174,13 @@ def best_combination(
         except LmprofError:
             continue
         merged = candidate
+        groups |= _switch_groups(row.options)
         taken.append(row)
     if not taken:
-        reason = "no switch beat the engine row" if ref_rate else "the engine row did not run"
+        reason = (
+            f"no switch beat the engine row by {min_gain - 1:.0%}"
+            if ref_rate
+            else "the engine row did not run"
+        )
         return AblationRow(BEST, "best combination", "engine", skip_reason=reason)
     return AblationRow(BEST, "best combination", "engine", merged, combines=[row.name for row in taken])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.ablation_plan import AblationRow
-from lmprof.analyze.ablation import TOKENS_DETAIL
+from lmprof.analyze.ablation import AGREEMENT_DETAIL, TOKENS_DETAIL
 from lmprof.errors import LmprofError
 from lmprof.record import STATUS_COMPLETE, STATUS_FAILED
 from lmprof.session import ProfileSession
@@ -36,6 +36,7 @@ class RowJob:
     device: str
     out: str  # run folder
     round_index: int
+    reference_tokens: list[int] | None = None  # the fp32 engine's greedy tokens, to check against
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "row": self.row.to_dict()}
@@ -66,6 +67,42 @@ def note_tokens(session: ProfileSession, token_ids: list[int]) -> None:
     last_phase(session, "generate").detail[TOKENS_DETAIL] = [int(t) for t in token_ids]
 
 
+def release_freed_memory(session: ProfileSession) -> None:
+    """Hand memory freed while loading back to the OS (glibc's malloc_trim), in its own phase.
+
+    A load-time switch replaces the fp32 weights it read (int8, fused or transposed copies);
+    glibc keeps much of that freed memory mapped, so without this the peak RSS of the generate
+    call would count weights the row no longer holds."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return  # not glibc: nothing to trim this way
+    with session.phase("trim_allocator"):
+        libc.malloc_trim(0)
+
+
+def check_against_reference(session: ProfileSession, job: RowJob, next_token_logits: Any) -> None:
+    """Teacher-forced agreement: feed the prompt and the reference's greedy tokens through this
+    row's model in one forward pass and count how often its argmax picks the reference's next
+    token. Unlike comparing two free-running outputs, one early difference does not turn every
+    later position into a mismatch. Outside the measured generation, in its own phase."""
+    if not job.reference_tokens:
+        return
+    import torch
+
+    from lmprof.analyze.ablation import token_agreement
+
+    reference = job.reference_tokens
+    with session.phase("agreement_check", reference_tokens=len(reference)) as handle, torch.inference_mode():
+        sequence = torch.tensor([job.prompts[0] + reference[:-1]], dtype=torch.long, device=job.device)
+        logits = next_token_logits(sequence)  # [1, T + n - 1, V]
+        predicted = logits[0, len(job.prompts[0]) - 1 :].argmax(dim=-1).tolist()
+        handle.note(**{AGREEMENT_DETAIL: token_agreement(predicted, reference)})
+
+
 def _run_engine_row(session: ProfileSession, job: RowJob) -> None:
     from lmprof.engine_workload import (
         describe_engine_model,
@@ -75,18 +112,24 @@ def _run_engine_row(session: ProfileSession, job: RowJob) -> None:
     )
 
     import_engine_frameworks(session, job.device)
+    import torch
+
     from lmprof.engine import generate
+
+    torch.set_num_threads(job.threads)  # loading and the agreement check, as the transformers row
 
     resolved = _resolve(session, job.model)
     options = job.row.engine_options(job.threads)
     session.run.settings["engine_options"] = asdict(options)
     model = load_engine_model(session, resolved.path, options, job.device)
     session.run.model = describe_engine_model(model, resolved, options, job.device)
+    release_freed_memory(session)
     with session.phase("warmup", new_tokens=job.warmup_tokens):
         generate(model, job.prompts, job.warmup_tokens, options=options)
     gen, new_tokens = profiled_generate(session, model, job.prompts, job.max_new_tokens, options)
     note_tokens(session, new_tokens[0].tolist())
     session.add_generation(gen)
+    check_against_reference(session, job, model)
 
 
 def _run_transformers_row(session: ProfileSession, job: RowJob) -> None:
@@ -103,6 +146,7 @@ def _run_transformers_row(session: ProfileSession, job: RowJob) -> None:
         kwargs["gguf_file"] = resolved.gguf_file
     model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **kwargs).eval()
     model.to(job.device)
+    release_freed_memory(session)
     tokens = torch.tensor(job.prompts, dtype=torch.long, device=job.device)
     pad = model.generation_config.pad_token_id
     if pad is None:
@@ -124,6 +168,7 @@ def _run_transformers_row(session: ProfileSession, job: RowJob) -> None:
     session.run.generations.clear()  # the warm-up's record; its time stays in the warmup phase
     output = generate(job.max_new_tokens)
     note_tokens(session, output[0, tokens.shape[1] :].tolist())
+    check_against_reference(session, job, lambda sequence: model(sequence).logits)
     if session.run.model is not None:
         session.run.model.update(source=resolved.source, path=str(resolved.path), spec=resolved.spec)
         session.run.model["id"] = resolved.model_id

@@ -128,7 +128,8 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
     resolved = resolve_model(req.model)
     config, config_error = _engine_config(resolved.path)
     probes, cache_file, from_cache = measured_hardware(threads=threads, refresh=req.refresh_probes)
-    probe_device = "cpu" if req.device == "cpu" else req.device
+    # The probes name a GPU with its index ("cuda:0"); the rows may say just "cuda".
+    probe_device = req.device if req.device == "cpu" or ":" in req.device else f"{req.device}:0"
     read_gbps = best_read_gbps(probes.probes, probe_device)
     system = collect_system_info(torch)
 
@@ -159,7 +160,7 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
             return
         run_dir = req.out / row.name / f"round-{k}"
         job = RowJob(row, req.model, batches[row.batch], req.max_new_tokens, req.warmup_tokens, threads,
-                     req.device, str(run_dir), k)  # fmt: skip
+                     req.device, str(run_dir), k, reference_tokens())  # fmt: skip
         figures, error = _run_job(job)
         runs[row.name].append(str(run_dir))
         result.rounds.append(figures)
@@ -168,8 +169,16 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
         if on_progress is not None:
             on_progress(k, req.rounds, row, figures, error)
 
+    def reference_tokens() -> list[int] | None:
+        # The fp32 engine's greedy tokens from its first round: each later row checks its own
+        # next-token choices against them (greedy output is the same every round).
+        reference = results.get(REFERENCE)
+        first = next((f for f in reference.rounds if f is not None), None) if reference else None
+        return list(first.new_token_ids) if first is not None and first.new_token_ids else None
+
     for k in range(1, req.rounds + 1):
-        for row in list(rows):
+        # The reference row runs first, so every other row of the round can be checked against it.
+        for row in sorted(rows, key=lambda r: r.name != REFERENCE):
             run_one(row, k)
         if k == 1 and want_best:
             rates = {name: (r.rounds[0].decode_tokens_per_s if r.rounds and r.rounds[0] else None)

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from lmprof.record import Run
 
 TOKENS_DETAIL = "new_token_ids"  # where an ablation row notes its first sequence's new tokens
+AGREEMENT_DETAIL = "teacher_forced_agreement"  # noted on a row's agreement_check phase
+# Other processes taking more than this share of all CPUs during a row's run slowed it
+# (lmprof.collect.environment warns at the same share).
+BUSY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -25,27 +29,36 @@ class RoundFigures:
     step_s: float | None  # one decode step (every sequence advances one token)
     peak_memory_bytes: int | None
     new_token_ids: list[int] = field(default_factory=list)
+    forced_agreement: float | None = None  # teacher-forced, against the reference's tokens
+    other_cpu_share: float | None = None  # CPU time other processes took during the run
 
 
 def round_figures(run: Run) -> RoundFigures:
-    """The headline generation of a Run, its peak memory, and the tokens its generate phase noted."""
+    """The headline generation of a Run, the memory peak of its measured generate call, and what
+    its phases noted: the new tokens (generate) and the teacher-forced agreement (agreement_check)."""
     gen = run.generation
-    memory = run.memory
-    peak = None
-    if memory is not None:
-        # The kernel's high-water mark does not miss short spikes; the sampled peak is the fallback.
-        peak = memory.peak_device_allocated_bytes or memory.os_peak_rss_bytes or memory.peak_rss_bytes or None
     tokens: list[int] = []
+    forced: float | None = None
+    peak: int | None = None
     for phase in reversed(run.phases):
-        if phase.name == "generate" and TOKENS_DETAIL in phase.detail:
+        if phase.name == "generate" and TOKENS_DETAIL in phase.detail and not tokens:
             tokens = list(phase.detail[TOKENS_DETAIL])
-            break
+            # During the call, not the process's high-water mark: loading (a dtype conversion,
+            # quantizing) briefly holds two copies of the weights, which is not what a switch costs
+            # while generating.
+            peak = phase.device_peak_allocated_bytes or phase.rss_peak_bytes
+        if phase.name == "agreement_check" and forced is None:
+            forced = phase.detail.get(AGREEMENT_DETAIL)
+    if peak is None and run.memory is not None:
+        peak = run.memory.peak_device_allocated_bytes or run.memory.peak_rss_bytes or None
     return RoundFigures(
         ttft_s=gen.ttft_s if gen else None,
         decode_tokens_per_s=gen.decode_tokens_per_s if gen else None,
         step_s=gen.tpot_s if gen else None,
         peak_memory_bytes=peak,
         new_token_ids=tokens,
+        forced_agreement=forced,
+        other_cpu_share=(run.environment or {}).get("other_processes_cpu_share"),
     )
 
 
@@ -122,9 +135,11 @@ class RowFigures:
     speedup_vs_previous: float | None = None
     floor_s: float | None = None
     floor_share: float | None = None
-    agreement: float | None = None
+    agreement: float | None = None  # free-running: position by position
     agreement_prefix_tokens: int | None = None
+    forced_agreement: float | None = None  # teacher-forced on the reference's tokens
     batch: int = 1
+    busy_rounds: list[int] = field(default_factory=list)  # 1-based rounds that competed for the CPU
 
 
 def _rates(row: RowResult) -> list[float | None]:
@@ -166,6 +181,12 @@ def summarize_rows(
             fig.speedup_vs_previous = paired_speedup(_rates(row), _rates(previous))
         fig.floor_s = floor_step_s(row.decode_weight_bytes, read_bytes_per_s)
         fig.floor_share = floor_share(fig.floor_s, fig.step_s)
+        fig.forced_agreement = median_or_none([r.forced_agreement for r in ran])
+        fig.busy_rounds = [
+            k
+            for k, r in enumerate(row.rounds, 1)
+            if r is not None and (r.other_cpu_share or 0.0) > BUSY_SHARE
+        ]
         tokens = _first_tokens(row)
         if ref_tokens and tokens:
             fig.agreement = token_agreement(tokens, ref_tokens)

@@ -58,7 +58,7 @@ def ablation_table(report: AblationReport) -> Table:
             _times(fig.speedup_vs_baseline),
             _times(fig.speedup_vs_previous),
             _share(fig.floor_share),
-            _share(fig.agreement),
+            _share(fig.forced_agreement if fig.forced_agreement is not None else fig.agreement),
         )
     return table
 
@@ -79,7 +79,8 @@ def _notes(report: AblationReport) -> list[str]:
         "weights); each row below it changes one switch; best combination: the switches that beat it in "
         f"round 1, merged ({' + '.join(report.best_combines) or 'none'}).",
         "tok/s: decode tokens per second (batch rows count every sequence). ×base / ×prev: decode tok/s "
-        "against the transformers row / the row above, the median of ratios taken within each round.",
+        "against the transformers row / the row above, the median of ratios taken within each round. "
+        "peak: resident memory at its highest during the measured generate call (device memory on a GPU).",
     ]
     if report.read_bandwidth_gbps:
         reference = next((f for f in report.figures if f.name == REFERENCE and f.floor_s), None)
@@ -92,7 +93,9 @@ def _notes(report: AblationReport) -> list[str]:
     else:
         notes.append("floor: no read bandwidth was measured, so no floor.")
     notes.append(
-        "agree: share of positions where the greedy tokens equal the fp32 engine row's (first sequence)."
+        "agree: fed the fp32 engine's greedy tokens, how often this row's argmax picks the same next token "
+        "(teacher-forced, first sequence); where no reference was available yet, the share of equal "
+        "positions in the two free-running outputs. ablation.json has both, and the common prefix."
     )
     cores = (report.system.get("cpu") or {}).get("logical_cores") or 1
     load = report.load_avg_start[0] if report.load_avg_start else 0.0
@@ -115,5 +118,17 @@ def render_ablation(report: AblationReport) -> RenderableType:
     skipped = not_measured(report)
     if skipped:
         parts.append(Text("Not measured:\n" + "\n".join(f"  {line}" for line in skipped), style="yellow"))
+    busy = [
+        f"{fig.name} (round {', '.join(map(str, fig.busy_rounds))})"
+        for fig in report.figures
+        if fig.busy_rounds
+    ]
+    if busy:
+        parts.append(
+            Text(
+                f"Busy rounds (other processes took over a quarter of the CPUs): {'; '.join(busy)}.",
+                style="yellow",
+            )
+        )
     parts.extend(Text(note, style="dim") for note in _notes(report))
     return Group(*parts)
