@@ -183,7 +183,10 @@ def _run_generate(session, req, resolved, device, load_kwargs, gen_kwargs) -> No
     model.to(device)
     if req.chat:
         inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": req.prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            [{"role": "user", "content": req.prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
         )
     else:
         inputs = tokenizer(req.prompt, return_tensors="pt")

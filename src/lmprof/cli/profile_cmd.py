@@ -16,26 +16,88 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Profile pipeline('text-generation') (or model.generate) on a model: a built-in name "
         "(see `lmprof models`), a local folder, or a hub id in the local cache.",
     )
-    p.add_argument("model", nargs="?", default=None, help="built-in name, folder, .gguf file, or hub id (default: the built-in default)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text; \\n is read as a newline (default: the seed's chat prompt)")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens to generate (default %(default)s)")
-    p.add_argument("--mode", choices=["pipeline", "generate"], default="pipeline", help="pipeline(...) call or model.generate (default pipeline)")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (auto: float32 on a CPU without native bf16)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="built-in name, folder, .gguf file, or hub id (default: the built-in default)",
+    )
+    p.add_argument(
+        "--prompt",
+        default=DEFAULT_PROMPT,
+        help="prompt text; \\n is read as a newline (default: the seed's chat prompt)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="tokens to generate (default %(default)s)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["pipeline", "generate"],
+        default="pipeline",
+        help="pipeline(...) call or model.generate (default pipeline)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto, float32, bfloat16 or float16 (auto: float32 on a CPU without native bf16)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--stop-at-eos", action="store_true", help="stop at end-of-sequence instead of generating exactly --max-new-tokens")
-    p.add_argument("--engine", choices=["transformers", "lmprof"], default="transformers", help="transformers (default) or lmprof's from-scratch engine")
+    p.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        help="stop at end-of-sequence instead of generating exactly --max-new-tokens",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["transformers", "lmprof"],
+        default="transformers",
+        help="transformers (default) or lmprof's from-scratch engine",
+    )
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--deep", action="store_true", help="also trace the generate call: operators, modules, flame graphs, memory by kind")
-    p.add_argument("--python-stacks", action="store_true", help="with --deep: Python frames in the op trace and flame graph (several times costlier)")
-    p.add_argument("--python-profiler", choices=["py-spy", "cprofile", "none"], default="py-spy",
-                   help="with --deep: function-level profile of the whole run (default py-spy; cprofile also writes profile.pstats)")
-    p.add_argument("--deep-steps", type=int, default=16, help="with --deep: decode steps to trace (default 16; 0 = all)")
-    p.add_argument("--sample-interval-ms", type=float, default=10.0, help="host/device memory sampling interval (default 10)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<model>)")
-    p.add_argument("--repeat", type=int, default=1, help="N cold runs, each in a fresh process, saved as OUT/rep-1..N; prints their spread")
-    p.add_argument("--json", action="store_true", help="print the Run record as JSON on stdout instead of the summary")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also trace the generate call: operators, modules, flame graphs, memory by kind",
+    )
+    p.add_argument(
+        "--python-stacks",
+        action="store_true",
+        help="with --deep: Python frames in the op trace and flame graph (several times costlier)",
+    )
+    p.add_argument(
+        "--python-profiler",
+        choices=["py-spy", "cprofile", "none"],
+        default="py-spy",
+        help="with --deep: function-level profile of the whole run (default py-spy; cprofile also writes profile.pstats)",
+    )
+    p.add_argument(
+        "--deep-steps", type=int, default=16, help="with --deep: decode steps to trace (default 16; 0 = all)"
+    )
+    p.add_argument(
+        "--sample-interval-ms",
+        type=float,
+        default=10.0,
+        help="host/device memory sampling interval (default 10)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<model>)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="N cold runs, each in a fresh process, saved as OUT/rep-1..N; prints their spread",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the Run record as JSON on stdout instead of the summary"
+    )
     p.set_defaults(handler=run)
 
 
