@@ -166,3 +166,20 @@ def test_only_the_first_decode_steps_are_traced(run_cli, tmp_path):
     by_path = {m["path"]: m for m in run.deep.modules["decode"]}
     assert by_path["LlamaForCausalLM"]["calls"] == 3
     assert "first 3 decode steps" in " ".join(run.deep.notes)
+
+
+def test_python_allocations_flame(deep_run):
+    _, run, _ = deep_run
+    flame = run.deep.flame("memory-python")
+    assert flame is not None and flame.unit == "bytes" and flame.total > 0
+    assert all(frame.startswith("py:") for stack in flame.stacks for frame in stack)
+
+
+def test_show_sorts_the_function_table(run_cli, deep_run):
+    out, run, _ = deep_run
+    if not run.deep.python["available"]:
+        pytest.skip("py-spy unavailable")
+    proc = run_cli("show", out, "--functions", "total", "--limit", 5)
+    assert proc.returncode == 0 and "Python functions (by total time)" in proc.stdout
+    proc = run_cli("show", out, "--functions", "calls")  # a sampler cannot count calls
+    assert proc.returncode == 2 and "cannot count calls" in proc.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmprof.analyze.flames import device_flame, memory_flame, time_flame, trace_events
+from lmprof.analyze.flames import device_flame, memory_flame, python_memory_flame, time_flame, trace_events
 from lmprof.analyze.inside_run import copy_rows, kernels_by_launch, module_rows, operator_rows, step_breakdown
 from lmprof.analyze.memory_kinds import device_memory_by_kind, expected_memory, host_memory_by_kind
 from lmprof.analyze.trace_tree import build_tree
@@ -57,6 +57,8 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
     ):
         if extra is not None:
             flames.append(extra)
+    if trace.python_allocations:
+        flames.append(python_memory_flame(trace.python_allocations))
     deep.flames = flames
     window = (trace.start_s, trace.start_s + trace.wall_s)
     cpu_allocated = [

@@ -163,3 +163,17 @@ def trace_events(roots: list[Node], spans: list[Span], cap: int = 20000) -> list
             out.append(TraceEvent(s.name, "kernel", s.start_s, s.dur_s, f"cuda stream {stream}"))
     out.sort(key=lambda e: e.start_s)
     return out[:cap]
+
+
+def python_memory_flame(allocations: list[tuple[list[str], int]]) -> FlameGraph:
+    """Host memory the traced call allocated from Python and still held at its end
+    (tracemalloc), by Python stack."""
+    weights: dict[tuple[str, ...], float] = defaultdict(float)
+    for frames, n_bytes in allocations:
+        weights[tuple(frames or ["py:(unknown)"])] += n_bytes
+    return _flame(
+        "memory-python",
+        "bytes",
+        "tracemalloc: Python allocations live at the end of the traced call",
+        weights,
+    )

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from lmprof.errors import UsageError
 from lmprof.record import load_run
+from lmprof.render.python_table import render_python_table
 from lmprof.render.html_report import write_html_report
 from lmprof.render.terminal import render_run
 
@@ -19,6 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--html", action="store_true", help="write RUN_DIR/report.html again from run.json and print its path"
     )
+    p.add_argument(
+        "--functions",
+        choices=["self", "total", "calls"],
+        default=None,
+        metavar="SORT",
+        help="only the Python function table (--deep runs), sorted by self, total or calls (cProfile only)",
+    )
+    p.add_argument("--limit", type=int, default=40, help="rows of the function table (default 40)")
     p.set_defaults(handler=run)
 
 
@@ -29,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
         print(write_html_report(record, run_dir))
     elif args.json:
         print(record.to_json())
+    elif args.functions:
+        if record.deep is None or not record.deep.python:
+            raise UsageError(f"'{args.run_dir}' has no Python function profile: profile with --deep")
+        Console().print(render_python_table(record.deep.python, sort_by=args.functions, limit=args.limit))
     else:
         Console().print(render_run(record, args.run_dir))
     return 0

@@ -20,6 +20,7 @@ from typing import Any
 
 MODULE_PREFIX = "module:"
 CLOCK_MARKER = "lmprof:clock"
+TRACEMALLOC_FRAMES = 24
 STEP_MARKER = "lmprof:step:"  # + step index; marks where each forward (token) begins
 
 
@@ -48,6 +49,8 @@ class TorchTrace:
     start_s: float
     with_stack: bool
     steps_traced: int | None = None  # decode steps traced, when tracing stopped early
+    # live Python allocations made during the traced call, at its end: (frames root first, bytes)
+    python_allocations: list[tuple[list[str], int]] = field(default_factory=list)
 
 
 class TorchTraceCollector:
@@ -104,6 +107,12 @@ class TorchTraceCollector:
             with_flops=True,
             profile_memory=True,
         )
+        import tracemalloc
+
+        # Host allocations by Python stack during the traced call; only if nobody else traces.
+        self._tracemalloc = not tracemalloc.is_tracing()
+        if self._tracemalloc:
+            tracemalloc.start(TRACEMALLOC_FRAMES)
         self._t0_s = self._now_s()
         self._prof.__enter__()
         # The marker's trace timestamp is taken inside __enter__, between these two reads.
@@ -127,8 +136,26 @@ class TorchTraceCollector:
             self._end_s = self._now_s()
             self._prof.stop()
 
+    def _python_allocations(self) -> list[tuple[list[str], int]]:
+        import tracemalloc
+
+        if not self._tracemalloc:
+            return []
+        snapshot = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        snapshot = snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        out = []
+        for stat in snapshot.statistics("traceback"):
+            frames = [
+                f"py:{fr.filename.rsplit('site-packages/', 1)[-1]}:{fr.lineno}"
+                for fr in reversed(stat.traceback)
+            ]
+            out.append((frames, stat.size))
+        return out
+
     def stop(self) -> TorchTrace:
         end_s = self._end_s if self._end_s is not None else self._now_s()
+        allocations = self._python_allocations()
         try:
             if self._end_s is None:
                 self._prof.__exit__(None, None, None)
@@ -153,6 +180,7 @@ class TorchTraceCollector:
             start_s=self._t0_s,
             with_stack=self._with_stack,
             steps_traced=self._max_decode_steps if self._end_s is not None else None,
+            python_allocations=allocations,
         )
 
 
