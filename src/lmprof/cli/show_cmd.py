@@ -9,8 +9,8 @@ from rich.console import Console
 
 from lmprof.errors import UsageError
 from lmprof.record import load_run
-from lmprof.render.python_table import render_python_table
 from lmprof.render.html_report import write_html_report
+from lmprof.render.python_table import render_python_table
 from lmprof.render.terminal import render_run
 
 
