@@ -103,6 +103,7 @@ def test_round_figures_read_the_run():
     assert figures.decode_tokens_per_s == pytest.approx(run.generation.decode_tokens_per_s)
     assert figures.ttft_s == pytest.approx(0.51) and figures.step_s == pytest.approx(run.generation.tpot_s)
     assert figures.peak_memory_bytes == 110 * MIB  # during the measured generate call
+    assert figures.file_backed_bytes == 10 * MIB
     assert figures.new_token_ids == [5, 6, 7, 8] and figures.forced_agreement == 0.75
 
 

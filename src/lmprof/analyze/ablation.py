@@ -31,6 +31,7 @@ class RoundFigures:
     new_token_ids: list[int] = field(default_factory=list)
     forced_agreement: float | None = None  # teacher-forced, against the reference's tokens
     other_cpu_share: float | None = None  # CPU time other processes took during the run
+    file_backed_bytes: int | None = None  # of the resident memory, file-backed pages (mapped weights)
 
 
 def round_figures(run: Run) -> RoundFigures:
@@ -40,6 +41,7 @@ def round_figures(run: Run) -> RoundFigures:
     tokens: list[int] = []
     forced: float | None = None
     peak: int | None = None
+    file_backed: int | None = None
     for phase in reversed(run.phases):
         if phase.name == "generate" and TOKENS_DETAIL in phase.detail and not tokens:
             tokens = list(phase.detail[TOKENS_DETAIL])
@@ -47,6 +49,7 @@ def round_figures(run: Run) -> RoundFigures:
             # quantizing) briefly holds two copies of the weights, which is not what a switch costs
             # while generating.
             peak = phase.device_peak_allocated_bytes or phase.rss_peak_bytes
+            file_backed = phase.file_rss_end_bytes
         if phase.name == "agreement_check" and forced is None:
             forced = phase.detail.get(AGREEMENT_DETAIL)
     if peak is None and run.memory is not None:
@@ -59,6 +62,7 @@ def round_figures(run: Run) -> RoundFigures:
         new_token_ids=tokens,
         forced_agreement=forced,
         other_cpu_share=(run.environment or {}).get("other_processes_cpu_share"),
+        file_backed_bytes=file_backed,
     )
 
 
@@ -140,6 +144,7 @@ class RowFigures:
     forced_agreement: float | None = None  # teacher-forced on the reference's tokens
     batch: int = 1
     busy_rounds: list[int] = field(default_factory=list)  # 1-based rounds that competed for the CPU
+    file_backed_bytes: int | None = None  # file-backed part of the resident memory after generating
 
 
 def _rates(row: RowResult) -> list[float | None]:
@@ -173,6 +178,7 @@ def summarize_rows(
         fig.decode_tokens_per_s = median_or_none([r.decode_tokens_per_s for r in ran])
         fig.step_s = median_or_none([r.step_s for r in ran])
         fig.peak_memory_bytes = max((r.peak_memory_bytes for r in ran if r.peak_memory_bytes), default=None)
+        fig.file_backed_bytes = max((r.file_backed_bytes for r in ran if r.file_backed_bytes), default=None)
         if base is row:
             fig.speedup_vs_baseline = 1.0
         elif base is not None:

@@ -80,7 +80,10 @@ def _notes(report: AblationReport) -> list[str]:
         f"round 1, merged ({' + '.join(report.best_combines) or 'none'}).",
         "tok/s: decode tokens per second (batch rows count every sequence). ×base / ×prev: decode tok/s "
         "against the transformers row / the row above, the median of ratios taken within each round. "
-        "peak: resident memory at its highest during the measured generate call (device memory on a GPU).",
+        "peak: resident memory at its highest during the measured generate call (device memory on a GPU), "
+        "file-backed pages of the memory-mapped checkpoint included: where int8, fused or column-major copies "
+        "replaced the fp32 weights, those pages can stay mapped though unused (clean: the kernel may drop "
+        "them); ablation.json has the file-backed part.",
     ]
     if report.read_bandwidth_gbps:
         reference = next((f for f in report.figures if f.name == REFERENCE and f.floor_s), None)
