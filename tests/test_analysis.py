@@ -70,3 +70,27 @@ def test_refine_phase_peaks_uses_samples_inside_the_phase():
     by = {p.name: p for p in run.phases}
     assert by["decode"].rss_peak_bytes == 720 * MiB  # the sample at t=3.0
     assert by["tokenize"].rss_peak_bytes == 110 * MiB  # no sample inside: endpoints
+
+
+def test_cuda_allocator_history_to_stacks():
+    from lmprof.analyze.flames import cuda_memory_flame
+    from lmprof.collect.torch_trace import cuda_allocations_by_stack
+
+    snapshot = {
+        "device_traces": [
+            [
+                {"action": "alloc", "size": 1024, "frames": [
+                    {"filename": "/x/site-packages/torch/nn/functional.py", "line": 10, "name": "linear"},
+                    {"filename": "/usr/lib/libtorch.so", "line": 0, "name": "c10::alloc"},
+                    {"filename": "run.py", "line": 3, "name": "main"}]},
+                {"action": "free_requested", "size": 1024, "frames": []},
+                {"action": "alloc", "size": 512, "frames": []},
+            ]
+        ]
+    }  # fmt: skip
+    allocations = cuda_allocations_by_stack(snapshot)
+    assert allocations == [
+        (["py:main (run.py:3)", "py:linear (torch/nn/functional.py:10)"], 1024),
+        (["py:(no Python frame)"], 512),
+    ]
+    assert cuda_memory_flame(allocations).total == 1536

@@ -49,3 +49,19 @@ def test_profile_on_cuda(run_cli, tmp_path):
     assert run.memory.peak_device_allocated_bytes >= run.model["weight_bytes"]
     decode = next(p for p in run.phases if p.name == "decode")
     assert decode.device_peak_allocated_bytes is not None
+
+
+def test_deep_on_cuda(run_cli, tmp_path):
+    out = tmp_path / "cuda-deep"
+    proc = run_cli("profile", "tiny", "--device", "cuda", "--deep", "--max-new-tokens", 8, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    run = load_run(out)
+    validate_run_dict(run.to_dict())
+    deep = run.deep
+    names = {f.name for f in deep.flames}
+    assert {"time", "device", "memory-cuda"} <= names  # kernels by launching stack; allocator history
+    assert any(r["self_device_s"] > 0 for r in deep.operators["decode"])
+    device = deep.memory_by_kind["device"]
+    assert sum(device["parts"].values()) == device["measured_bytes"]
+    kernel_stacks = [s for s in deep.flame("time").stacks if s[-1].startswith("kernel:")]
+    assert kernel_stacks and any(f.startswith("module:") for f in kernel_stacks[0])

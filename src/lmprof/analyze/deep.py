@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmprof.analyze.flames import device_flame, memory_flame, python_memory_flame, time_flame, trace_events
+from lmprof.analyze.flames import (
+    cuda_memory_flame,
+    device_flame,
+    memory_flame,
+    python_memory_flame,
+    time_flame,
+    trace_events,
+)
 from lmprof.analyze.inside_run import copy_rows, kernels_by_launch, module_rows, operator_rows, step_breakdown
 from lmprof.analyze.memory_kinds import device_memory_by_kind, expected_memory, host_memory_by_kind
 from lmprof.analyze.trace_tree import build_tree
@@ -59,6 +66,8 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
             flames.append(extra)
     if trace.python_allocations:
         flames.append(python_memory_flame(trace.python_allocations))
+    if trace.cuda_allocations:
+        flames.append(cuda_memory_flame(trace.cuda_allocations))
     deep.flames = flames
     window = (trace.start_s, trace.start_s + trace.wall_s)
     cpu_allocated = [
@@ -77,6 +86,8 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
         by_kind["expected"] = expected_memory(run.model, gen.prompt_tokens + gen.new_tokens, gen.batch_size)
         by_kind["kv_growth_bytes_per_token"] = _kv_growth(kv_samples)
     deep.memory_by_kind = by_kind or None
+    if trace.cuda_history_note:
+        deep.notes.append(trace.cuda_history_note)
     deep.notes.append(
         f"torch.profiler traced one generate call ({trace.wall_s:.2f} s on the session clock) with "
         f"nn.Module ranges{', Python stacks' if trace.with_stack else ''} and allocator events"

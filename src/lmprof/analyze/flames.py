@@ -177,3 +177,13 @@ def python_memory_flame(allocations: list[tuple[list[str], int]]) -> FlameGraph:
         "tracemalloc: Python allocations live at the end of the traced call",
         weights,
     )
+
+
+def cuda_memory_flame(allocations: list[tuple[list[str], int]]) -> FlameGraph:
+    """Bytes the CUDA caching allocator handed out during the traced call, by Python stack."""
+    weights: dict[tuple[str, ...], float] = defaultdict(float)
+    for frames, n_bytes in allocations:
+        weights[tuple(frames)] += n_bytes
+    return _flame(
+        "memory-cuda", "bytes", "CUDA allocator history (torch.cuda.memory._record_memory_history)", weights
+    )

@@ -21,6 +21,7 @@ from typing import Any
 MODULE_PREFIX = "module:"
 CLOCK_MARKER = "lmprof:clock"
 TRACEMALLOC_FRAMES = 24
+CUDA_HISTORY_ENTRIES = 200_000
 STEP_MARKER = "lmprof:step:"  # + step index; marks where each forward (token) begins
 
 
@@ -51,6 +52,10 @@ class TorchTrace:
     steps_traced: int | None = None  # decode steps traced, when tracing stopped early
     # live Python allocations made during the traced call, at its end: (frames root first, bytes)
     python_allocations: list[tuple[list[str], int]] = field(default_factory=list)
+    # CUDA: bytes allocated through the caching allocator during the call, by Python stack
+    # (torch.cuda.memory._record_memory_history), and why not when unavailable
+    cuda_allocations: list[tuple[list[str], int]] = field(default_factory=list)
+    cuda_history_note: str | None = None
 
 
 class TorchTraceCollector:
@@ -113,6 +118,14 @@ class TorchTraceCollector:
         self._tracemalloc = not tracemalloc.is_tracing()
         if self._tracemalloc:
             tracemalloc.start(TRACEMALLOC_FRAMES)
+        self._cuda_history = False
+        self._cuda_history_note: str | None = None
+        if self._cuda:
+            try:  # the allocator's own history: every alloc with the Python stack that made it
+                torch.cuda.memory._record_memory_history(max_entries=CUDA_HISTORY_ENTRIES)
+                self._cuda_history = True
+            except (AttributeError, RuntimeError, TypeError) as exc:
+                self._cuda_history_note = f"CUDA allocator history unavailable: {exc}"
         self._t0_s = self._now_s()
         self._prof.__enter__()
         # The marker's trace timestamp is taken inside __enter__, between these two reads.
@@ -153,9 +166,21 @@ class TorchTraceCollector:
             out.append((frames, stat.size))
         return out
 
+    def _cuda_allocations(self) -> list[tuple[list[str], int]]:
+        if not self._cuda_history:
+            return []
+        import torch
+
+        try:
+            snapshot = torch.cuda.memory._snapshot()
+        finally:
+            torch.cuda.memory._record_memory_history(enabled=None)
+        return cuda_allocations_by_stack(snapshot)
+
     def stop(self) -> TorchTrace:
         end_s = self._end_s if self._end_s is not None else self._now_s()
         allocations = self._python_allocations()
+        cuda_allocations = self._cuda_allocations()
         try:
             if self._end_s is None:
                 self._prof.__exit__(None, None, None)
@@ -181,6 +206,8 @@ class TorchTraceCollector:
             with_stack=self._with_stack,
             steps_traced=self._max_decode_steps if self._end_s is not None else None,
             python_allocations=allocations,
+            cuda_allocations=cuda_allocations,
+            cuda_history_note=self._cuda_history_note,
         )
 
 
@@ -228,3 +255,20 @@ def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
         )
     spans.sort(key=lambda s: (s.start_s, -s.dur_s))
     return spans
+
+
+def cuda_allocations_by_stack(snapshot: dict[str, Any]) -> list[tuple[list[str], int]]:
+    """Bytes of each `alloc` event in a CUDA allocator snapshot's history, by its Python
+    stack (root first). The snapshot lists frames innermost first, as memory_viz reads them."""
+    out: list[tuple[list[str], int]] = []
+    for device_trace in snapshot.get("device_traces", []):
+        for entry in device_trace:
+            if entry.get("action") != "alloc":
+                continue
+            frames = [
+                f"py:{f.get('name', '?')} ({str(f.get('filename', '?')).rsplit('site-packages/', 1)[-1]}:{f.get('line', 0)})"
+                for f in reversed(entry.get("frames") or [])
+                if str(f.get("filename", "")).endswith(".py")
+            ]
+            out.append((frames or ["py:(no Python frame)"], int(entry.get("size", 0))))
+    return out
