@@ -20,7 +20,7 @@ from typing import Any
 from lmprof.errors import UsageError
 from lmprof.record import Generation, Phase
 from lmprof.session import ProfileSession
-from lmprof.workload import ProfileRequest, choose_device, choose_dtype
+from lmprof.workload import ProfileRequest, choose_dtype, prepare_and_resolve
 
 # What `--dtype auto` may resolve to for the engine (a checkpoint in another dtype runs in fp32).
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
@@ -31,19 +31,11 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
     """Profile the engine on `req`'s model and prompt, filling `session.run`."""
     req.validate()
     import_engine_frameworks(session, req.device)
-    import torch
 
     from lmprof.collect.system import collect_cpu
     from lmprof.engine import EngineOptions, eos_token_ids
-    from lmprof.models import resolve_model
 
-    if req.threads is not None:
-        torch.set_num_threads(req.threads)
-    device = choose_device(req.device)
-    with session.phase("resolve", model=req.model or "default") as handle:
-        resolved = resolve_model(req.model)
-        if resolved.downloaded_bytes:
-            handle.add_payload(resolved.downloaded_bytes)
+    device, resolved = prepare_and_resolve(session, req)
     dtype, dtype_reason = engine_dtype(
         req.dtype, device, bool(collect_cpu().get("native_bf16")), resolved.path
     )

@@ -103,15 +103,7 @@ def run_profile(session: ProfileSession, req: ProfileRequest) -> None:
     import_frameworks(session)
     import torch
 
-    from lmprof.models import resolve_model  # imports torch: only after import_torch was timed
-
-    if req.threads is not None:
-        torch.set_num_threads(req.threads)
-    device = choose_device(req.device)
-    with session.phase("resolve", model=req.model or "default") as handle:
-        resolved = resolve_model(req.model)
-        if resolved.downloaded_bytes:
-            handle.add_payload(resolved.downloaded_bytes)
+    device, resolved = prepare_and_resolve(session, req)
     native_bf16 = bool(collect_cpu().get("native_bf16"))
     dtype, dtype_reason = choose_dtype(req.dtype, device, native_bf16)
     session.run.settings.update(resolved_device=device, resolved_dtype=dtype, dtype_reason=dtype_reason)
@@ -140,6 +132,23 @@ def run_profile(session: ProfileSession, req: ProfileRequest) -> None:
             source=resolved.source, path=str(resolved.path), spec=resolved.spec, dtype_reason=dtype_reason
         )
         session.run.model["id"] = resolved.model_id
+
+
+def prepare_and_resolve(session: ProfileSession, req: ProfileRequest) -> tuple[str, Any]:
+    """Threads and device as asked, then the model found (or built, or downloaded) in a
+    timed `resolve` phase; shared by the transformers and the engine workloads."""
+    import torch
+
+    from lmprof.models import resolve_model  # imports torch: only after import_torch was timed
+
+    if req.threads is not None:
+        torch.set_num_threads(req.threads)
+    device = choose_device(req.device)
+    with session.phase("resolve", model=req.model or "default") as handle:
+        resolved = resolve_model(req.model)
+        if resolved.downloaded_bytes:
+            handle.add_payload(resolved.downloaded_bytes)
+    return device, resolved
 
 
 def _load_error(resolved: Any, exc: Exception) -> ModelLoadError:
