@@ -9,7 +9,7 @@ Only what changes the computation is kept. `from_hf_config` follows transformers
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from lmprof.errors import ModelLoadError, ModelNotFoundError
@@ -127,19 +127,6 @@ def _read_rope(hf: dict[str, Any], max_seq_len: int) -> tuple[float, RopeScaling
     return theta, scaling
 
 
-_SMOLLM2_135M = EngineConfig(
-    vocab_size=49152,
-    hidden_size=576,
-    n_layers=30,
-    n_heads=9,
-    n_kv_heads=3,
-    head_dim=64,
-    intermediate_size=1536,
-    rms_norm_eps=1e-5,
-    rope_theta=100_000.0,
-    tie_embeddings=True,
-    max_seq_len=8192,
-)
 _LLAMA_31_8B = EngineConfig(
     vocab_size=128256,
     hidden_size=4096,
@@ -154,56 +141,65 @@ _LLAMA_31_8B = EngineConfig(
     max_seq_len=131072,
 )
 
-PRESETS: dict[str, EngineConfig] = {
-    # A toy shape for tests and smoke runs: GQA (4 query heads per K/V head) and tied embeddings.
-    "tiny": EngineConfig(
-        vocab_size=256,
-        hidden_size=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=1,
-        head_dim=16,
-        intermediate_size=128,
-        tie_embeddings=True,
-        max_seq_len=256,
-    ),
-    "smollm2-135m": _SMOLLM2_135M,
-    "smollm2-360m": replace(
-        _SMOLLM2_135M, hidden_size=960, n_layers=32, n_heads=15, n_kv_heads=5, intermediate_size=2560
-    ),
-    "tinyllama-1.1b": EngineConfig(
-        vocab_size=32000,
-        hidden_size=2048,
-        n_layers=22,
-        n_heads=32,
-        n_kv_heads=4,
-        head_dim=64,
-        intermediate_size=5632,
-        rms_norm_eps=1e-5,
-        max_seq_len=2048,
-    ),
-    "llama-3.2-1b": replace(
-        _LLAMA_31_8B,
-        hidden_size=2048,
-        n_layers=16,
-        head_dim=64,
-        intermediate_size=8192,
-        rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192),
-        tie_embeddings=True,
-    ),
-    "llama-3.1-8b": _LLAMA_31_8B,
-    "qwen2.5-0.5b": EngineConfig(
-        vocab_size=151936,
-        hidden_size=896,
-        n_layers=24,
-        n_heads=14,
-        n_kv_heads=2,
-        head_dim=64,
-        intermediate_size=4864,
-        rms_norm_eps=1e-6,
-        rope_theta=1_000_000.0,
-        tie_embeddings=True,
-        attention_bias=True,
-        max_seq_len=32768,
-    ),
-}
+
+class _Presets(dict):
+    """Engine shapes by name. The shapes of lmprof's built-in models (smollm2-135m,
+    llama-3.2-1b, qwen2.5-0.5b) are not repeated here: they are read from their one
+    definition in lmprof.models.presets, through the same from_hf_config as a checkpoint."""
+
+    def __missing__(self, name: str) -> EngineConfig:
+        from lmprof.models.presets import is_builtin_name, preset_config
+
+        if not is_builtin_name(name):
+            raise KeyError(name)
+        config = EngineConfig.from_hf_config(preset_config(name).to_dict())
+        self[name] = config
+        return config
+
+    def __contains__(self, name: object) -> bool:
+        from lmprof.models.presets import is_builtin_name
+
+        return dict.__contains__(self, name) or (isinstance(name, str) and is_builtin_name(name))
+
+
+PRESETS: dict[str, EngineConfig] = _Presets(
+    {
+        # A toy shape for tests and smoke runs: GQA (4 query heads per K/V head) and tied embeddings.
+        "tiny": EngineConfig(
+            vocab_size=256,
+            hidden_size=64,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=1,
+            head_dim=16,
+            intermediate_size=128,
+            tie_embeddings=True,
+            max_seq_len=256,
+        ),
+        "smollm2-360m": EngineConfig(
+            vocab_size=49152,
+            hidden_size=960,
+            n_layers=32,
+            n_heads=15,
+            n_kv_heads=5,
+            head_dim=64,
+            intermediate_size=2560,
+            rms_norm_eps=1e-5,
+            rope_theta=100_000.0,
+            tie_embeddings=True,
+            max_seq_len=8192,
+        ),
+        "tinyllama-1.1b": EngineConfig(
+            vocab_size=32000,
+            hidden_size=2048,
+            n_layers=22,
+            n_heads=32,
+            n_kv_heads=4,
+            head_dim=64,
+            intermediate_size=5632,
+            rms_norm_eps=1e-5,
+            max_seq_len=2048,
+        ),
+        "llama-3.1-8b": _LLAMA_31_8B,
+    }
+)
