@@ -205,3 +205,14 @@ def test_write_and_show_html_rebuild_the_report_from_run_json(tmp_path, capsys):
         == first
         == render_html_report(load_run(tmp_path))
     )
+
+
+def test_collector_costs_are_stated():
+    from runs_for_tests import sample_run
+
+    from lmprof.record_deep import DeepProfile
+    from lmprof.render.html_report import render_html_report
+
+    run = sample_run()
+    run.deep = DeepProfile(overhead={"py-spy": {"slowdown": 1.23, "repeats": 3}})
+    assert "py-spy slowed a calibration workload 1.23x" in render_html_report(run)

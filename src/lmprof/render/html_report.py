@@ -200,6 +200,11 @@ def _operators(run: Run) -> str:
                 f"prefill {cost.get('prefill_slowdown', float('nan')):.2f}x slower than the untraced repeat; these tables are "
                 "from the traced call, the generation figures from the untraced one.</p>"
             )
+        elif "slowdown" in cost:
+            out.append(
+                f'<p class="note">Cost of watching: {esc(name)} slowed a calibration workload '
+                f"{cost['slowdown']:.2f}x (paired runs with and without it); every phase ran under it.</p>"
+            )
     return "\n".join(out)
 
 
