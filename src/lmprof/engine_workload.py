@@ -128,6 +128,8 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
             h.add_payload(checkpoint_bytes)
         if plain != options:
             with session.phase("prepare_weights", **load_switches(options)):
+                from lmprof.engine.weights import apply_load_switches
+
                 apply_load_switches(model, options)
         model.options = options
         if device != "cpu":
@@ -139,19 +141,6 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
 
 def load_switches(options: Any) -> dict[str, bool]:
     return {name: getattr(options, name) for name in ("fuse_qkv", "fuse_gate_up", "int8", "column_major")}
-
-
-def apply_load_switches(model: Any, options: Any) -> Any:
-    """The load-time switches, in the order `lmprof.engine.load_hf_folder` applies them."""
-    from lmprof.engine import quantize_int8
-
-    if options.fuse_qkv or options.fuse_gate_up:
-        model.fuse_projections(qkv=options.fuse_qkv, gate_up=options.fuse_gate_up)
-    if options.int8:
-        quantize_int8(model)
-    elif options.column_major:
-        model.store_column_major()
-    return model
 
 
 def load_tokenizer(session: ProfileSession, folder: Path, gguf_file: str | None) -> Any:

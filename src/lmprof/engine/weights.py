@@ -142,7 +142,11 @@ def load_hf_folder(
         model.lm_head.weight = model.embed_tokens.weight  # assign=True made two Parameters; share one
     model.inv_freq = model.inv_freq.to(device)
     model.requires_grad_(False).eval()
+    return apply_load_switches(model, options)
 
+
+def apply_load_switches(model: Transformer, options: EngineOptions) -> Transformer:
+    """The switches that rewrite weights after loading: fusion, then int8 or column-major."""
     if options.fuse_qkv or options.fuse_gate_up:
         model.fuse_projections(qkv=options.fuse_qkv, gate_up=options.fuse_gate_up)
     if options.int8:
