@@ -4,11 +4,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import os
+import shutil
 import subprocess
+import tempfile
 
 import pytest
+from engine_models import model_dirs  # noqa: F401 (the engine tests' tiny checkpoints, a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One build of lmprof's native decode kernels per test session, shared by the tests and the
+# lmprof processes they start, and kept out of the user's cache.
+_OWN_NATIVE_BUILD = None
+if "LMPROF_NATIVE_BUILD" not in os.environ:
+    _OWN_NATIVE_BUILD = tempfile.mkdtemp(prefix="lmprof-native-build-")
+    os.environ["LMPROF_NATIVE_BUILD"] = _OWN_NATIVE_BUILD
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_NATIVE_BUILD is not None:
+        shutil.rmtree(_OWN_NATIVE_BUILD, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

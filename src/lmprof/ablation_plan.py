@@ -70,10 +70,12 @@ def plan_rows(
     prompt_tokens: int,
     compile_decode: bool = False,
     unrunnable_dtypes: Mapping[str, str] | None = None,
+    native_unavailable: str | None = None,
 ) -> list[AblationRow]:
     """Every row, in table order, the best combination excepted (it depends on measurements).
 
     unrunnable_dtypes: dtype -> why it has no kernels here (from the hardware probes).
+    native_unavailable: why lmprof's C++ decode kernels cannot run here, if they cannot.
     """
     unrunnable = dict(unrunnable_dtypes or {})
     chunk = max(1, prompt_tokens // 4)
@@ -92,6 +94,13 @@ def plan_rows(
         ),
         AblationRow(
             "fp16", "fp16 weights", "engine", {"dtype": "float16"}, skip_reason=unrunnable.get("float16")
+        ),
+        AblationRow(
+            "native",
+            "native decode step",
+            "engine",
+            {"native_decode": True},
+            skip_reason=native_unavailable,
         ),
         AblationRow("int8", "int8 weight-only", "engine", {"int8": True}),
         AblationRow(

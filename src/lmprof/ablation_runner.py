@@ -139,6 +139,7 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
         prompt_tokens=req.prompt_tokens,
         compile_decode=req.compile_decode,
         unrunnable_dtypes=_unrunnable_dtypes(probes.probes, probe_device),
+        native_unavailable=_native_unavailable(req.device),
     )
     if config_error:  # the engine cannot read this model: say so on every engine row
         planned = [r if r.runner != "engine" else _skipped(r, config_error) for r in planned]
@@ -233,6 +234,20 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
 
 def _skipped(row: AblationRow, reason: str) -> AblationRow:
     return AblationRow(row.name, row.label, row.runner, row.options, row.batch, row.skip_reason or reason)
+
+
+def _native_unavailable(device: str) -> str | None:
+    """Why the native decode row cannot run, or None; builds the kernels here once, so no row's
+    process spends its time compiling."""
+    if device != "cpu":
+        return f"lmprof's native kernels run on CPU; this ablation runs on {device}"
+    from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
+
+    try:
+        load_native_ops()
+    except NativeKernelsUnavailable as error:
+        return str(error)
+    return None
 
 
 def _engine_config(folder: Path) -> tuple[Any, str | None]:

@@ -39,7 +39,7 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
     dtype, dtype_reason = engine_dtype(
         req.dtype, device, bool(collect_cpu().get("native_bf16")), resolved.path
     )
-    options = EngineOptions(dtype=dtype, threads=req.threads)
+    options = EngineOptions(dtype=dtype, threads=req.threads, native_decode=req.native)
     session.run.settings.update(
         resolved_device=device,
         resolved_dtype=dtype,
@@ -136,6 +136,15 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
             with session.phase("to_device", target=device) as h:
                 h.add_payload(held_weight_bytes(model))
                 model.to(device)
+        if options.native_decode:
+            from lmprof.engine.native import is_built, load_native_ops
+            from lmprof.engine.native_decode import check_native_decode
+
+            check_native_decode(model)
+            # The first use on a machine compiles the C++ kernels: its own phase, never hidden
+            # inside the first decode step.
+            with session.phase("load_native_kernels", cached_build=is_built()):
+                load_native_ops()
     return model
 
 
@@ -221,7 +230,13 @@ def profiled_generate(
                         tracer.mark_step(step)
                         kv_samples.append((session.now_s(), kv_cache_bytes(state)))
                     timer.start()
-                    logits = decode_step(model, state, next_tokens, compiled=options.compile_decode)
+                    logits = decode_step(
+                        model,
+                        state,
+                        next_tokens,
+                        compiled=options.compile_decode,
+                        native=options.native_decode,
+                    )
                     next_tokens = sample(logits, temperature, top_k)
                     next_tokens = torch.where(finished, pad_token_id, next_tokens)
                     finished = finished | torch.isin(next_tokens, eos)

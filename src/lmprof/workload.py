@@ -35,6 +35,7 @@ class ProfileRequest:
     chat: bool = False
     deep: bool = False  # trace the generate call with torch.profiler, then repeat it untraced
     engine: str = "transformers"  # or "lmprof": the from-scratch engine (lmprof.engine_workload)
+    native: bool = False  # with engine "lmprof": its decode step in lmprof's C++ kernels
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -49,6 +50,8 @@ class ProfileRequest:
             raise UsageError("--prompt must not be empty")
         if self.engine not in ENGINES:
             raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.native and self.engine != "lmprof":
+            raise UsageError("--native is a switch of lmprof's engine: add --engine lmprof")
 
     def as_settings(self) -> dict[str, Any]:
         return asdict(self)

@@ -60,6 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="transformers",
         help="transformers (default) or lmprof's from-scratch engine",
     )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="with --engine lmprof: run each decode step in lmprof's C++ kernels (CPU, float32; built once)",
+    )
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument(
         "--deep",
@@ -118,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         chat=args.chat,
         deep=args.deep,
         engine=args.engine,
+        native=args.native,
     )
     req.validate()
     if args.sample_interval_ms <= 0:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lmprof.engine.kv_cache import GrowingKVCache, KVCache, StaticKVCache
 from lmprof.engine.model import Transformer, causal_mask
+from lmprof.engine.native_decode import NativeStep, check_native_decode, layer_weights
 from lmprof.engine.options import EngineOptions
 from lmprof.errors import UsageError
 
@@ -33,6 +34,7 @@ class DecodeState:
     next_position: Tensor  # [B] rope position of each row's next token
     length: int = 0  # slots used so far
     tokens: Tensor | None = None  # [B, length] every token so far; kept only without a cache
+    native_weights: list[Tensor] | None = None  # the weights a native decode step reads, gathered once
 
     @property
     def is_static(self) -> bool:
@@ -134,12 +136,30 @@ def compiled_decode_forward(model: Transformer) -> Callable[..., Tensor]:
     return compiled
 
 
-def decode_step(model: Transformer, state: DecodeState, tokens: Tensor, compiled: bool = False) -> Tensor:
-    """One new token per row: tokens [B] -> next-token logits [B, V]."""
+def _native_decode_forward(
+    model: Transformer, state: DecodeState, tokens: Tensor, positions: Tensor
+) -> Tensor:
+    if not state.is_static:
+        raise UsageError("native_decode needs kv_cache='static'")
+    if state.native_weights is None:
+        check_native_decode(model)
+        state.native_weights = layer_weights(model)
+    step = NativeStep(state.native_weights, state.key_valid, state.length - 1)
+    return model(tokens, positions, cache=state.cache, native=step)[:, -1]  # [B, V]
+
+
+def decode_step(
+    model: Transformer, state: DecodeState, tokens: Tensor, compiled: bool = False, native: bool = False
+) -> Tensor:
+    """One new token per row: tokens [B] -> next-token logits [B, V].
+
+    compiled: the torch.compile'd step; native: one call into lmprof's C++ decode kernels."""
     tokens = tokens[:, None]  # [B, 1]
     slots, positions = _claim_slots(state, torch.ones_like(tokens, dtype=torch.bool))
     if state.cache is None:
         return _forward_without_cache(model, state, tokens)
+    if native:
+        return _native_decode_forward(model, state, tokens, positions)
     forward = compiled_decode_forward(model) if compiled else _decode_forward
     return forward(model, tokens, positions, slots, state.key_valid, state.cache)
 
@@ -304,7 +324,9 @@ def generate(
             if bool(finished.all()):
                 break
             timer.start()
-            logits = decode_step(model, state, next_tokens, compiled=options.compile_decode)
+            logits = decode_step(
+                model, state, next_tokens, compiled=options.compile_decode, native=options.native_decode
+            )
             next_tokens = sample(logits, temperature, top_k, generator)
             next_tokens = torch.where(finished, pad_token_id, next_tokens)
             finished = finished | torch.isin(next_tokens, eos)

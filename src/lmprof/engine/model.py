@@ -12,6 +12,7 @@ heads, hd head_dim, I intermediate, V vocab.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from torch import Tensor, nn
 from lmprof.engine.config import EngineConfig
 from lmprof.engine.kv_cache import KVCache
 from lmprof.engine.options import EngineOptions
+
+if TYPE_CHECKING:
+    from lmprof.engine.native_decode import NativeStep
 
 
 class RMSNorm(nn.Module):
@@ -247,23 +251,27 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         slots: Tensor | None = None,
         last_only: bool = False,
+        native: NativeStep | None = None,
     ) -> Tensor:
         """tokens: [B, T] -> logits [B, T, V] ([B, 1, V] with last_only).
 
         Without `positions`/`mask`, the tokens are one unpadded sequence starting at position 0.
         With a cache, pass the rope positions [B, T], the cache `slots` [T] and the mask
-        [B, 1, T, S] over every slot the cache returns.
+        [B, 1, T, S] over every slot the cache returns. With `native` (one new token per row,
+        a static cache), the blocks, norm and head run as one call into lmprof's C++ kernels.
         """
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
-        if mask is None:
+        if mask is None and native is None:
             if cache is not None:
                 raise ValueError("a forward pass with a KV cache needs an explicit mask")
             slots = torch.arange(T, device=tokens.device)
             mask = causal_mask(slots, torch.ones(B, T, dtype=torch.bool, device=tokens.device))
         x = self.embed_tokens(tokens).to(self.dtype)  # [B, T, D]
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)  # [B, 1, T, hd]
+        if native is not None:
+            return native.run(self, x, cos, sin, cache)  # [B, 1, V]
         for block in self.layers:
             x = block(x, cos, sin, mask, cache, slots)
         if last_only:

@@ -40,6 +40,7 @@ class EngineOptions:
     kv_cache: KVCacheMode = "static"  # "off" re-runs the whole sequence every step
     prefill_chunk_size: int | None = None  # None: the whole prompt in one forward
     compile_decode: bool = False  # torch.compile the decode step (CUDA graphs on CUDA)
+    native_decode: bool = False  # the decode step as one call into lmprof's C++ kernels (CPU, fp32)
     threads: int | None = None  # torch intra-op threads while generating; None leaves torch's setting
 
     def __post_init__(self) -> None:
@@ -60,6 +61,20 @@ class EngineOptions:
             raise UsageError("compile_decode needs kv_cache='static' (fixed shapes every step)")
         if self.int8 and self.column_major:
             raise UsageError("column_major applies to float weights; int8 weights keep their own layout")
+        if self.native_decode:
+            conflicts = {
+                "dtype other than float32": self.dtype != "float32",
+                "int8": self.int8,
+                "column_major": self.column_major,
+                "compile_decode": self.compile_decode,
+                f"kv_cache={self.kv_cache!r}": self.kv_cache != "static",
+            }
+            clashing = [name for name, clash in conflicts.items() if clash]
+            if clashing:
+                raise UsageError(
+                    "native_decode runs float32 checkpoint-layout weights over a static KV cache; "
+                    f"drop {', '.join(clashing)}"
+                )
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be positive, got {self.threads}")
 

@@ -1,0 +1,131 @@
+"""Build and load lmprof's native decode kernels (decode_step.cpp), once per machine.
+
+The C++ source ships with the package and is compiled on first use with PyTorch's own
+extension tooling (torch.utils.cpp_extension: the system C++ compiler and ninja), for this
+CPU (-march=native), then cached under `cache_root()/native/<key>` (or $LMPROF_NATIVE_BUILD). The key covers the
+source, torch's version, the flags and the CPU, so a changed source, a torch upgrade or a
+different processor gets its own build, and a cached build loads in milliseconds.
+
+Ops land in `torch.ops.lmprof_native`: `decode_step` (a whole decode step) and `linear`
+(its matrix-vector product alone, for probes and kernel benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lmprof.errors import UsageError
+
+SOURCE = Path(__file__).with_name("decode_step.cpp")
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-Wno-unknown-pragmas"]
+# Linking libgomp by its soname reuses the copy torch already loaded: one OpenMP thread pool.
+LDFLAGS = ["-fopenmp"]
+
+
+class NativeKernelsUnavailable(UsageError):
+    """The native kernels cannot be built or loaded here (no compiler, failed build, not CPU)."""
+
+
+def _cpu_fingerprint() -> str:
+    """The CPU's model and flags: a -march=native build is only valid on the same kind of CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        fields = [line for line in text.splitlines() if line.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(fields)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS + LDFLAGS).encode()):
+        digest.update(part)
+    digest.update(_cpu_fingerprint().encode())
+    digest.update(sys.version.encode())
+    return digest.hexdigest()[:16]
+
+
+def build_folder() -> Path:
+    """$LMPROF_NATIVE_BUILD/<key> if set, else cache_root()/native/<key>."""
+    from lmprof.models.cache import cache_root
+
+    explicit = os.environ.get("LMPROF_NATIVE_BUILD")
+    root = Path(explicit).expanduser() if explicit else cache_root() / "native"
+    return root / build_key()
+
+
+def _missing_tools() -> list[str]:
+    compiler = os.environ.get("CXX", "c++")
+    missing = [] if shutil.which(compiler) else [f"a C++ compiler ({compiler})"]
+    if shutil.which("ninja") is None:
+        missing.append("ninja")
+    return missing
+
+
+_LOADED: dict[str, Any] = {}
+
+
+def is_built() -> bool:
+    folder = build_folder()
+    return any(folder.glob("*.so")) if folder.is_dir() else False
+
+
+def load_native_ops(announce: bool = True) -> Any:
+    """torch.ops.lmprof_native, compiling the extension first if this machine has no build yet.
+
+    Raises NativeKernelsUnavailable with one line saying what is missing or what failed.
+    """
+    if "ops" in _LOADED:
+        return _LOADED["ops"]
+    import torch
+    from torch.utils import cpp_extension
+
+    missing = _missing_tools()
+    if missing:
+        raise NativeKernelsUnavailable(
+            f"lmprof's native decode kernels need {' and '.join(missing)} to build once "
+            "(Debian/Ubuntu: apt-get install g++ ninja-build); or run without --native"
+        )
+    folder = build_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    fresh = not is_built()
+    start_s = time.perf_counter()
+    if fresh and announce:
+        print(
+            "lmprof: compiling the native decode kernels for this CPU (once, about a minute)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        cpp_extension.load(
+            name=f"lmprof_native_{build_key()}",
+            sources=[str(SOURCE)],
+            extra_cflags=CFLAGS,
+            extra_ldflags=LDFLAGS,
+            build_directory=str(folder),
+            is_python_module=False,
+            verbose=False,
+        )
+    except (RuntimeError, OSError, ImportError) as error:
+        lines = str(error).strip().splitlines() or ["no message"]
+        last = next((line.strip() for line in lines if "error:" in line), lines[-1])
+        raise NativeKernelsUnavailable(
+            f"building lmprof's native decode kernels failed ({last}); the log is in {folder}, "
+            "or run without --native"
+        ) from error
+    if fresh and announce:
+        print(
+            f"lmprof: native kernels built in {time.perf_counter() - start_s:.0f} s ({folder})",
+            file=sys.stderr,
+        )
+    _LOADED["ops"] = torch.ops.lmprof_native
+    return _LOADED["ops"]

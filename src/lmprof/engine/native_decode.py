@@ -1,0 +1,99 @@
+"""The decode step as one native call: the engine's own weight tensors handed to decode_step.cpp.
+
+The switch `EngineOptions(native_decode=True)` replaces the ~50 torch ops per layer of a
+decode step (batch 1 or more, one new token per row) with one call into lmprof's C++ kernels
+(lmprof/engine/native), reading the same tensors the Python model holds: no copy of the
+weights, the same static KV cache. Prefill stays on torch, whose GEMMs suit many rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lmprof.engine.kv_cache import StaticKVCache
+from lmprof.engine.quant import Int8Linear
+from lmprof.errors import UsageError
+
+_EMPTY = torch.empty(0)
+
+
+def check_native_decode(model: torch.nn.Module) -> None:
+    """Raise UsageError unless the native step can run this model with these options."""
+    device = model.inv_freq.device
+    if device.type != "cpu":
+        raise UsageError(f"native_decode runs on CPU; this model is on {device} (use compile_decode there)")
+    if model.dtype != torch.float32:
+        raise UsageError(f"native_decode needs float32 weights; the model holds {model.dtype}")
+    if any(isinstance(module, Int8Linear) for module in model.modules()):
+        raise UsageError(
+            "native_decode runs float32 weights; int8 layers use torch's int8 kernels (drop int8)"
+        )
+    for name, param in model.named_parameters():
+        if param.dim() == 2 and not param.is_contiguous():
+            raise UsageError(
+                f"native_decode reads checkpoint-layout weights; {name} is not (drop column_major)"
+            )
+
+
+def _or_empty(tensor: Tensor | None) -> Tensor:
+    return _EMPTY if tensor is None else tensor
+
+
+def _linear_parts(*linears) -> list[Tensor]:
+    out: list[Tensor] = []
+    for linear in linears:
+        out += [_EMPTY, _EMPTY] if linear is None else [linear.weight, _or_empty(linear.bias)]
+    return out
+
+
+def layer_weights(model: torch.nn.Module) -> list[Tensor]:
+    """Every layer's tensors in decode_step.cpp's LayerSlot order (16 a layer, empty where absent)."""
+    weights: list[Tensor] = []
+    for block in model.layers:
+        attn, mlp = block.attention, block.mlp
+        qkv = (
+            [attn.qkv_proj, None, None]
+            if attn.qkv_proj is not None
+            else [attn.q_proj, attn.k_proj, attn.v_proj]
+        )
+        gate_up = [mlp.gate_up_proj, None] if mlp.gate_up_proj is not None else [mlp.gate_proj, mlp.up_proj]
+        weights += [block.attention_norm.weight, *_linear_parts(*qkv, attn.o_proj)]
+        weights += [block.mlp_norm.weight, *_linear_parts(*gate_up, mlp.down_proj)]
+    return weights
+
+
+@dataclass
+class NativeStep:
+    """What one native decode call needs beyond the embeddings and rotary angles."""
+
+    weights: list[Tensor]  # layer_weights(model), gathered once per generation
+    key_valid: Tensor  # [B, capacity] bool
+    slot: int  # the cache slot every row writes this step
+
+    def run(
+        self, model: torch.nn.Module, x: Tensor, cos: Tensor, sin: Tensor, cache: StaticKVCache
+    ) -> Tensor:
+        """x: [B, 1, D] embeddings, cos/sin: [B, 1, 1, hd] -> logits [B, 1, V]."""
+        from lmprof.engine.native import load_native_ops
+
+        B = x.shape[0]
+        config = model.config
+        logits = load_native_ops().decode_step(
+            x.reshape(B, -1),
+            cos.reshape(B, -1).contiguous(),
+            sin.reshape(B, -1).contiguous(),
+            self.key_valid,
+            self.slot,
+            self.weights,
+            cache.keys,
+            cache.values,
+            model.norm.weight,
+            model.lm_head.weight,
+            config.n_heads,
+            config.n_kv_heads,
+            config.rms_norm_eps,
+        )
+        return logits[:, None]  # [B, 1, V]

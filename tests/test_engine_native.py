@@ -1,0 +1,158 @@
+"""lmprof's native decode step (engine/native/decode_step.cpp) against transformers and the
+engine's own torch path, on the tiny checkpoints of engine_models.py.
+
+The kernels are compiled once per test session (conftest sets LMPROF_NATIVE_BUILD).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from engine_models import MODEL_NAMES, hf_model, prompt, rel_err
+
+from lmprof.ablation_plan import plan_rows
+from lmprof.engine import EngineOptions, decode_step, generate, load_hf_folder, new_decode_state, prefill
+from lmprof.engine import native as native_build
+from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
+from lmprof.engine.native_decode import check_native_decode, layer_weights
+from lmprof.errors import UsageError
+
+NATIVE = EngineOptions(native_decode=True)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return load_native_ops()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("fused", [False, True])
+def test_native_decode_logits_match_transformers(model_dirs, ops, name, fused):
+    folder = model_dirs[name]
+    engine = load_hf_folder(folder, EngineOptions(native_decode=True, fuse_qkv=fused, fuse_gate_up=fused))
+    sequence = prompt(40, seed=5, batch=2)  # llama3-untied: past the original context (32)
+    with torch.no_grad():
+        expected = hf_model(folder)(sequence).logits  # [2, T, V]
+        state = new_decode_state(engine, batch=2, capacity=40, kv_cache="static")
+        prefill(engine, state, sequence[:, :30])
+        for t in range(30, 40):
+            logits = decode_step(engine, state, sequence[:, t], native=True)
+            assert rel_err(logits, expected[:, t]) < 1e-4
+
+
+def test_native_step_writes_the_same_kv_cache_as_the_torch_step(model_dirs, ops):
+    folder = model_dirs["qwen2"]  # q/k/v biases reach the cache
+    engine = load_hf_folder(folder, NATIVE)
+    tokens = prompt(9, batch=2)
+    states = [new_decode_state(engine, 2, 12, "static") for _ in range(2)]
+    with torch.no_grad():
+        for state, native in zip(states, (False, True)):
+            prefill(engine, state, tokens[:, :6])
+            for t in range(6, 9):
+                decode_step(engine, state, tokens[:, t], native=native)
+    for torch_k, native_k in zip(states[0].cache.tensors(), states[1].cache.tensors()):
+        assert rel_err(native_k, torch_k) < 1e-5
+        assert native_k[:, :, 6:9].abs().sum() > 0  # the decode steps' slots were written
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_native_greedy_tokens_equal_transformers_generate(model_dirs, ops, name):
+    tokens = prompt(7, seed=3)
+    expected = hf_model(model_dirs[name]).generate(
+        tokens, do_sample=False, min_new_tokens=20, max_new_tokens=20
+    )
+    result = generate(load_hf_folder(model_dirs[name], NATIVE), tokens, max_new_tokens=20)
+    assert result.tokens.tolist() == expected[:, 7:].tolist()
+    assert len(result.decode_step_s) == 19
+
+
+def test_native_batched_left_padded_generation_equals_one_by_one(model_dirs, ops):
+    engine = load_hf_folder(model_dirs["llama-tied-bias"], NATIVE)
+    prompts = [prompt(n, seed=n)[0].tolist() for n in (3, 9, 6, 2, 5)]  # odd batch: the unpaired-row path
+    batched = generate(engine, prompts, max_new_tokens=12, pad_token_id=0)
+    for row, single in enumerate(prompts):
+        alone = generate(engine, [single], max_new_tokens=12, options=EngineOptions())  # the torch path
+        assert batched.tokens[row].tolist() == alone.tokens[0].tolist()
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+@pytest.mark.parametrize("out_features", [4, 37, 1000])  # a partial last block of rows, and none
+def test_native_linear_matches_f_linear(ops, batch, out_features):
+    generator = torch.Generator().manual_seed(batch * out_features)
+    x = torch.randn(batch, 96, generator=generator)
+    weight = torch.randn(out_features, 96, generator=generator)
+    bias = torch.randn(out_features, generator=generator)
+    assert rel_err(ops.linear(x, weight, bias), F.linear(x, weight, bias)) < 1e-5
+    assert rel_err(ops.linear(x, weight), F.linear(x, weight)) < 1e-5
+
+
+def test_native_linear_rejects_a_transposed_weight(ops):
+    with pytest.raises(RuntimeError, match="checkpoint layout"):
+        ops.linear(torch.randn(1, 8), torch.randn(8, 4).t())
+
+
+def test_native_step_nests_its_kernels_in_the_module_ranges_of_the_profiler(model_dirs, ops):
+    engine = load_hf_folder(model_dirs["llama3-untied"], NATIVE)
+    state = new_decode_state(engine, 1, 8, "static")
+    with torch.no_grad():
+        prefill(engine, state, prompt(5))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            decode_step(engine, state, prompt(1)[:, 0], native=True)
+    names = {e.name for e in prof.events()}
+    for path in ("layers.0.attention", "layers.1.mlp.down_proj", "layers.1.attention.q_proj", "lm_head"):
+        assert f"module:{path}" in names
+    assert {"lmprof_native::matvec", "lmprof_native::attention", "lmprof_native::rms_norm"} <= names
+    matvecs = [e for e in prof.events() if e.name == "lmprof_native::matvec"]
+    # q, k, v, o, gate, up, down in 2 layers, then the head
+    assert len(matvecs) == 7 * 2 + 1
+
+
+def test_native_options_that_cannot_combine_are_usage_errors():
+    for bad in ({"int8": True}, {"dtype": "bfloat16"}, {"column_major": True}, {"kv_cache": "growing"}):
+        with pytest.raises(UsageError, match="native_decode"):
+            EngineOptions(native_decode=True, **bad)
+
+
+def test_a_model_the_native_step_cannot_read_is_a_usage_error(model_dirs):
+    column = load_hf_folder(model_dirs["qwen2"], EngineOptions(column_major=True))
+    with pytest.raises(UsageError, match="checkpoint-layout"):
+        check_native_decode(column)
+    int8 = load_hf_folder(model_dirs["qwen2"], EngineOptions(int8=True))
+    with pytest.raises(UsageError, match="int8"):
+        generate(int8, prompt(4), 3, options=NATIVE)
+
+
+def test_layer_weights_are_the_models_own_tensors(model_dirs):
+    engine = load_hf_folder(model_dirs["qwen2"], EngineOptions(fuse_qkv=True))
+    weights = layer_weights(engine)
+    assert len(weights) == 16 * engine.config.n_layers
+    attention = engine.layers[0].attention
+    assert weights[1] is attention.qkv_proj.weight and weights[2] is attention.qkv_proj.bias
+    assert weights[3].numel() == 0 and weights[5].numel() == 0  # k and v live in the fused matrix
+
+
+def test_missing_compiler_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMPROF_NATIVE_BUILD", str(tmp_path))
+    monkeypatch.setattr(native_build, "_LOADED", {})
+    monkeypatch.setattr(native_build.shutil, "which", lambda name: None)
+    with pytest.raises(NativeKernelsUnavailable, match="C\\+\\+ compiler .* and ninja"):
+        load_native_ops()
+
+
+def test_build_key_follows_the_source(monkeypatch, tmp_path):
+    key = native_build.build_key()
+    changed = tmp_path / "decode_step.cpp"
+    changed.write_text(native_build.SOURCE.read_text() + "\n// changed\n")
+    monkeypatch.setattr(native_build, "SOURCE", changed)
+    assert native_build.build_key() != key
+
+
+def test_ablation_plan_has_the_native_row_or_says_why_not():
+    rows = {r.name: r for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32)}
+    assert rows["native"].options == {"native_decode": True} and rows["native"].skip_reason is None
+    why = "lmprof's native decode kernels need ninja"
+    skipped = {
+        r.name: r for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32, native_unavailable=why)
+    }
+    assert skipped["native"].skip_reason == why
