@@ -16,6 +16,7 @@ from lmprof.engine import EngineOptions, decode_step, generate, load_hf_folder, 
 from lmprof.engine import native as native_build
 from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
 from lmprof.engine.native_decode import check_native_decode, layer_weights
+from lmprof.engine.quant import Int8Linear, quantize_per_channel
 from lmprof.errors import UsageError
 
 NATIVE = EngineOptions(native_decode=True)
@@ -87,6 +88,36 @@ def test_native_linear_matches_f_linear(ops, batch, out_features):
     assert rel_err(ops.linear(x, weight), F.linear(x, weight)) < 1e-5
 
 
+def test_native_int8_linear_is_the_dequantized_product(ops):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(37, 96, generator=generator)
+    w_int8, scales = quantize_per_channel(weight)
+    x, bias = torch.randn(3, 96, generator=generator), torch.randn(37, generator=generator)
+    dequantized = w_int8.float() * scales.float()[:, None]
+    assert rel_err(ops.linear(x, w_int8, bias, scales.float()), F.linear(x, dequantized, bias)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["llama-tied-bias", "qwen2"])  # a tied int8 head; q/k/v biases
+def test_native_int8_decode_matches_fp32_on_the_dequantized_weights(model_dirs, ops, name):
+    folder = model_dirs[name]
+    int8 = load_hf_folder(folder, EngineOptions(int8=True, native_decode=True, fuse_qkv=True))
+    reference = load_hf_folder(folder, EngineOptions(fuse_qkv=True))
+    reference_linears = dict(reference.named_modules())
+    for path, module in int8.named_modules():
+        if isinstance(module, Int8Linear):
+            dequantized = module.weight.float() * module.scales.float()[:, None]
+            reference_linears[path].weight.data.copy_(dequantized)
+    tokens = prompt(12, seed=2, batch=2)
+    states = [new_decode_state(m, 2, 12, "static") for m in (int8, reference)]
+    with torch.no_grad():
+        for state in states:
+            prefill(reference, state, tokens[:, :8])  # the same cache to start from
+        for t in range(8, 12):
+            native = decode_step(int8, states[0], tokens[:, t], native=True)
+            expected = decode_step(reference, states[1], tokens[:, t])
+            assert rel_err(native, expected) < 1e-4
+
+
 def test_native_linear_rejects_a_transposed_weight(ops):
     with pytest.raises(RuntimeError, match="checkpoint layout"):
         ops.linear(torch.randn(1, 8), torch.randn(8, 4).t())
@@ -109,7 +140,12 @@ def test_native_step_nests_its_kernels_in_the_module_ranges_of_the_profiler(mode
 
 
 def test_native_options_that_cannot_combine_are_usage_errors():
-    for bad in ({"int8": True}, {"dtype": "bfloat16"}, {"column_major": True}, {"kv_cache": "growing"}):
+    for bad in (
+        {"dtype": "bfloat16"},
+        {"column_major": True},
+        {"kv_cache": "growing"},
+        {"compile_decode": True},
+    ):
         with pytest.raises(UsageError, match="native_decode"):
             EngineOptions(native_decode=True, **bad)
 
@@ -118,18 +154,19 @@ def test_a_model_the_native_step_cannot_read_is_a_usage_error(model_dirs):
     column = load_hf_folder(model_dirs["qwen2"], EngineOptions(column_major=True))
     with pytest.raises(UsageError, match="checkpoint-layout"):
         check_native_decode(column)
-    int8 = load_hf_folder(model_dirs["qwen2"], EngineOptions(int8=True))
-    with pytest.raises(UsageError, match="int8"):
-        generate(int8, prompt(4), 3, options=NATIVE)
+    bf16 = load_hf_folder(model_dirs["qwen2"], EngineOptions(dtype="bfloat16"))
+    with pytest.raises(UsageError, match="float32 activations"):
+        generate(bf16, prompt(4), 3, options=NATIVE)
 
 
 def test_layer_weights_are_the_models_own_tensors(model_dirs):
     engine = load_hf_folder(model_dirs["qwen2"], EngineOptions(fuse_qkv=True))
     weights = layer_weights(engine)
-    assert len(weights) == 16 * engine.config.n_layers
+    assert len(weights) == 23 * engine.config.n_layers
     attention = engine.layers[0].attention
     assert weights[1] is attention.qkv_proj.weight and weights[2] is attention.qkv_proj.bias
-    assert weights[3].numel() == 0 and weights[5].numel() == 0  # k and v live in the fused matrix
+    assert weights[3].numel() == 0  # float weights: no scales
+    assert weights[4].numel() == 0 and weights[7].numel() == 0  # k and v live in the fused matrix
 
 
 def test_missing_compiler_is_one_clear_error(monkeypatch, tmp_path):

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lmprof.engine.kv_cache import GrowingKVCache, KVCache, StaticKVCache
 from lmprof.engine.model import Transformer, causal_mask
-from lmprof.engine.native_decode import NativeStep, check_native_decode, layer_weights
+from lmprof.engine.native_decode import NativeStep, check_native_decode, head_scales, layer_weights
 from lmprof.engine.options import EngineOptions
 from lmprof.errors import UsageError
 
@@ -34,7 +34,9 @@ class DecodeState:
     next_position: Tensor  # [B] rope position of each row's next token
     length: int = 0  # slots used so far
     tokens: Tensor | None = None  # [B, length] every token so far; kept only without a cache
-    native_weights: list[Tensor] | None = None  # the weights a native decode step reads, gathered once
+    native_weights: tuple[list[Tensor], Tensor] | None = (
+        None  # what a native decode step reads, gathered once
+    )
 
     @property
     def is_static(self) -> bool:
@@ -143,8 +145,8 @@ def _native_decode_forward(
         raise UsageError("native_decode needs kv_cache='static'")
     if state.native_weights is None:
         check_native_decode(model)
-        state.native_weights = layer_weights(model)
-    step = NativeStep(state.native_weights, state.key_valid, state.length - 1)
+        state.native_weights = layer_weights(model), head_scales(model)
+    step = NativeStep(*state.native_weights, state.key_valid, state.length - 1)
     return model(tokens, positions, cache=state.cache, native=step)[:, -1]  # [B, V]
 
 

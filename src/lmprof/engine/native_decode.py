@@ -3,7 +3,8 @@
 The switch `EngineOptions(native_decode=True)` replaces the ~50 torch ops per layer of a
 decode step (batch 1 or more, one new token per row) with one call into lmprof's C++ kernels
 (lmprof/engine/native), reading the same tensors the Python model holds: no copy of the
-weights, the same static KV cache. Prefill stays on torch, whose GEMMs suit many rows.
+weights (float32, or int8 with `int8=True`), the same static KV cache. Prefill stays on
+torch, whose GEMMs suit many rows.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ def check_native_decode(model: torch.nn.Module) -> None:
     if device.type != "cpu":
         raise UsageError(f"native_decode runs on CPU; this model is on {device} (use compile_decode there)")
     if model.dtype != torch.float32:
-        raise UsageError(f"native_decode needs float32 weights; the model holds {model.dtype}")
-    if any(isinstance(module, Int8Linear) for module in model.modules()):
         raise UsageError(
-            "native_decode runs float32 weights; int8 layers use torch's int8 kernels (drop int8)"
+            f"native_decode runs float32 activations; the model holds {model.dtype} (use dtype float32)"
         )
     for name, param in model.named_parameters():
         if param.dim() == 2 and not param.is_contiguous():
@@ -42,15 +41,24 @@ def _or_empty(tensor: Tensor | None) -> Tensor:
     return _EMPTY if tensor is None else tensor
 
 
+def _scales(linear: torch.nn.Module) -> Tensor:
+    # int8 layers keep bf16 scales for torch's int8 kernel; the native kernel reads fp32 (a few KB).
+    return linear.scales.float() if isinstance(linear, Int8Linear) else _EMPTY
+
+
 def _linear_parts(*linears) -> list[Tensor]:
+    """(weight, bias, scales) per projection, float32 or int8 weights as the model holds them."""
     out: list[Tensor] = []
     for linear in linears:
-        out += [_EMPTY, _EMPTY] if linear is None else [linear.weight, _or_empty(linear.bias)]
+        if linear is None:
+            out += [_EMPTY, _EMPTY, _EMPTY]
+        else:
+            out += [linear.weight, _or_empty(linear.bias), _scales(linear)]
     return out
 
 
 def layer_weights(model: torch.nn.Module) -> list[Tensor]:
-    """Every layer's tensors in decode_step.cpp's LayerSlot order (16 a layer, empty where absent)."""
+    """Every layer's tensors in decode_step.cpp's LayerSlot order (23 a layer, empty where absent)."""
     weights: list[Tensor] = []
     for block in model.layers:
         attn, mlp = block.attention, block.mlp
@@ -70,6 +78,7 @@ class NativeStep:
     """What one native decode call needs beyond the embeddings and rotary angles."""
 
     weights: list[Tensor]  # layer_weights(model), gathered once per generation
+    head_scales: Tensor  # lm_head's fp32 scales when it is int8, else empty
     key_valid: Tensor  # [B, capacity] bool
     slot: int  # the cache slot every row writes this step
 
@@ -92,8 +101,13 @@ class NativeStep:
             cache.values,
             model.norm.weight,
             model.lm_head.weight,
+            self.head_scales,
             config.n_heads,
             config.n_kv_heads,
             config.rms_norm_eps,
         )
         return logits[:, None]  # [B, 1, V]
+
+
+def head_scales(model: torch.nn.Module) -> Tensor:
+    return _scales(model.lm_head)

@@ -64,7 +64,6 @@ class EngineOptions:
         if self.native_decode:
             conflicts = {
                 "dtype other than float32": self.dtype != "float32",
-                "int8": self.int8,
                 "column_major": self.column_major,
                 "compile_decode": self.compile_decode,
                 f"kv_cache={self.kv_cache!r}": self.kv_cache != "static",
@@ -72,7 +71,8 @@ class EngineOptions:
             clashing = [name for name, clash in conflicts.items() if clash]
             if clashing:
                 raise UsageError(
-                    "native_decode runs float32 checkpoint-layout weights over a static KV cache; "
+                    "native_decode runs float32 activations over float32 or int8 checkpoint-layout "
+                    "weights and a static KV cache; "
                     f"drop {', '.join(clashing)}"
                 )
         if self.threads is not None and self.threads < 1:

@@ -1,6 +1,6 @@
 // lmprof's native decode step: one call runs a whole Llama-family decoder (RMSNorm, rotary
 // GQA attention over a static KV cache, SwiGLU MLP, final norm, output head) for one new
-// token per row, in fp32, on CPU.
+// token per row, on CPU, with fp32 activations and fp32 or int8 weight-only matrices.
 //
 // Why it exists: at batch 1 a decode step reads every weight once and does little else, so
 // its floor is weight bytes over memory bandwidth. PyTorch's eager path adds ~50 dispatched
@@ -31,93 +31,149 @@
 
 namespace {
 
-// Per-layer weights in the order lmprof/engine/native_decode.py passes them; an absent
-// tensor (no bias, or the second half of a fused projection) is an empty tensor.
+// Per-layer tensors in the order lmprof/engine/native_decode.py passes them: each projection
+// is (weight, bias, scales). An absent tensor (no bias, float weights' scales, or the parts of
+// a fused projection that live in its first matrix) is an empty tensor.
 enum LayerSlot : int64_t {
-  kAttnNorm, kQ, kQBias, kK, kKBias, kV, kVBias, kO, kOBias,
-  kMlpNorm, kGate, kGateBias, kUp, kUpBias, kDown, kDownBias,
+  kAttnNorm,
+  kQ, kQBias, kQScale, kK, kKBias, kKScale, kV, kVBias, kVScale, kO, kOBias, kOScale,
+  kMlpNorm,
+  kGate, kGateBias, kGateScale, kUp, kUpBias, kUpScale, kDown, kDownBias, kDownScale,
   kSlotsPerLayer
 };
 
 constexpr int64_t kRows = 4;  // weight rows per block: one pass over x feeds four outputs
 
-const float* data_or_null(const at::Tensor& t) {
-  return t.numel() > 0 ? t.data_ptr<float>() : nullptr;
+bool present(const at::Tensor& t) {
+  return t.defined() && t.numel() > 0;
+}
+
+// A weight matrix [N, K] the kernels read in place: float32, or int8 with one float32 scale
+// per output row (weight-only quantization: y = (W_int8 . x) * scale + bias).
+struct Matrix {
+  const float* f32 = nullptr;
+  const int8_t* i8 = nullptr;
+  const float* scales = nullptr;
+  const float* bias = nullptr;
+  int64_t N = 0, K = 0;
+};
+
+Matrix matrix(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scales, int64_t in_features,
+              const char* what) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == in_features,
+              "lmprof_native: ", what, " must be a contiguous [out, ", in_features,
+              "] matrix (checkpoint layout); got ", weight.sizes(), " with strides ", weight.strides());
+  Matrix m;
+  m.N = weight.size(0);
+  m.K = in_features;
+  if (weight.scalar_type() == at::kFloat) {
+    m.f32 = weight.data_ptr<float>();
+  } else {
+    TORCH_CHECK(weight.scalar_type() == at::kChar && present(scales) && scales.scalar_type() == at::kFloat &&
+                    scales.numel() == m.N && scales.is_contiguous(),
+                "lmprof_native: ", what, " must be float32, or int8 with float32 scales [out]; got ",
+                weight.scalar_type());
+    m.i8 = weight.data_ptr<int8_t>();
+    m.scales = scales.data_ptr<float>();
+  }
+  if (present(bias)) {
+    TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.numel() == m.N && bias.is_contiguous(),
+                "lmprof_native: ", what, "'s bias must be float32 [out]");
+    m.bias = bias.data_ptr<float>();
+  }
+  return m;
 }
 
 // out_x[r] = dot(W row r, x), out_y[r] = dot(W row r, y) for four rows: eight independent
 // accumulator chains keep the FMA units busy when the rows come from L1 (batch > 1).
-inline void dot4x2(const float* __restrict w, int64_t K, const float* __restrict x,
-                   const float* __restrict y, float* out_x, float* out_y) {
-  const float *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
+template <typename T>
+inline void dot4x2(const T* __restrict w, int64_t K, const float* __restrict x, const float* __restrict y,
+                   float* out_x, float* out_y) {
+  const T *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
   float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, b0 = 0.f, b1 = 0.f, b2 = 0.f, b3 = 0.f;
 #pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
   for (int64_t k = 0; k < K; ++k) {
     const float xk = x[k], yk = y[k];
-    a0 += w0[k] * xk; a1 += w1[k] * xk; a2 += w2[k] * xk; a3 += w3[k] * xk;
-    b0 += w0[k] * yk; b1 += w1[k] * yk; b2 += w2[k] * yk; b3 += w3[k] * yk;
+    const float v0 = float(w0[k]), v1 = float(w1[k]), v2 = float(w2[k]), v3 = float(w3[k]);
+    a0 += v0 * xk; a1 += v1 * xk; a2 += v2 * xk; a3 += v3 * xk;
+    b0 += v0 * yk; b1 += v1 * yk; b2 += v2 * yk; b3 += v3 * yk;
   }
   out_x[0] = a0; out_x[1] = a1; out_x[2] = a2; out_x[3] = a3;
   out_y[0] = b0; out_y[1] = b1; out_y[2] = b2; out_y[3] = b3;
 }
 
-inline void dot4(const float* __restrict w, int64_t K, const float* __restrict x, float* out) {
-  const float *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
+template <typename T>
+inline void dot4(const T* __restrict w, int64_t K, const float* __restrict x, float* out) {
+  const T *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
   float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
   for (int64_t k = 0; k < K; ++k) {
     const float xk = x[k];
-    a0 += w0[k] * xk; a1 += w1[k] * xk; a2 += w2[k] * xk; a3 += w3[k] * xk;
+    a0 += float(w0[k]) * xk; a1 += float(w1[k]) * xk; a2 += float(w2[k]) * xk; a3 += float(w3[k]) * xk;
   }
   out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
 }
 
-inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+template <typename T>
+inline float dot(const T* __restrict a, const float* __restrict b, int64_t n) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-  for (int64_t k = 0; k < n; ++k) acc += a[k] * b[k];
+  for (int64_t k = 0; k < n; ++k) acc += float(a[k]) * b[k];
   return acc;
 }
 
-// y[b, n] (+)= dot(W[n, :], x[b, :]) + bias[n] for b < B, n < N; W is [N, K] row-major.
+// The rows [begin, end) of blocks of y = W . x for every batch row; see matvec.
+template <typename T>
+void matvec_blocks(const float* x, int64_t B, const T* W, const Matrix& m, float* y, int64_t y_stride,
+                   bool accumulate, int64_t begin, int64_t end) {
+  const int64_t K = m.K;
+  float dx[kRows], dy[kRows];
+  auto store = [&](int64_t b, int64_t n0, int64_t rows, const float* dots) {
+    float* out = y + b * y_stride + n0;
+    for (int64_t r = 0; r < rows; ++r) {
+      float v = m.scales ? dots[r] * m.scales[n0 + r] : dots[r];
+      if (m.bias) v += m.bias[n0 + r];
+      out[r] = accumulate ? out[r] + v : v;
+    }
+  };
+  for (int64_t blk = begin; blk < end; ++blk) {
+    const int64_t n0 = blk * kRows;
+    const int64_t rows = std::min(kRows, m.N - n0);
+    const T* w = W + n0 * K;
+    if (rows < kRows) {  // the last, partial block
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t r = 0; r < rows; ++r) dx[r] = dot(w + r * K, x + b * K, K);
+        store(b, n0, rows, dx);
+      }
+      continue;
+    }
+    int64_t b = 0;
+    for (; b + 1 < B; b += 2) {
+      dot4x2(w, K, x + b * K, x + (b + 1) * K, dx, dy);
+      store(b, n0, rows, dx);
+      store(b + 1, n0, rows, dy);
+    }
+    if (b < B) {
+      dot4(w, K, x + b * K, dx);
+      store(b, n0, rows, dx);
+    }
+  }
+}
+
+// y[b, n] (+)= dot(W[n, :], x[b, :]) (* scale[n]) + bias[n] for b < B, n < N.
 // Rows of y are y_stride apart, so several projections can fill one buffer side by side.
 // Threads split the weight rows: each weight byte is read from memory once per call.
-void matvec(const float* x, int64_t B, int64_t K, const float* W, const float* bias,
-            int64_t N, float* y, int64_t y_stride, bool accumulate) {
-  RECORD_FUNCTION("lmprof_native::matvec", c10::ArrayRef<const c10::IValue>{});
-  const int64_t blocks = (N + kRows - 1) / kRows;
+void matvec(const float* x, int64_t B, const Matrix& m, float* y, int64_t y_stride, bool accumulate) {
+  RECORD_FUNCTION(m.i8 ? "lmprof_native::matvec_int8" : "lmprof_native::matvec", c10::ArrayRef<const c10::IValue>{});
+  const int64_t blocks = (m.N + kRows - 1) / kRows;
+  const int64_t row_bytes = m.K * (m.i8 ? 1 : int64_t(sizeof(float)));
   // Blocks of at least ~32 KB of weights per task, so a small projection is not split thin.
-  const int64_t grain = std::max<int64_t>(1, (32 * 1024) / (kRows * K * int64_t(sizeof(float))));
+  const int64_t grain = std::max<int64_t>(1, (32 * 1024) / (kRows * row_bytes));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    float dx[kRows], dy[kRows];
-    auto store = [&](int64_t b, int64_t n0, int64_t rows, const float* dots) {
-      float* out = y + b * y_stride + n0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float v = dots[r] + (bias ? bias[n0 + r] : 0.f);
-        out[r] = accumulate ? out[r] + v : v;
-      }
-    };
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t n0 = blk * kRows;
-      const int64_t rows = std::min(kRows, N - n0);
-      const float* w = W + n0 * K;
-      if (rows < kRows) {  // the last, partial block
-        for (int64_t b = 0; b < B; ++b) {
-          for (int64_t r = 0; r < rows; ++r) dx[r] = dot(w + r * K, x + b * K, K);
-          store(b, n0, rows, dx);
-        }
-        continue;
-      }
-      int64_t b = 0;
-      for (; b + 1 < B; b += 2) {
-        dot4x2(w, K, x + b * K, x + (b + 1) * K, dx, dy);
-        store(b, n0, rows, dx);
-        store(b + 1, n0, rows, dy);
-      }
-      if (b < B) {
-        dot4(w, K, x + b * K, dx);
-        store(b, n0, rows, dx);
-      }
+    if (m.i8) {
+      matvec_blocks(x, B, m.i8, m, y, y_stride, accumulate, begin, end);
+    } else {
+      matvec_blocks(x, B, m.f32, m, y, y_stride, accumulate, begin, end);
     }
   });
 }
@@ -218,35 +274,34 @@ std::string path(int64_t layer, const char* part) {
 struct Projection {
   const at::Tensor& weight;  // [N, K], or empty when a fused projection holds this one
   const at::Tensor& bias;    // [N] or empty
+  const at::Tensor& scales;  // [N] for int8 weights, else empty
   const char* module;        // the engine's module path under the layer, for the profiler
 };
 
 // The projections of one stage (q, k, v or gate, up), fused or not, written side by side
 // into out [B, out_stride]; returns the number of output columns written.
-int64_t project(const float* in, int64_t B, int64_t K, int64_t layer, std::initializer_list<Projection> parts,
+int64_t project(const float* in, int64_t B, int64_t K, int64_t layer,
+                std::initializer_list<Projection> parts,
                 float* out, int64_t out_stride) {
   int64_t column = 0;
   for (const Projection& part : parts) {
     if (part.weight.numel() == 0) continue;
     RECORD_USER_SCOPE(path(layer, part.module));
-    const int64_t N = part.weight.size(0);
-    matvec(in, B, K, part.weight.data_ptr<float>(), data_or_null(part.bias), N, out + column, out_stride, false);
-    column += N;
+    const Matrix m = matrix(part.weight, part.bias, part.scales, K, part.module);
+    TORCH_CHECK(column + m.N <= out_stride, "lmprof_native: ", part.module, " has more outputs than expected");
+    matvec(in, B, m, out + column, out_stride, false);
+    column += m.N;
   }
   return column;
 }
 
-void check_float_matrix(const at::Tensor& t, int64_t in_features, const char* what) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous() && t.size(1) == in_features,
-              "lmprof_native: ", what, " must be a contiguous float32 [out, ", in_features,
-              "] matrix (checkpoint layout); got ", t.sizes(), " ", t.scalar_type());
-}
 
 
 at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, const at::Tensor& sin,
                        const at::Tensor& key_valid, int64_t slot, at::TensorList weights,
                        at::TensorList k_cache, at::TensorList v_cache, const at::Tensor& final_norm,
-                       const at::Tensor& lm_head, int64_t n_heads, int64_t n_kv_heads, double eps_d) {
+                       const at::Tensor& lm_head, const at::Tensor& lm_head_scales, int64_t n_heads,
+                       int64_t n_kv_heads, double eps_d) {
   TORCH_CHECK(embeddings.dim() == 2 && embeddings.scalar_type() == at::kFloat,
               "lmprof_native: embeddings must be float32 [B, D]");
   const int64_t B = embeddings.size(0), D = embeddings.size(1);
@@ -287,8 +342,6 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
     const at::Tensor &kc = k_cache[layer], &vc = v_cache[layer];
     TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.sizes() == k0.sizes() && vc.sizes() == k0.sizes(),
                 "lmprof_native: layer ", layer, "'s KV cache is not contiguous [B, KV, capacity, head_dim]");
-    for (int64_t s : {kQ, kK, kV, kGate, kUp})
-      if (w[s].numel() > 0) check_float_matrix(w[s], D, "a q/k/v/gate/up weight");
     {
       RECORD_USER_SCOPE(path(layer, "attention_norm"));
       rms_norm(xp, B, D, w[kAttnNorm].data_ptr<float>(), eps, np);
@@ -297,9 +350,9 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
       RECORD_USER_SCOPE(path(layer, "attention"));
       const bool fused = w[kK].numel() == 0;
       const int64_t written = project(np, B, D, layer,
-                                      {{w[kQ], w[kQBias], fused ? "attention.qkv_proj" : "attention.q_proj"},
-                                       {w[kK], w[kKBias], "attention.k_proj"},
-                                       {w[kV], w[kVBias], "attention.v_proj"}},
+                                      {{w[kQ], w[kQBias], w[kQScale], fused ? "attention.qkv_proj" : "attention.q_proj"},
+                                       {w[kK], w[kKBias], w[kKScale], "attention.k_proj"},
+                                       {w[kV], w[kVBias], w[kVScale], "attention.v_proj"}},
                                       qkvp, qkv_dim);
       TORCH_CHECK(written == qkv_dim, "lmprof_native: q/k/v weights give ", written, " outputs, expected ", qkv_dim);
       {
@@ -321,8 +374,9 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
              AttentionShape{B, n_heads, n_kv_heads, hd, capacity, slot, qkv_dim}, attn.data_ptr<float>());
       {
         RECORD_USER_SCOPE(path(layer, "attention.o_proj"));
-        check_float_matrix(w[kO], q_dim, "o_proj's weight");
-        matvec(attn.data_ptr<float>(), B, q_dim, w[kO].data_ptr<float>(), data_or_null(w[kOBias]), D, xp, D, true);
+        const Matrix o = matrix(w[kO], w[kOBias], w[kOScale], q_dim, "attention.o_proj");
+        TORCH_CHECK(o.N == D, "lmprof_native: o_proj must give ", D, " outputs");
+        matvec(attn.data_ptr<float>(), B, o, xp, D, true);
       }
     }
     {
@@ -339,14 +393,15 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
         act = at::empty({B, I}, opts);
       }
       project(np, B, D, layer,
-              {{w[kGate], w[kGateBias], fused ? "mlp.gate_up_proj" : "mlp.gate_proj"},
-               {w[kUp], w[kUpBias], "mlp.up_proj"}},
+              {{w[kGate], w[kGateBias], w[kGateScale], fused ? "mlp.gate_up_proj" : "mlp.gate_proj"},
+               {w[kUp], w[kUpBias], w[kUpScale], "mlp.up_proj"}},
               gate_up.data_ptr<float>(), two_i);
       silu_mul(gate_up.data_ptr<float>(), B, I, act.data_ptr<float>());
       {
         RECORD_USER_SCOPE(path(layer, "mlp.down_proj"));
-        check_float_matrix(w[kDown], I, "down_proj's weight");
-        matvec(act.data_ptr<float>(), B, I, w[kDown].data_ptr<float>(), data_or_null(w[kDownBias]), D, xp, D, true);
+        const Matrix down = matrix(w[kDown], w[kDownBias], w[kDownScale], I, "mlp.down_proj");
+        TORCH_CHECK(down.N == D, "lmprof_native: down_proj must give ", D, " outputs");
+        matvec(act.data_ptr<float>(), B, down, xp, D, true);
       }
     }
   }
@@ -354,31 +409,24 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
     RECORD_USER_SCOPE("module:norm");
     rms_norm(xp, B, D, final_norm.data_ptr<float>(), eps, np);
   }
-  check_float_matrix(lm_head, D, "lm_head's weight");
-  const int64_t V = lm_head.size(0);
-  at::Tensor logits = at::empty({B, V}, opts);
+  const Matrix head = matrix(lm_head, at::Tensor(), lm_head_scales, D, "lm_head");
+  at::Tensor logits = at::empty({B, head.N}, opts);
   {
     RECORD_USER_SCOPE("module:lm_head");
-    matvec(np, B, D, lm_head.data_ptr<float>(), nullptr, V, logits.data_ptr<float>(), V, false);
+    matvec(np, B, head, logits.data_ptr<float>(), head.N, false);
   }
   return logits;
 }
 
-// y [B, N] = x [B, K] . W[N, K]^T (+ bias): the decode step's product alone, for probes and
+// y [B, N] = x [B, K] . W[N, K]^T (* scales) (+ bias): the decode step's product alone, for probes and
 // kernel-by-kernel benchmarks against F.linear.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                  const c10::optional<at::Tensor>& scales) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "lmprof_native::linear: x must be float32 [B, K]");
-  check_float_matrix(weight, x.size(1), "linear's weight");
+  const Matrix m = matrix(weight, bias.value_or(at::Tensor()), scales.value_or(at::Tensor()), x.size(1), "linear's weight");
   const at::Tensor xc = x.contiguous();
-  const int64_t B = x.size(0), K = x.size(1), N = weight.size(0);
-  at::Tensor y = at::empty({B, N}, x.options());
-  const float* bp = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N && bias->is_contiguous() && bias->scalar_type() == at::kFloat,
-                "lmprof_native::linear: bias must be float32 [N]");
-    bp = bias->data_ptr<float>();
-  }
-  matvec(xc.data_ptr<float>(), B, K, weight.data_ptr<float>(), bp, N, y.data_ptr<float>(), N, false);
+  at::Tensor y = at::empty({x.size(0), m.N}, x.options());
+  matvec(xc.data_ptr<float>(), x.size(0), m, y.data_ptr<float>(), m.N, false);
   return y;
 }
 
@@ -387,9 +435,9 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::opti
 TORCH_LIBRARY(lmprof_native, m) {
   m.def(
       "decode_step(Tensor embeddings, Tensor cos, Tensor sin, Tensor key_valid, int slot, Tensor[] weights, "
-      "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor final_norm, Tensor lm_head, int n_heads, "
+      "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor final_norm, Tensor lm_head, Tensor lm_head_scales, int n_heads, "
       "int n_kv_heads, float eps) -> Tensor");
-  m.def("linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmprof_native, CPU, m) {
