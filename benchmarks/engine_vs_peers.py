@@ -6,15 +6,19 @@ Every round runs each contender once, in the same order, on the same 32-token pr
 from the model's own tokenizer), 128 new tokens, greedy, no early stop:
 
   transformers fp32      model.generate, timed per token by a stopping criterion
-  engine fp32            lmprof.engine, fused projections, column-major weights, static KV
+  engine fp32            lmprof.engine with its native decode step (one C++ call a step over
+                         the checkpoint's fp32 tensors), fused projections, static KV
+  engine fp32 torch ops  the same engine decoding through torch ops instead (fused
+                         projections, column-major weights: the fastest torch-only fp32 path)
   llama.cpp f32          llama-cpp-python on an f32 GGUF of the same weights (skipped when
-                         llama_cpp is not importable or no GGUF is given)
-  engine int8            int8 weight-only, fused projections
-  engine fp32 batch 8    eight prompts at once, throughput over all of them
-  engine fp32 row-major  the engine's default fp32 weights (checkpoint layout, unfused), at
-                         batch 1 and batch 8
+                         llama_cpp is not importable; the GGUF is made by gguf_f32.py)
+  engine int8            int8 weight-only, native decode step
+  engine int8 torch ops  int8 weight-only through torch's int8 kernel (bf16 activations)
+  engine fp32 batch 8    eight prompts at once, native decode step, throughput over all rows
 
-Decode tokens/s counts tokens after the first (prefill excluded). A ratio is taken within a
+Decode tokens/s counts tokens after the first (prefill excluded). int8 agreement is
+teacher-forced through the int8 decode steps themselves: each step is fed the fp32 engine's
+previous token, and its argmax is compared with the fp32 engine's next one. A ratio is taken within a
 round (both contenders saw the same machine load), and the median over rounds is printed
 next to its target. The floor is fp32 weight bytes over the best read bandwidth that
 `lmprof sysinfo --measure` found at the same thread count (cached probes; measured if none).
@@ -33,6 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
@@ -43,8 +48,17 @@ from lmprof.ablation_runner import PROMPT_TEXT  # noqa: E402
 from lmprof.analyze.ablation import common_prefix_tokens, paired_speedup, token_agreement  # noqa: E402
 from lmprof.analyze.hardware import best_read_gbps  # noqa: E402
 from lmprof.collect.system import collect_system_info  # noqa: E402
-from lmprof.engine import EngineOptions, cost, generate, load_hf_folder  # noqa: E402
+from lmprof.engine import (  # noqa: E402
+    EngineOptions,
+    cost,
+    decode_step,
+    generate,
+    load_hf_folder,
+    new_decode_state,
+    prefill,
+)
 from lmprof.models import resolve_model  # noqa: E402
+from lmprof.models.cache import cache_root  # noqa: E402
 from lmprof.probe_cache import measured_hardware  # noqa: E402
 
 TARGETS = {  # issue 5: (numerator, denominator, minimum ratio)
@@ -52,9 +66,11 @@ TARGETS = {  # issue 5: (numerator, denominator, minimum ratio)
     "engine fp32 / llama.cpp f32": ("engine fp32", "llama.cpp f32", 1.0),
     "engine int8 / engine fp32": ("engine int8", "engine fp32", 1.6),
     "batch 8 / batch 1 throughput": ("engine fp32 batch 8", "engine fp32", 5.0),
-    # The same ratio with checkpoint-layout weights: column-major storage speeds up one row but
-    # not eight, so the layout changes how much batching buys.
-    "batch 8 / batch 1, row-major weights": ("engine fp32 row-major batch 8", "engine fp32 row-major", 5.0),
+}
+COMPARISONS = {  # what the native step buys over the same engine on torch ops (no target)
+    "native / torch ops, fp32": ("engine fp32", "engine fp32 torch ops"),
+    "native / torch ops, int8": ("engine int8", "engine int8 torch ops"),
+    "int8 torch ops / engine fp32 torch ops": ("engine int8 torch ops", "engine fp32 torch ops"),
 }
 FLOOR_SHARE_TARGET = 0.75
 AGREEMENT_TARGET = 0.90
@@ -112,8 +128,17 @@ def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> t
     except ImportError:
         return None, "llama_cpp (llama-cpp-python) is not importable here"
     if gguf is None or not gguf.is_file():
-        return None, "no f32 GGUF of the weights given (--gguf)"
+        return (
+            None,
+            f"no f32 GGUF at {gguf}: make one with `python benchmarks/gguf_f32.py {gguf}` (or pass --gguf)",
+        )
     llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_ctx=512, n_batch=512, verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        # Llama.eval fills llm.scores only with logits_all=True (0.3.36); read the context's own
+        # logits of the last evaluated position instead of paying for every position's.
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
 
     def run(new_tokens: int) -> tuple[float, list[int]]:
         llm.reset()
@@ -121,8 +146,7 @@ def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> t
         tokens: list[int] = []
         stamps: list[float] = []
         for _ in range(new_tokens):
-            # Greedy: the argmax of the last evaluated position's logits.
-            token = int(llm.scores[llm.n_tokens - 1].argmax())
+            token = int(last_logits().argmax())  # greedy
             stamps.append(time.perf_counter())
             tokens.append(token)
             llm.eval([token])
@@ -132,11 +156,16 @@ def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> t
 
 
 def teacher_forced_agreement(model, prompt: list[int], reference: list[int]) -> float:
-    """How often `model`'s argmax picks the reference's next token when fed the reference's own
-    context: two free-running outputs that differ once stop lining up after it."""
+    """How often `model`'s decode steps pick the reference's next token when fed the reference's
+    own context (two free-running outputs that differ once stop lining up after it). The steps
+    run the way generation runs them (prefill, then native decode steps when the model has them)."""
+    native = model.options.native_decode
     with torch.inference_mode():
-        logits = model(torch.tensor([prompt + reference[:-1]]))  # [1, T + n - 1, V]
-    predicted = logits[0, len(prompt) - 1 :].argmax(dim=-1).tolist()
+        state = new_decode_state(model, 1, len(prompt) + len(reference), "static")
+        predicted = [int(prefill(model, state, torch.tensor([prompt])).argmax(-1))]
+        for token in reference[:-1]:
+            logits = decode_step(model, state, torch.tensor([token]), native=native)
+            predicted.append(int(logits.argmax(-1)))
     return token_agreement(predicted, reference)
 
 
@@ -157,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--gguf", type=Path, default=None, help="f32 GGUF of the same weights, for llama.cpp")
+    parser.add_argument(
+        "--gguf",
+        type=Path,
+        default=None,
+        help="f32 GGUF of the same weights, for llama.cpp (default: CACHE/smollm2-135m-f32.gguf, made by gguf_f32.py)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
     folder = args.model or resolve_model(None).path
@@ -169,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     read_gbps = best_read_gbps(probes.probes, "cpu")
 
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    fp32 = load_hf_folder(folder, EngineOptions(fuse_qkv=True, fuse_gate_up=True, column_major=True))
-    int8 = load_hf_folder(folder, EngineOptions(fuse_qkv=True, fuse_gate_up=True, int8=True))
+    fused = {"fuse_qkv": True, "fuse_gate_up": True}
+    fp32 = load_hf_folder(folder, EngineOptions(native_decode=True, **fused))
+    fp32_torch = load_hf_folder(folder, EngineOptions(column_major=True, **fused))
+    int8 = load_hf_folder(folder, EngineOptions(int8=True, native_decode=True, **fused))
+    int8_torch = load_hf_folder(folder, EngineOptions(int8=True, **fused))
     config = fp32.config
     ids = prompt_ids(folder, args.prompt_len)
     prompt = torch.tensor([ids])
@@ -178,15 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     contenders: dict[str, Contender] = {
         "transformers fp32": transformers_contender(hf, prompt),
         "engine fp32": engine_contender(fp32, prompt),
+        "engine fp32 torch ops": engine_contender(fp32_torch, prompt),
     }
-    llama, llama_note = llama_cpp_contender(args.gguf, ids, threads)
+    gguf = args.gguf or cache_root() / "smollm2-135m-f32.gguf"
+    llama, llama_note = llama_cpp_contender(gguf, ids, threads)
     if llama is not None:
         contenders["llama.cpp f32"] = llama
     contenders["engine int8"] = engine_contender(int8, prompt)
+    contenders["engine int8 torch ops"] = engine_contender(int8_torch, prompt)
     contenders[f"engine fp32 batch {args.batch}"] = engine_contender(fp32, batch)
-    row_major = load_hf_folder(folder, EngineOptions())
-    contenders["engine fp32 row-major"] = engine_contender(row_major, prompt)
-    contenders[f"engine fp32 row-major batch {args.batch}"] = engine_contender(row_major, batch)
 
     for run in contenders.values():  # warm-up: first calls allocate and pick kernels
         run(8)
@@ -212,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         num = num.replace("batch 8", f"batch {args.batch}")
         if num in rates and den in rates:
             ratios[label] = (paired_speedup(rates[num], rates[den]), target)
+    comparisons = {label: paired_speedup(rates[num], rates[den]) for label, (num, den) in COMPARISONS.items()}
+    int8_bytes = cost.decode_weight_bytes(config, "int8")
+    int8_floor_share = (
+        int8_bytes / (read_gbps * 1e9) * statistics.median(rates["engine int8"]) if read_gbps else None
+    )
 
     cpu = system["cpu"]
     print(f"date {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}")
@@ -238,17 +280,26 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "met" if floor_share >= FLOOR_SHARE_TARGET else "MISSED"
         print(f"  {'engine fp32 share of the floor':<38} {floor_share:6.1%}   (floor {floor_s * 1e3:.1f} ms/token, "
               f"measured {engine_step_s * 1e3:.1f} ms; target >= 75%)  {verdict}")  # fmt: skip
+    if int8_floor_share is not None:
+        print(f"  {'engine int8 share of its floor':<38} {int8_floor_share:6.1%}   "
+              f"(int8 weights {int8_bytes / 1e6:.0f} MB; no target)")  # fmt: skip
     verdict = "met" if agreement >= AGREEMENT_TARGET else "MISSED"
     print(
         f"  {'int8 greedy agreement with fp32':<38} {agreement:6.1%}   (teacher-forced; target >= 90%)  {verdict}"
     )
     print(f"    free-running: {free_running:.1%} of positions equal, the first {prefix} tokens identical")
-    same = tokens["engine fp32"] == tokens["transformers fp32"]
-    print(f"engine fp32 greedy tokens equal transformers': {same}")
+    print("without targets (median of per-round ratios):")
+    for label, ratio in comparisons.items():
+        print(f"  {label:<38} {ratio:6.2f}x")
+    for name in ("engine fp32", "engine fp32 torch ops", "llama.cpp f32"):
+        if name in tokens:
+            same = tokens[name] == tokens["transformers fp32"]
+            print(f"{name} greedy tokens equal transformers': {same}")
     if args.json:
         args.json.write_text(json.dumps({
             "threads": threads, "load_avg_start": load_start, "load_avg_end": load_end, "rates": rates,
-            "targets": results, "floor_share": floor_share, "floor_s": floor_s, "read_gbps": read_gbps,
+            "targets": results, "comparisons": comparisons, "floor_share": floor_share, "floor_s": floor_s,
+            "read_gbps": read_gbps, "int8_floor_share": int8_floor_share,
             "int8_agreement": agreement, "int8_free_running_agreement": free_running, "int8_common_prefix": prefix,
             "llama_cpp": llama_note, "system": system,
         }, indent=1))  # fmt: skip

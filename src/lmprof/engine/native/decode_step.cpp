@@ -23,8 +23,13 @@
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -41,8 +46,6 @@ enum LayerSlot : int64_t {
   kGate, kGateBias, kGateScale, kUp, kUpBias, kUpScale, kDown, kDownBias, kDownScale,
   kSlotsPerLayer
 };
-
-constexpr int64_t kRows = 4;  // weight rows per block: one pass over x feeds four outputs
 
 bool present(const at::Tensor& t) {
   return t.defined() && t.numel() > 0;
@@ -84,34 +87,74 @@ Matrix matrix(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor
   return m;
 }
 
-// out_x[r] = dot(W row r, x), out_y[r] = dot(W row r, y) for four rows: eight independent
-// accumulator chains keep the FMA units busy when the rows come from L1 (batch > 1).
-template <typename T>
-inline void dot4x2(const T* __restrict w, int64_t K, const float* __restrict x, const float* __restrict y,
-                   float* out_x, float* out_y) {
-  const T *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, b0 = 0.f, b1 = 0.f, b2 = 0.f, b3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
-  for (int64_t k = 0; k < K; ++k) {
-    const float xk = x[k], yk = y[k];
-    const float v0 = float(w0[k]), v1 = float(w1[k]), v2 = float(w2[k]), v3 = float(w3[k]);
-    a0 += v0 * xk; a1 += v1 * xk; a2 += v2 * xk; a3 += v3 * xk;
-    b0 += v0 * yk; b1 += v1 * yk; b2 += v2 * yk; b3 += v3 * yk;
-  }
-  out_x[0] = a0; out_x[1] = a1; out_x[2] = a2; out_x[3] = a3;
-  out_y[0] = b0; out_y[1] = b1; out_y[2] = b2; out_y[3] = b3;
+// 16 float lanes in GCC vector extensions: the compiler maps them to one AVX-512 register,
+// two AVX2 ones or four NEON ones, so the kernels below compile for any target.
+typedef float Lanes __attribute__((vector_size(64)));
+typedef int8_t Int8Lanes __attribute__((vector_size(16)));
+constexpr int64_t kLanes = 16;
+
+inline Lanes load_lanes(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
 
-template <typename T>
-inline void dot4(const T* __restrict w, int64_t K, const float* __restrict x, float* out) {
-  const T *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t k = 0; k < K; ++k) {
-    const float xk = x[k];
-    a0 += float(w0[k]) * xk; a1 += float(w1[k]) * xk; a2 += float(w2[k]) * xk; a3 += float(w3[k]) * xk;
+inline Lanes load_lanes(const int8_t* p) {
+#if defined(__AVX512F__)
+  // GCC 12 lowers the generic int8 -> float lane conversion to scalar code; say it directly.
+  return (Lanes)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  Int8Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, Lanes);
+#endif
+}
+
+inline float lane_sum(Lanes v) {
+  float total = 0.f;
+  for (int64_t i = 0; i < kLanes; ++i) total += v[i];
+  return total;
+}
+
+// Two weight rows (wa, wb) against N activation rows (N = 1, 2, 4 or 8), 2N accumulators.
+//  - The two rows lie far apart in memory (see matvec_rows), so each thread reads two
+//    streams: more cache-line fetches in flight than one stream keeps (measured here: 1.3-2x
+//    the bandwidth of four adjacent rows read interleaved, level with a plain read).
+//  - Each iteration prefetches the rows two ahead (into L2) at the same offset, so at batch 8,
+//    where the products rather than memory bound the step, memory keeps streaming under the
+//    arithmetic (measured: batch-8 steps 1.3x faster; batch-1 steps 5% faster).
+//  - The empty asm statements pin the loaded vectors in registers: without them GCC folds a
+//    load into every FMA that uses a vector, and the loop waits on load ports.
+template <int N, typename T>
+inline void dot2xN(const T* __restrict wa, const T* __restrict wb, const float* const x[N], int64_t K,
+                   float out[2 * N]) {
+  Lanes acc_a[N] = {}, acc_b[N] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    if (sizeof(T) == sizeof(float) || k % 64 == 0) {  // once per 64-byte line
+      __builtin_prefetch(wa + 2 * K + k, 0, 2);
+      __builtin_prefetch(wb + 2 * K + k, 0, 2);
+    }
+    Lanes va = load_lanes(wa + k), vb = load_lanes(wb + k);
+    asm("" : "+v"(va), "+v"(vb));
+    for (int j = 0; j < N; ++j) {
+      Lanes xj = load_lanes(x[j] + k);
+      asm("" : "+v"(xj));
+      acc_a[j] += va * xj;
+      acc_b[j] += vb * xj;
+    }
   }
-  out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+  for (int j = 0; j < N; ++j) {
+    out[2 * j] = lane_sum(acc_a[j]);
+    out[2 * j + 1] = lane_sum(acc_b[j]);
+  }
+  for (; k < K; ++k) {
+    const float va = float(wa[k]), vb = float(wb[k]);
+    for (int j = 0; j < N; ++j) {
+      out[2 * j] += va * x[j][k];
+      out[2 * j + 1] += vb * x[j][k];
+    }
+  }
 }
 
 template <typename T>
@@ -122,41 +165,43 @@ inline float dot(const T* __restrict a, const float* __restrict b, int64_t n) {
   return acc;
 }
 
-// The rows [begin, end) of blocks of y = W . x for every batch row; see matvec.
+// The weight rows na and nb against activation rows b .. b + N - 1.
+template <int N, typename T, typename Store>
+inline void pair_rows(const float* x, int64_t b, const T* W, int64_t K, int64_t na, int64_t nb, Store& store) {
+  const float* xs[N];
+  for (int j = 0; j < N; ++j) xs[j] = x + (b + j) * K;
+  float d[2 * N];
+  dot2xN<N>(W + na * K, W + nb * K, xs, K, d);
+  for (int j = 0; j < N; ++j) {
+    store(b + j, na, d[2 * j]);
+    store(b + j, nb, d[2 * j + 1]);
+  }
+}
+
+// Output rows [begin, end) of y = W . x for every batch row, as row pairs (begin + i,
+// begin + half + i); see matvec.
 template <typename T>
-void matvec_blocks(const float* x, int64_t B, const T* W, const Matrix& m, float* y, int64_t y_stride,
-                   bool accumulate, int64_t begin, int64_t end) {
+void matvec_rows(const float* x, int64_t B, const T* W, const Matrix& m, float* y, int64_t y_stride,
+                 bool accumulate, int64_t begin, int64_t end) {
   const int64_t K = m.K;
-  float dx[kRows], dy[kRows];
-  auto store = [&](int64_t b, int64_t n0, int64_t rows, const float* dots) {
-    float* out = y + b * y_stride + n0;
-    for (int64_t r = 0; r < rows; ++r) {
-      float v = m.scales ? dots[r] * m.scales[n0 + r] : dots[r];
-      if (m.bias) v += m.bias[n0 + r];
-      out[r] = accumulate ? out[r] + v : v;
-    }
+  auto store = [&](int64_t b, int64_t n, float dot_value) {
+    float v = m.scales ? dot_value * m.scales[n] : dot_value;
+    if (m.bias) v += m.bias[n];
+    float& out = y[b * y_stride + n];
+    out = accumulate ? out + v : v;
   };
-  for (int64_t blk = begin; blk < end; ++blk) {
-    const int64_t n0 = blk * kRows;
-    const int64_t rows = std::min(kRows, m.N - n0);
-    const T* w = W + n0 * K;
-    if (rows < kRows) {  // the last, partial block
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t r = 0; r < rows; ++r) dx[r] = dot(w + r * K, x + b * K, K);
-        store(b, n0, rows, dx);
-      }
-      continue;
-    }
+  const int64_t half = (end - begin) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t na = begin + i, nb = begin + half + i;
     int64_t b = 0;
-    for (; b + 1 < B; b += 2) {
-      dot4x2(w, K, x + b * K, x + (b + 1) * K, dx, dy);
-      store(b, n0, rows, dx);
-      store(b + 1, n0, rows, dy);
-    }
-    if (b < B) {
-      dot4(w, K, x + b * K, dx);
-      store(b, n0, rows, dx);
-    }
+    for (; b + 8 <= B; b += 8) pair_rows<8>(x, b, W, K, na, nb, store);
+    if (b + 4 <= B) pair_rows<4>(x, b, W, K, na, nb, store), b += 4;
+    if (b + 2 <= B) pair_rows<2>(x, b, W, K, na, nb, store), b += 2;
+    if (b < B) pair_rows<1>(x, b, W, K, na, nb, store);
+  }
+  if ((end - begin) % 2 == 1) {  // an odd row out
+    const int64_t n = end - 1;
+    for (int64_t b = 0; b < B; ++b) store(b, n, dot(W + n * K, x + b * K, K));
   }
 }
 
@@ -165,17 +210,36 @@ void matvec_blocks(const float* x, int64_t B, const T* W, const Matrix& m, float
 // Threads split the weight rows: each weight byte is read from memory once per call.
 void matvec(const float* x, int64_t B, const Matrix& m, float* y, int64_t y_stride, bool accumulate) {
   RECORD_FUNCTION(m.i8 ? "lmprof_native::matvec_int8" : "lmprof_native::matvec", c10::ArrayRef<const c10::IValue>{});
-  const int64_t blocks = (m.N + kRows - 1) / kRows;
   const int64_t row_bytes = m.K * (m.i8 ? 1 : int64_t(sizeof(float)));
-  // Blocks of at least ~32 KB of weights per task, so a small projection is not split thin.
-  const int64_t grain = std::max<int64_t>(1, (32 * 1024) / (kRows * row_bytes));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+  // At least ~32 KB of weights per task, so a small projection is not split thin.
+  const int64_t grain = std::max<int64_t>(2, (32 * 1024) / row_bytes);
+  at::parallel_for(0, m.N, grain, [&](int64_t begin, int64_t end) {
     if (m.i8) {
-      matvec_blocks(x, B, m.i8, m, y, y_stride, accumulate, begin, end);
+      matvec_rows(x, B, m.i8, m, y, y_stride, accumulate, begin, end);
     } else {
-      matvec_blocks(x, B, m.f32, m, y, y_stride, accumulate, begin, end);
+      matvec_rows(x, B, m.f32, m, y, y_stride, accumulate, begin, end);
     }
   });
+}
+
+// e^x in a form the compiler vectorizes (std::exp stays a scalar call without -ffast-math):
+// x = n ln2 + r with |r| <= ln2/2, e^r by Cephes' expf polynomial, 2^n built in the exponent
+// bits. Within 2 ulp of std::exp for x in [-87, 88]; inputs are clamped to that range.
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
 }
 
 // out[b] = weight * (x[b] / sqrt(mean(x[b]^2) + eps)), as transformers' LlamaRMSNorm in fp32.
@@ -238,9 +302,11 @@ void attend(const float* qkv, const float* k_cache, const float* v_cache, const 
         best = std::max(best, p[t]);
       }
       float total = 0.f;
+      float* pp = p.data();
+#pragma omp simd reduction(+ : total)
       for (int64_t t = 0; t < S; ++t) {
-        p[t] = std::isinf(p[t]) ? 0.f : std::exp(p[t] - best);
-        total += p[t];
+        pp[t] = pp[t] == -std::numeric_limits<float>::infinity() ? 0.f : fast_exp(pp[t] - best);
+        total += pp[t];
       }
       float* o = out + b * s.H * s.hd + h * s.hd;
       std::fill(o, o + s.hd, 0.f);
@@ -258,11 +324,13 @@ void attend(const float* qkv, const float* k_cache, const float* v_cache, const 
 // act[b, i] = silu(gate[b, i]) * up[b, i], gate and up side by side in gate_up [B, 2I].
 void silu_mul(const float* gate_up, int64_t B, int64_t I, float* act) {
   RECORD_FUNCTION("lmprof_native::silu_mul", c10::ArrayRef<const c10::IValue>{});
-  at::parallel_for(0, B * I, 2048, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t b = j / I, i = j % I;
-      const float g = gate_up[b * 2 * I + i], u = gate_up[b * 2 * I + I + i];
-      act[j] = g / (1.f + std::exp(-g)) * u;
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float* gate = gate_up + b * 2 * I;
+      const float* up = gate + I;
+      float* out = act + b * I;
+#pragma omp simd
+      for (int64_t i = 0; i < I; ++i) out[i] = gate[i] / (1.f + fast_exp(-gate[i])) * up[i];
     }
   });
 }
