@@ -1,4 +1,4 @@
-"""Build and load lmprof's native decode kernels (decode_step.cpp), once per machine.
+"""Build and load lmprof's native decode kernels (decode_step.cpp, kernels.h), once per machine.
 
 The C++ source ships with the package and is compiled on first use with PyTorch's own
 extension tooling (torch.utils.cpp_extension: the system C++ compiler and ninja), for this
@@ -47,7 +47,12 @@ def build_key() -> str:
     import torch
 
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS + LDFLAGS).encode()):
+    sources = [SOURCE, *sorted(SOURCE.parent.glob("*.h"))]
+    for part in [
+        *(path.read_bytes() for path in sources),
+        torch.__version__.encode(),
+        " ".join(CFLAGS + LDFLAGS).encode(),
+    ]:
         digest.update(part)
     digest.update(_cpu_fingerprint().encode())
     digest.update(sys.version.encode())
