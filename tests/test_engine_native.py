@@ -6,6 +6,10 @@ The kernels are compiled once per test session (conftest sets LMPROF_NATIVE_BUIL
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,7 @@ from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
 from lmprof.engine.native_decode import check_native_decode, layer_weights
 from lmprof.engine.quant import Int8Linear, quantize_per_channel
 from lmprof.errors import UsageError
+from lmprof.record import load_run
 
 NATIVE = EngineOptions(native_decode=True)
 
@@ -193,3 +198,55 @@ def test_ablation_plan_has_the_native_row_or_says_why_not():
         r.name: r for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32, native_unavailable=why)
     }
     assert skipped["native"].skip_reason == why
+
+
+@pytest.fixture(scope="module")
+def native_deep_run(tmp_path_factory, lmprof_cache):
+    out = tmp_path_factory.mktemp("native") / "run"
+    command = [sys.executable, "-m", "lmprof", "profile", "tiny", "--engine", "lmprof", "--native", "--deep",
+               "--python-profiler", "none", "--max-new-tokens", "6", "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, LMPROF_CACHE=str(lmprof_cache))
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return load_run(out)
+
+
+def test_profile_native_times_the_kernel_load_and_decodes_the_same_text(native_deep_run, run_cli, tmp_path):
+    run = native_deep_run
+    assert run.status == "complete" and run.model["engine_options"]["native_decode"] is True
+    names = [p.name for p in run.phases]
+    assert "load_native_kernels" in names and names.index("load_native_kernels") < names.index("generate")
+    proc = run_cli(
+        "profile", "tiny", "--engine", "lmprof", "--max-new-tokens", 6, "--out", tmp_path / "torch"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert run.generation.text == load_run(tmp_path / "torch").generation.text
+
+
+def test_profile_native_deep_views_see_inside_the_native_step(native_deep_run):
+    deep = native_deep_run.deep
+    ops = {o["name"] for o in deep.operators["decode"]}
+    assert {"lmprof_native::decode_step", "lmprof_native::matvec", "lmprof_native::attention"} <= ops
+    modules = {m["path"] for m in deep.modules["decode"]}
+    assert {"layers.0.attention", "layers.0.mlp.down_proj", "lm_head"} <= modules
+    per_step = deep.step_breakdown["decode"]["per_step_s"]
+    assert (
+        per_step["attention"] > 0 and per_step["mlp"] > 0 and per_step["lm_head"] > 0 and per_step["norm"] > 0
+    )
+    decode_step_row = next(o for o in deep.operators["decode"] if o["name"] == "lmprof_native::decode_step")
+    assert len(decode_step_row["shapes"][0]) < 300  # tensor-list inputs are summarized
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--native"], "--engine lmprof"),
+        (["--engine", "lmprof", "--native", "--dtype", "bfloat16"], "native_decode"),
+    ],
+)
+def test_profile_native_bad_combinations_are_one_line(run_cli, tmp_path, args, message):
+    proc = run_cli("profile", "tiny", *args, "--max-new-tokens", 2, "--out", tmp_path / "run")
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

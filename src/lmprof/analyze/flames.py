@@ -68,24 +68,30 @@ def time_flame(
 ) -> FlameGraph:
     chains = PhaseChains(phases)
     weights: dict[tuple[str, ...], float] = defaultdict(float)
-    traced_self: dict[int, float] = defaultdict(float)  # phase index -> self time of spans in it
+    traced: dict[int | None, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
     for node in all_nodes(roots):
         index = chains.index_at(node.span.start_s)
         stack = chains.chain(index) or [UNATTRIBUTED_FRAME]
         frames = _frames(node)
-        weight = node.self_s
         kernels = launches.get(node.span.args.get("correlation")) if node.span.cat == "cuda_runtime" else None
         if kernels:
             frames = frames + ["kernel:" + kernels[0].name]
-        weights[tuple(stack + frames)] += weight
-        if index is not None:
-            traced_self[index] += weight
+        traced[index][tuple(stack + frames)] += node.self_s
     child_wall: dict[int, float] = defaultdict(float)
     for p in phases:
         if p.parent_index is not None:
             child_wall[p.parent_index] += p.wall_s
+    for index, stacks in traced.items():
+        traced_s = sum(stacks.values())
+        budget_s = phases[index].wall_s - child_wall[index] if index is not None else traced_s
+        # A span is filed under the phase it starts in; one that runs past the phase's end
+        # would count that overhang twice (here and in the next phase's own time), so a
+        # phase's spans are scaled to fit the time the phase itself did not give its children.
+        scale = min(1.0, budget_s / traced_s) if traced_s > 0 and budget_s > 0 else 1.0
+        for stack, weight in stacks.items():
+            weights[stack] += weight * scale
     for i, p in enumerate(phases):
-        own = p.wall_s - child_wall[i] - traced_self[i]
+        own = p.wall_s - child_wall[i] - sum(traced.get(i, {}).values())
         if own > 0:
             weights[tuple(chains.chain(i))] += own
     rest = wall_s - sum(p.wall_s for p in phases if p.parent_index is None)

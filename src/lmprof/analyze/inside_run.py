@@ -73,7 +73,7 @@ def operator_rows(roots: list[Node], windows, launches, limit: int = 60) -> dict
         row["flops"] += int(node.span.args.get("flops", 0) or 0)
         dims = node.span.args.get("Input Dims")
         if dims:
-            row["_shapes"][str(dims)] += 1
+            row["_shapes"][shape_label(dims)] += 1
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (stage, _), row in agg.items():
         row["shapes"] = [s for s, _ in row.pop("_shapes").most_common(3)]
@@ -113,6 +113,19 @@ def module_rows(
     return dict(out)
 
 
+def shape_label(dims: list[Any]) -> str:
+    """An op's input shapes as text; a tensor-list input (e.g. the 690 weights a native decode
+    step takes) reads as its length and common shape instead of hundreds of shapes."""
+    parts = []
+    for d in dims:
+        if isinstance(d, list) and d and all(isinstance(e, list) for e in d):
+            same = all(e == d[0] for e in d)
+            parts.append(f"{len(d)} × {d[0]}" if same else f"{len(d)} tensors")
+        else:
+            parts.append(str(d))
+    return "[" + ", ".join(parts) + "]"
+
+
 def _nearest_module_descendants(node: Node):
     for child in node.children:
         if child.is_module:
@@ -130,12 +143,13 @@ def module_category(path: str | None) -> str:
     if path is None:
         return "outside_model"
     leaf = path.rsplit(".", 1)[-1].lower()
+    # Norms first: "post_attention_layernorm" and "attention_norm" are norms, not attention.
+    if "norm" in leaf or leaf.startswith("ln"):
+        return "norm"
     if "attn" in leaf or "attention" in leaf:
         return "attention"
     if "mlp" in leaf or leaf in ("ffn", "feed_forward"):
         return "mlp"
-    if "norm" in leaf or leaf.startswith("ln"):
-        return "norm"
     if "embed" in leaf or leaf == "wte":
         return "embedding"
     if leaf in ("lm_head", "output"):
@@ -143,17 +157,25 @@ def module_category(path: str | None) -> str:
     return "other_in_model"
 
 
+def _part_of_op(node: Node) -> str:
+    # an op inside a category module counts for it, even under an inner unnamed module
+    for path in [node.nearest_module()] + [a.module_path for a in node.ancestors() if a.is_module]:
+        if path is None:
+            return "outside_model"
+        cat = module_category(path)
+        if cat != "other_in_model":
+            return cat
+    return "other_in_model"
+
+
 def _part_of(node: Node) -> str:
     """Which step part a node's own (self) time belongs to."""
     if node.span.cat == "cpu_op" or node.span.cat == "cuda_runtime":
-        # an op inside a category module counts for it, even under an inner unnamed module
-        for path in [node.nearest_module()] + [a.module_path for a in node.ancestors() if a.is_module]:
-            if path is None:
-                return "outside_model"
-            cat = module_category(path)
-            if cat != "other_in_model":
-                return cat
-        return "other_in_model"
+        return _part_of_op(node)
+    if any(a.span.cat == "cpu_op" for a in node.ancestors()):
+        # A module range opened inside an operator (lmprof's native decode step opens the
+        # model's module ranges from C++): its own time is that native code, not Python.
+        return _part_of_op(node)
     if node.nearest_module() is not None:
         return "python_in_model"  # module ranges and Python frames between ops
     return "outside_model"

@@ -106,7 +106,7 @@ def load_native_ops(announce: bool = True) -> Any:
     start_s = time.perf_counter()
     if fresh and announce:
         print(
-            "lmprof: compiling the native decode kernels for this CPU (once, about a minute)...",
+            "lmprof: compiling the native decode kernels for this CPU (once; 10-60 s)...",
             file=sys.stderr,
             flush=True,
         )
