@@ -145,6 +145,12 @@ def test_best_combination_merges_winners_and_drops_conflicts():
     assert best.combines == ["int8", "fused", "compile"]
     assert best.options == {"int8": True, "fuse_qkv": True, "fuse_gate_up": True, "compile_decode": True}
     best.engine_options(2)
+    # The fastest switch alone (fp16) does not combine with the native step or int8, whose
+    # speed-ups together are larger: every allowed set is scored, not the fastest first.
+    rows = plan_rows(threads=2, logical_cores=2, prompt_tokens=32)
+    mixed = best_combination(rows, {"engine": 10.0, "fp16": 28.0, "native": 25.0, "int8": 20.0})
+    assert mixed.combines == ["native", "int8"]
+    assert mixed.options == {"native_decode": True, "int8": True}
     none = best_combination(rows, {"engine": 10.0, "int8": 9.0, "fused": 10.4})
     assert none.skip_reason == "no switch beat the engine row by 5%"
 
