@@ -141,7 +141,7 @@ def test_best_combination_merges_winners_and_drops_conflicts():
     best = best_combination(rows, rates)
     # int8 is the fastest weight format, so fp16, bf16 and column-major (other formats) stay out;
     # compile needs the static cache, so the growing cache is dropped; batch is another workload;
-    # 1 thread (4% faster) is within the noise margin.
+    # 1 thread (4% faster) is within the noise margin (10%).
     assert best.combines == ["int8", "fused", "compile"]
     assert best.options == {"int8": True, "fuse_qkv": True, "fuse_gate_up": True, "compile_decode": True}
     best.engine_options(2)
@@ -152,7 +152,7 @@ def test_best_combination_merges_winners_and_drops_conflicts():
     assert mixed.combines == ["native", "int8"]
     assert mixed.options == {"native_decode": True, "int8": True}
     none = best_combination(rows, {"engine": 10.0, "int8": 9.0, "fused": 10.4})
-    assert none.skip_reason == "no switch beat the engine row by 5%"
+    assert none.skip_reason == "no switch beat the engine row by 10%"
 
 
 def test_row_round_trips_through_a_job_file():

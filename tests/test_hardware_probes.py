@@ -53,6 +53,10 @@ def test_every_probe_measures_positive_finite_rates():
     matvec = next(p for p in probes if p.name == "matvec" and p.dtype == "float32")
     n, k = matvec.shape
     assert matvec.bytes_per_repeat == n * k * 4 and matvec.flops_per_repeat == 2 * n * k
+    native = {p.dtype: p for p in probes if p.name == "matvec_native"}
+    assert set(native) == {"float32", "int8"} and all(p.skipped is None for p in native.values())
+    n, k = native["int8"].shape
+    assert native["int8"].bytes_per_repeat == n * k  # one byte a weight
 
 
 def test_matmul_probe_shrinks_when_one_product_is_too_slow():

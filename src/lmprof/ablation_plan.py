@@ -22,7 +22,9 @@ BASELINE = "transformers"
 REFERENCE = "engine"  # the engine as it loads by default: fp32, static KV cache, SDPA, grouped GQA
 BEST = "best"
 BATCH_ROW_SIZE = 8
-MIN_GAIN = 1.05  # a switch joins the best combination only when it beat the engine row by 5%
+# A switch joins the best combination only when it beat the engine row by 10% in round 1: on
+# the shared 2-core machine two rows of the same configuration differed by up to 9% in a round.
+MIN_GAIN = 1.10
 WEIGHT_FORMAT = "weight format"
 WEIGHT_FORMAT_KEYS = ("int8", "dtype", "column_major")
 

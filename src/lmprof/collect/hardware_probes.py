@@ -237,6 +237,41 @@ def probe_matvec(
     return _run_or_skip(result, op, device, sizes, clock)
 
 
+def probe_native_matvec(
+    dtype: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter
+) -> ProbeResult:
+    """The product lmprof's native decode step runs (float32, or int8 weight-only with fp32
+    scales), on the CPU: the kernel's own streaming rate beside torch's `F.linear`. Builds the
+    kernels on first use; skipped, with the reason, where they cannot be built."""
+    from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
+
+    elt = 1 if dtype == "int8" else 4
+    k = sizes.matvec_in_features
+    n = max(1, sizes.matvec_weight_bytes // (k * elt))
+    result = ProbeResult(
+        "matvec_native", "matvec", "cpu", dtype, [n, k], n * k * elt, 2 * n * k, timing="host_clock"
+    )
+    try:
+        ops = load_native_ops()
+    except NativeKernelsUnavailable as error:
+        result.skipped = str(error)
+        return result
+    x = torch.randn(1, k)
+    if dtype == "int8":
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        scales = torch.rand(n) / 127
+
+        def op() -> Any:
+            return ops.linear(x, w, None, scales)
+    else:
+        w = torch.randn(n, k)
+
+        def op() -> Any:
+            return ops.linear(x, w)
+
+    return _run_or_skip(result, op, "cpu", sizes, clock)
+
+
 def probe_matmul(
     device: str, dtype: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter
 ) -> ProbeResult:
@@ -310,15 +345,18 @@ def probe_device(
     sizes: ProbeSizes | None = None,
     dtypes: tuple[str, ...] = PROBE_DTYPES,
     clock: Callable[[], float] = time.perf_counter,
+    native: bool = True,
 ) -> list[ProbeResult]:
     """Every probe on one device: read, copy, matvec (both layouts) and matmul per dtype,
-    and on CUDA the host-to-device copies."""
+    on the CPU lmprof's native matvec (fp32 and int8), and on CUDA the host-to-device copies."""
     sizes = sizes or ProbeSizes.for_device(device)
     results = [probe_read(device, sizes, clock), probe_copy(device, sizes, clock)]
     for dtype in dtypes:
         results.append(probe_matvec(device, dtype, sizes, column_major=False, clock=clock))
         results.append(probe_matvec(device, dtype, sizes, column_major=True, clock=clock))
         results.append(probe_matmul(device, dtype, sizes, clock))
+    if device == "cpu" and native:
+        results += [probe_native_matvec(dtype, sizes, clock) for dtype in ("float32", "int8")]
     if device.startswith("cuda"):
         results.append(probe_host_to_device(device, pinned=True, sizes=sizes, clock=clock))
         results.append(probe_host_to_device(device, pinned=False, sizes=sizes, clock=clock))

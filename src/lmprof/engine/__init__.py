@@ -6,7 +6,8 @@
 
 config.py (architecture + presets), options.py (switches), model.py (the network),
 kv_cache.py, quant.py (int8 weights), weights.py (HF folders), generate.py (prefill/decode
-loop with timings), cost.py (analytic bytes and FLOPs).
+loop with timings), cost.py (analytic bytes and FLOPs), native_decode.py + native/ (the decode
+step as one call into lmprof's C++ kernels, EngineOptions(native_decode=True)).
 """
 
 from lmprof.engine.config import PRESETS, EngineConfig, RopeScaling

@@ -22,7 +22,8 @@ _EMPTY = torch.empty(0)
 
 
 def check_native_decode(model: torch.nn.Module) -> None:
-    """Raise UsageError unless the native step can run this model with these options."""
+    """Raise UsageError unless the native step can run this model (CPU, fp32 activations,
+    checkpoint-layout fp32 or int8 matrices)."""
     device = model.inv_freq.device
     if device.type != "cpu":
         raise UsageError(f"native_decode runs on CPU; this model is on {device} (use compile_decode there)")

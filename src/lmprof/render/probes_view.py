@@ -21,6 +21,7 @@ PROBE_LABELS = {
     "copy": "copy (r+w)",
     "matvec": "matvec W[out,in]",
     "matvec_column_major": "matvec W[in,out]",
+    "matvec_native": "matvec lmprof native",
     "matmul": "matmul n³",
     "h2d_pinned": "to device, pinned",
     "h2d_pageable": "to device, pageable",
