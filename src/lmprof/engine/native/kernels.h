@@ -64,9 +64,10 @@ inline float lane_sum(Lanes v) {
 //  - The two rows lie far apart in memory (see matvec_rows), so each thread reads two
 //    streams: more cache-line fetches in flight than one stream keeps (measured here: 1.3-2x
 //    the bandwidth of four adjacent rows read interleaved, level with a plain read).
-//  - Each iteration prefetches the rows two ahead (into L2) at the same offset, so at batch 8,
-//    where the products rather than memory bound the step, memory keeps streaming under the
-//    arithmetic (measured: batch-8 steps 1.3x faster; batch-1 steps 5% faster).
+//  - At batch > 1 each iteration prefetches the rows two ahead (into L2) at the same offset,
+//    so where the products rather than memory bound the step, memory keeps streaming under
+//    the arithmetic (measured: batch-8 steps 1.3x faster). At batch 1 the hardware
+//    prefetcher alone does better (one thread: 8% faster without; two: within noise).
 //  - The empty asm statements pin the loaded vectors in registers: without them GCC folds a
 //    load into every FMA that uses a vector, and the loop waits on load ports.
 template <int N, typename T>
@@ -75,7 +76,7 @@ inline void dot2xN(const T* __restrict wa, const T* __restrict wb, const float* 
   Lanes acc_a[N] = {}, acc_b[N] = {};
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
-    if (sizeof(T) == sizeof(float) || k % 64 == 0) {  // once per 64-byte line
+    if (N > 1 && (sizeof(T) == sizeof(float) || k % 64 == 0)) {  // once per 64-byte line
       __builtin_prefetch(wa + kPrefetchRowsAhead * K + k, 0, 2);
       __builtin_prefetch(wb + kPrefetchRowsAhead * K + k, 0, 2);
     }
