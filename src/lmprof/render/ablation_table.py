@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lmprof.ablation_plan import BASELINE, REFERENCE
+from lmprof.ablation_plan import BASELINE, MIN_GAIN, REFERENCE
 from lmprof.ablation_runner import AblationReport
 from lmprof.render.units import fmt_bytes, fmt_s
 
@@ -76,8 +76,9 @@ def _notes(report: AblationReport) -> list[str]:
         f"{report.threads} threads, {rounds} interleaved round{'s' if rounds != 1 else ''}; each row-round a fresh "
         f"process warmed up with {req.get('warmup_tokens')} tokens. Figures are medians over rounds.",
         "engine fp32: the engine's defaults (static KV cache, SDPA attention, grouped GQA, unfused fp32 "
-        "weights); each row below it changes one switch; best combination: the switches that beat it in "
-        f"round 1, merged ({' + '.join(report.best_combines) or 'none'}).",
+        "weights); each row below it changes one switch; best combination: of the switches that beat it "
+        f"by {MIN_GAIN - 1:.0%} in round 1, the set that combines and whose speed-ups multiply to the most "
+        f"({' + '.join(report.best_combines) or 'none'}).",
         "tok/s: decode tokens per second (batch rows count every sequence). ×base / ×prev: decode tok/s "
         "against the transformers row / the row above, the median of ratios taken within each round. "
         "peak: resident memory at its highest during the measured generate call (device memory on a GPU), "

@@ -245,15 +245,17 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
     const int tid = omp_get_thread_num();
     const int team = omp_get_num_threads();
     std::vector<float> scores(slot + 1);
+    // normed = RMSNorm(x) with `weight`, every thread its rows, all done at the barrier.
+    auto norm_stage = [&](const std::string& module_path, const float* weight) {
+      MainThreadRange module(module_range(tid, module_path));
+      MainThreadRange op(op_range(tid, "lmprof_native::rms_norm"));
+      const auto [begin, end] = share(B, 1, tid, team);
+      lmprof_native::rms_norm_rows(xp, D, weight, eps, np, begin, end);
+#pragma omp barrier
+    };
     for (const LayerPlan& plan : plans) {
       MainThreadRange layer(module_range(tid, plan.path));
-      {
-        MainThreadRange module(module_range(tid, plan.path + ".attention_norm"));
-        MainThreadRange op(op_range(tid, "lmprof_native::rms_norm"));
-        const auto [begin, end] = share(B, 1, tid, team);
-        lmprof_native::rms_norm_rows(xp, D, plan.attention_norm, eps, np, begin, end);
-#pragma omp barrier
-      }
+      norm_stage(plan.path + ".attention_norm", plan.attention_norm);
       {
         MainThreadRange module(module_range(tid, plan.path + ".attention"));
         project(tid, team, np, B, plan.qkv, qkvp, qkv_dim, false);
@@ -283,13 +285,7 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
         project(tid, team, attnp, B, plan.o, xp, D, true);  // x += o_proj(attention)
 #pragma omp barrier
       }
-      {
-        MainThreadRange module(module_range(tid, plan.path + ".mlp_norm"));
-        MainThreadRange op(op_range(tid, "lmprof_native::rms_norm"));
-        const auto [begin, end] = share(B, 1, tid, team);
-        lmprof_native::rms_norm_rows(xp, D, plan.mlp_norm, eps, np, begin, end);
-#pragma omp barrier
-      }
+      norm_stage(plan.path + ".mlp_norm", plan.mlp_norm);
       {
         MainThreadRange module(module_range(tid, plan.path + ".mlp"));
         project(tid, team, np, B, plan.gate_up, gup, 2 * I, false);
@@ -304,13 +300,7 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
 #pragma omp barrier
       }
     }
-    {
-      MainThreadRange module(module_range(tid, "norm"));
-      MainThreadRange op(op_range(tid, "lmprof_native::rms_norm"));
-      const auto [begin, end] = share(B, 1, tid, team);
-      lmprof_native::rms_norm_rows(xp, D, final_norm_p, eps, np, begin, end);
-#pragma omp barrier
-    }
+    norm_stage("norm", final_norm_p);
     project(tid, team, np, B, head, logitsp, V, false);
   }
   return logits;
