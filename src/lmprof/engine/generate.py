@@ -34,9 +34,8 @@ class DecodeState:
     next_position: Tensor  # [B] rope position of each row's next token
     length: int = 0  # slots used so far
     tokens: Tensor | None = None  # [B, length] every token so far; kept only without a cache
-    native_weights: tuple[list[Tensor], Tensor] | None = (
-        None  # what a native decode step reads, gathered once
-    )
+    # What a native decode step reads (layer tensors, head scales), gathered at its first step.
+    native_weights: tuple[list[Tensor], Tensor] | None = None
 
     @property
     def is_static(self) -> bool:
