@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lmprof.ablation_runner import PROMPT_TEXT  # noqa: E402
 from lmprof.analyze.ablation import common_prefix_tokens, paired_speedup, token_agreement  # noqa: E402
 from lmprof.analyze.hardware import best_read_gbps  # noqa: E402
+from lmprof.collect.hardware_probes import ProbeSizes, probe_read  # noqa: E402
 from lmprof.collect.system import collect_system_info  # noqa: E402
 from lmprof.engine import (  # noqa: E402
     EngineOptions,
@@ -158,16 +160,8 @@ def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> t
 
 
 def read_probe_gbps(repeats: int = 3) -> float:
-    """lmprof's read probe (a sum over 256 MiB of fp32), best of `repeats`, GB/s."""
-    x = torch.ones(256 * 2**20 // 4)
-    best_s = min(_timed(x.sum) for _ in range(repeats))
-    return x.numel() * 4 / best_s / 1e9
-
-
-def _timed(op: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    op()
-    return time.perf_counter() - start
+    """lmprof's read probe (`sysinfo --measure`'s sum over 256 MiB of fp32), best of `repeats`, GB/s."""
+    return probe_read("cpu", replace(ProbeSizes.for_device("cpu"), repeats=repeats)).best_gbps
 
 
 def teacher_forced_agreement(model, prompt: list[int], reference: list[int]) -> float:

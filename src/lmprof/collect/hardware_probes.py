@@ -202,6 +202,12 @@ def probe_copy(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time
     return result
 
 
+def _matvec_shape(sizes: ProbeSizes, element_bytes: int) -> tuple[int, int]:
+    """[out, in] of a matvec probe's weight: `matvec_weight_bytes` of elements, `in` fixed."""
+    k = sizes.matvec_in_features
+    return max(1, sizes.matvec_weight_bytes // (k * element_bytes)), k
+
+
 def probe_matvec(
     device: str,
     dtype: str,
@@ -216,8 +222,7 @@ def probe_matvec(
     """
     torch_dtype = TORCH_DTYPES[dtype]
     elt = torch.tensor([], dtype=torch_dtype).element_size()
-    k = sizes.matvec_in_features
-    n = max(1, sizes.matvec_weight_bytes // (k * elt))
+    n, k = _matvec_shape(sizes, elt)
     name = "matvec_column_major" if column_major else "matvec"
     result = ProbeResult(
         name, "matvec", device, dtype, [n, k], n * k * elt, 2 * n * k, timing=_timing(device)
@@ -246,8 +251,7 @@ def probe_native_matvec(
     from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
 
     elt = 1 if dtype == "int8" else 4
-    k = sizes.matvec_in_features
-    n = max(1, sizes.matvec_weight_bytes // (k * elt))
+    n, k = _matvec_shape(sizes, elt)
     result = ProbeResult(
         "matvec_native", "matvec", "cpu", dtype, [n, k], n * k * elt, 2 * n * k, timing="host_clock"
     )
@@ -345,7 +349,6 @@ def probe_device(
     sizes: ProbeSizes | None = None,
     dtypes: tuple[str, ...] = PROBE_DTYPES,
     clock: Callable[[], float] = time.perf_counter,
-    native: bool = True,
 ) -> list[ProbeResult]:
     """Every probe on one device: read, copy, matvec (both layouts) and matmul per dtype,
     on the CPU lmprof's native matvec (fp32 and int8), and on CUDA the host-to-device copies."""
@@ -355,7 +358,7 @@ def probe_device(
         results.append(probe_matvec(device, dtype, sizes, column_major=False, clock=clock))
         results.append(probe_matvec(device, dtype, sizes, column_major=True, clock=clock))
         results.append(probe_matmul(device, dtype, sizes, clock))
-    if device == "cpu" and native:
+    if device == "cpu":
         results += [probe_native_matvec(dtype, sizes, clock) for dtype in ("float32", "int8")]
     if device.startswith("cuda"):
         results.append(probe_host_to_device(device, pinned=True, sizes=sizes, clock=clock))

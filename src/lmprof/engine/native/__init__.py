@@ -59,13 +59,13 @@ def build_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def build_folder() -> Path:
-    """$LMPROF_NATIVE_BUILD/<key> if set, else cache_root()/native/<key>."""
+def build_folder(key: str | None = None) -> Path:
+    """$LMPROF_NATIVE_BUILD/<key> if set, else cache_root()/native/<key> (key: build_key())."""
     from lmprof.models.cache import cache_root
 
     explicit = os.environ.get("LMPROF_NATIVE_BUILD")
     root = Path(explicit).expanduser() if explicit else cache_root() / "native"
-    return root / build_key()
+    return root / (key or build_key())
 
 
 def _missing_tools() -> list[str]:
@@ -79,12 +79,12 @@ def _missing_tools() -> list[str]:
 _LOADED: dict[str, Any] = {}
 
 
-def is_built() -> bool:
-    folder = build_folder()
+def is_built(folder: Path | None = None) -> bool:
+    folder = folder or build_folder()
     return any(folder.glob("*.so")) if folder.is_dir() else False
 
 
-def load_native_ops(announce: bool = True) -> Any:
+def load_native_ops() -> Any:
     """torch.ops.lmprof_native, compiling the extension first if this machine has no build yet.
 
     Raises NativeKernelsUnavailable with one line saying what is missing or what failed.
@@ -100,11 +100,12 @@ def load_native_ops(announce: bool = True) -> Any:
             f"lmprof's native decode kernels need {' and '.join(missing)} to build once "
             "(Debian/Ubuntu: apt-get install g++ ninja-build); or run without --native"
         )
-    folder = build_folder()
+    key = build_key()  # hashes the sources and reads /proc/cpuinfo: once per load
+    folder = build_folder(key)
     folder.mkdir(parents=True, exist_ok=True)
-    fresh = not is_built()
+    fresh = not is_built(folder)
     start_s = time.perf_counter()
-    if fresh and announce:
+    if fresh:
         print(
             "lmprof: compiling the native decode kernels for this CPU (once; 10-60 s)...",
             file=sys.stderr,
@@ -112,7 +113,7 @@ def load_native_ops(announce: bool = True) -> Any:
         )
     try:
         cpp_extension.load(
-            name=f"lmprof_native_{build_key()}",
+            name=f"lmprof_native_{key}",
             sources=[str(SOURCE)],
             extra_cflags=CFLAGS,
             extra_ldflags=LDFLAGS,
@@ -127,7 +128,7 @@ def load_native_ops(announce: bool = True) -> Any:
             f"building lmprof's native decode kernels failed ({last}); the log is in {folder}, "
             "or run without --native"
         ) from error
-    if fresh and announce:
+    if fresh:
         print(
             f"lmprof: native kernels built in {time.perf_counter() - start_s:.0f} s ({folder})",
             file=sys.stderr,
