@@ -81,17 +81,17 @@ def time_flame(
     for p in phases:
         if p.parent_index is not None:
             child_wall[p.parent_index] += p.wall_s
+    traced_s = {index: sum(stacks.values()) for index, stacks in traced.items()}
     for index, stacks in traced.items():
-        traced_s = sum(stacks.values())
-        budget_s = phases[index].wall_s - child_wall[index] if index is not None else traced_s
+        budget_s = phases[index].wall_s - child_wall[index] if index is not None else traced_s[index]
         # A span is filed under the phase it starts in; one that runs past the phase's end
         # would count that overhang twice (here and in the next phase's own time), so a
         # phase's spans are scaled to fit the time the phase itself did not give its children.
-        scale = min(1.0, budget_s / traced_s) if traced_s > 0 and budget_s > 0 else 1.0
+        scale = min(1.0, budget_s / traced_s[index]) if traced_s[index] > 0 and budget_s > 0 else 1.0
         for stack, weight in stacks.items():
             weights[stack] += weight * scale
     for i, p in enumerate(phases):
-        own = p.wall_s - child_wall[i] - sum(traced.get(i, {}).values())
+        own = p.wall_s - child_wall[i] - traced_s.get(i, 0.0)
         if own > 0:
             weights[tuple(chains.chain(i))] += own
     rest = wall_s - sum(p.wall_s for p in phases if p.parent_index is None)
