@@ -75,11 +75,13 @@ def plan_rows(
     compile_decode: bool = False,
     unrunnable_dtypes: Mapping[str, str] | None = None,
     native_unavailable: str | None = None,
+    huge_pages_unavailable: str | None = None,
 ) -> list[AblationRow]:
     """Every row, in table order, the best combination excepted (it depends on measurements).
 
     unrunnable_dtypes: dtype -> why it has no kernels here (from the hardware probes).
     native_unavailable: why lmprof's C++ decode kernels cannot run here, if they cannot.
+    huge_pages_unavailable: why weights cannot go on transparent huge pages here, if they cannot.
     """
     unrunnable = dict(unrunnable_dtypes or {})
     chunk = max(1, prompt_tokens // 4)
@@ -105,6 +107,13 @@ def plan_rows(
             "engine",
             {"native_decode": True},
             skip_reason=native_unavailable,
+        ),
+        AblationRow(
+            "huge-pages",
+            "huge pages",
+            "engine",
+            {"huge_pages": True},
+            skip_reason=huge_pages_unavailable,
         ),
         AblationRow("int8", "int8 weight-only", "engine", {"int8": True}),
         AblationRow(

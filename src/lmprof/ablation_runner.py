@@ -140,6 +140,7 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
         compile_decode=req.compile_decode,
         unrunnable_dtypes=_unrunnable_dtypes(probes.probes, probe_device),
         native_unavailable=_native_unavailable(req.device),
+        huge_pages_unavailable=_huge_pages_unavailable(req.device),
     )
     if config_error:  # the engine cannot read this model: say so on every engine row
         planned = [r if r.runner != "engine" else _skipped(r, config_error) for r in planned]
@@ -246,6 +247,18 @@ def _native_unavailable(device: str) -> str | None:
     try:
         load_native_ops()
     except NativeKernelsUnavailable as error:
+        return str(error)
+    return None
+
+
+def _huge_pages_unavailable(device: str) -> str | None:
+    if device != "cpu":
+        return f"huge pages place CPU memory; this ablation runs on {device}"
+    from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages
+
+    try:
+        check_huge_pages()
+    except HugePagesUnavailable as error:
         return str(error)
     return None
 

@@ -39,7 +39,15 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
     dtype, dtype_reason = engine_dtype(
         req.dtype, device, bool(collect_cpu().get("native_bf16")), resolved.path
     )
-    options = EngineOptions(dtype=dtype, threads=req.threads, native_decode=req.native)
+    options = EngineOptions(
+        dtype=dtype, threads=req.threads, native_decode=req.native, huge_pages=req.huge_pages
+    )
+    if options.huge_pages:
+        from lmprof.huge_pages import check_huge_pages
+
+        if device != "cpu":
+            raise UsageError(f"--huge-pages places weights in CPU memory; drop it with --device {device}")
+        check_huge_pages()
     session.run.settings.update(
         resolved_device=device,
         resolved_dtype=dtype,
@@ -116,7 +124,9 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
     """load_model { read_weights, prepare_weights (when a load-time switch is on), to_device (GPU) }."""
     from lmprof.engine import load_hf_folder
 
-    plain = replace(options, fuse_qkv=False, fuse_gate_up=False, int8=False, column_major=False)
+    plain = replace(
+        options, fuse_qkv=False, fuse_gate_up=False, int8=False, column_major=False, huge_pages=False
+    )
     with session.phase("load_model", model=str(folder), engine="lmprof"):
         files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.gguf"))
         checkpoint_bytes = sum(f.stat().st_size for f in files)
@@ -127,10 +137,12 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
             model = load_hf_folder(folder, plain, device="cpu")
             h.add_payload(checkpoint_bytes)
         if plain != options:
-            with session.phase("prepare_weights", **load_switches(options)):
+            with session.phase("prepare_weights", **load_switches(options)) as h:
                 from lmprof.engine.weights import apply_load_switches
 
                 apply_load_switches(model, options)
+                if model.huge_page_placement is not None:  # what the kernel granted, read back
+                    h.note(huge_pages=asdict(model.huge_page_placement))
         model.options = options
         if device != "cpu":
             with session.phase("to_device", target=device) as h:
@@ -149,7 +161,8 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
 
 
 def load_switches(options: Any) -> dict[str, bool]:
-    return {name: getattr(options, name) for name in ("fuse_qkv", "fuse_gate_up", "int8", "column_major")}
+    names = ("fuse_qkv", "fuse_gate_up", "int8", "column_major", "huge_pages")
+    return {name: getattr(options, name) for name in names}
 
 
 def load_tokenizer(session: ProfileSession, folder: Path, gguf_file: str | None) -> Any:

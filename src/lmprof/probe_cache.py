@@ -19,7 +19,7 @@ from lmprof.collect.hardware_probes import HardwareProbes, ProbeSizes, measure_h
 from lmprof.models import cache_root
 from lmprof.record import write_atomic
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the CPU read probe from huge pages joined the set
 
 
 def machine_key(threads: int, devices: list[str] | None = None) -> dict[str, Any]:

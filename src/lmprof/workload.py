@@ -36,6 +36,7 @@ class ProfileRequest:
     deep: bool = False  # trace the generate call with torch.profiler, then repeat it untraced
     engine: str = "transformers"  # or "lmprof": the from-scratch engine (lmprof.engine_workload)
     native: bool = False  # with engine "lmprof": its decode step in lmprof's C++ kernels
+    huge_pages: bool = False  # with engine "lmprof": weights on 2 MiB transparent huge pages
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -50,8 +51,9 @@ class ProfileRequest:
             raise UsageError("--prompt must not be empty")
         if self.engine not in ENGINES:
             raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.native and self.engine != "lmprof":
-            raise UsageError("--native is a switch of lmprof's engine: add --engine lmprof")
+        for flag, on in (("--native", self.native), ("--huge-pages", self.huge_pages)):
+            if on and self.engine != "lmprof":
+                raise UsageError(f"{flag} is a switch of lmprof's engine: add --engine lmprof")
 
     def as_settings(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ablate",
         help="measure what each engine optimization buys, against transformers and the bandwidth floor",
         description="Profile transformers' generate, lmprof's engine, each engine switch alone (KV cache, "
-        "attention, GQA, fusion, dtype, int8, native decode step, compile, batch, chunked prefill, threads) and the best "
+        "attention, GQA, fusion, dtype, int8, native decode step, huge pages, compile, batch, chunked prefill, threads) and the best "
         "combination, in interleaved rounds; each row-round is a Run saved under --out.",
     )
     p.add_argument(

@@ -65,6 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --engine lmprof: run each decode step in lmprof's C++ kernels (CPU, float32; built once)",
     )
+    p.add_argument(
+        "--huge-pages",
+        action="store_true",
+        help="with --engine lmprof: put the weights on 2 MiB transparent huge pages (Linux, CPU)",
+    )
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument(
         "--deep",
@@ -124,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         deep=args.deep,
         engine=args.engine,
         native=args.native,
+        huge_pages=args.huge_pages,
     )
     req.validate()
     if args.sample_interval_ms <= 0:

@@ -192,6 +192,27 @@ def probe_read(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time
     return result
 
 
+def probe_read_huge_pages(sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
+    """The read probe over memory on 2 MiB transparent huge pages (CPU): fewer TLB misses and
+    prefetcher stops than 4 KiB pages, so often a higher read bandwidth. Skipped, with the
+    reason, where the kernel offers no huge pages or granted none."""
+    from lmprof.huge_pages import HugePagesUnavailable, huge_page_buffer, huge_page_bytes
+
+    n = sizes.read_bytes // 4
+    result = ProbeResult("read_huge_pages", "read", "cpu", "float32", [n], n * 4, 0)
+    try:
+        x = huge_page_buffer(n * 4).view(torch.float32)
+    except HugePagesUnavailable as error:
+        result.skipped = str(error)
+        return result
+    x.fill_(1.0)
+    if huge_page_bytes(x) == 0:
+        result.skipped = "the kernel granted no huge pages (memory too fragmented?)"
+        return result
+    result.times_s = repeat_op(x.sum, op_timer("cpu", clock), sizes, clock)
+    return result
+
+
 def probe_copy(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
     """One large tensor copied into another: each byte read once and written once."""
     src = torch.ones(sizes.read_bytes // 4, device=device)
@@ -350,10 +371,13 @@ def probe_device(
     dtypes: tuple[str, ...] = PROBE_DTYPES,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[ProbeResult]:
-    """Every probe on one device: read, copy, matvec (both layouts) and matmul per dtype,
+    """Every probe on one device: read (on the CPU also from huge pages), copy, matvec (both layouts) and matmul per dtype,
     on the CPU lmprof's native matvec (fp32 and int8), and on CUDA the host-to-device copies."""
     sizes = sizes or ProbeSizes.for_device(device)
-    results = [probe_read(device, sizes, clock), probe_copy(device, sizes, clock)]
+    results = [probe_read(device, sizes, clock)]
+    if device == "cpu":
+        results.append(probe_read_huge_pages(sizes, clock))
+    results.append(probe_copy(device, sizes, clock))
     for dtype in dtypes:
         results.append(probe_matvec(device, dtype, sizes, column_major=False, clock=clock))
         results.append(probe_matvec(device, dtype, sizes, column_major=True, clock=clock))

@@ -24,6 +24,7 @@ from lmprof.engine.options import EngineOptions
 
 if TYPE_CHECKING:
     from lmprof.engine.native_decode import NativeStep
+    from lmprof.huge_pages import HugePagePlacement
 
 
 class RMSNorm(nn.Module):
@@ -212,6 +213,8 @@ class Transformer(nn.Module):
         # would round these frequencies too.
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
         self.set_attention(self.options.attention, self.options.gqa)
+        # What the huge_pages switch got from the kernel (set by the loader), None without it.
+        self.huge_page_placement: HugePagePlacement | None = None
 
     def set_attention(self, attention: str, gqa: str) -> None:
         """Switch the attention kernel ("naive" | "sdpa") and GQA handling ("repeat" | "grouped")."""

@@ -1,6 +1,7 @@
 """The engine's optimization switches, each one small and independent of the others.
 
-Load-time switches change the weights the model runs (dtype, fused projections, int8);
+Load-time switches change the weights the model runs (dtype, fused projections, int8) or
+where they lie (huge pages);
 run-time switches change how a forward pass or the generation loop works (attention kernel,
 GQA handling, KV cache, chunked prefill, torch.compile, threads).
 """
@@ -34,6 +35,7 @@ class EngineOptions:
     fuse_gate_up: bool = False  # one [gate; up] matmul instead of two
     int8: bool = False  # int8 weight-only linear layers, per-output-channel scales
     column_major: bool = False  # float linear weights stored [in, out]: faster batch-1 matmuls on CPU
+    huge_pages: bool = False  # weights moved onto 2 MiB transparent huge pages (Linux, CPU)
     # run time
     attention: AttentionMode = "sdpa"  # "naive": explicit matmul + softmax
     gqa: GQAMode = "grouped"  # "repeat": repeat_interleave K/V to every query head

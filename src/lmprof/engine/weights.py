@@ -22,7 +22,8 @@ from lmprof.engine.config import EngineConfig
 from lmprof.engine.model import Transformer
 from lmprof.engine.options import EngineOptions
 from lmprof.engine.quant import quantize_int8
-from lmprof.errors import ModelLoadError, ModelNotFoundError
+from lmprof.errors import ModelLoadError, ModelNotFoundError, UsageError
+from lmprof.huge_pages import check_huge_pages, move_to_huge_pages
 
 # HF name -> engine name; per-layer names are relative to model.layers.{i}.
 _TOP_LEVEL_NAMES = {
@@ -107,6 +108,10 @@ def load_hf_folder(
     options = options or EngineOptions()
     if not folder.is_dir():
         raise ModelNotFoundError(f"no model folder at {folder}")
+    if options.huge_pages:  # before reading any weight: a refusal should not cost a load
+        if torch.device(device).type != "cpu":
+            raise UsageError(f"huge_pages places CPU memory; drop it on {device}")
+        check_huge_pages()
     files = _safetensors_files(folder)
     ggufs = sorted(folder.glob("*.gguf"))
     if files:
@@ -146,11 +151,14 @@ def load_hf_folder(
 
 
 def apply_load_switches(model: Transformer, options: EngineOptions) -> Transformer:
-    """The switches that rewrite weights after loading: fusion, then int8 or column-major."""
+    """The switches that rewrite weights after loading: fusion, then int8 or column-major, then
+    the move onto huge pages (last, so it moves the tensors the model will run)."""
     if options.fuse_qkv or options.fuse_gate_up:
         model.fuse_projections(qkv=options.fuse_qkv, gate_up=options.fuse_gate_up)
     if options.int8:
         quantize_int8(model)
     elif options.column_major:
         model.store_column_major()
+    if options.huge_pages:
+        model.huge_page_placement = move_to_huge_pages(model)
     return model

@@ -18,6 +18,7 @@ from lmprof.render.units import fmt_bytes, fmt_s
 
 PROBE_LABELS = {
     "read": "read (sum)",
+    "read_huge_pages": "read, huge pages",
     "copy": "copy (r+w)",
     "matvec": "matvec W[out,in]",
     "matvec_column_major": "matvec W[in,out]",
