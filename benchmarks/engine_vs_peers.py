@@ -24,8 +24,8 @@ previous token, and its argmax is compared with the fp32 engine's next one. A ra
 round (both contenders saw the same machine load), and the median over rounds is printed
 next to its target. The floor is fp32 weight bytes over the best read bandwidth that
 `lmprof sysinfo --measure` found at the same thread count (cached probes; measured if none);
-the same read probes (from 4 KiB and from huge pages) also run right before and right after
-the engine fp32 contender in every round, and the share against the best of them, that
+the same read-only probes (sums from 4 KiB and from huge pages, the native fp32 matvec) also
+run right before and right after the engine fp32 contender in every round, and the share against the best of them, that
 round's bandwidth, is printed beside it. Every engine row but "4K pages" keeps its weights
 on huge pages.
 Threads default to the cores idle right now: on a shared machine, more threads than free
@@ -54,7 +54,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lmprof.ablation_runner import PROMPT_TEXT  # noqa: E402
 from lmprof.analyze.ablation import common_prefix_tokens, paired_speedup, token_agreement  # noqa: E402
 from lmprof.analyze.hardware import best_read_gbps  # noqa: E402
-from lmprof.collect.hardware_probes import ProbeSizes, probe_read, probe_read_huge_pages  # noqa: E402
+from lmprof.collect.hardware_probes import (  # noqa: E402
+    ProbeSizes,
+    probe_native_matvec,
+    probe_read,
+    probe_read_huge_pages,
+)
 from lmprof.collect.system import collect_system_info  # noqa: E402
 from lmprof.engine import (  # noqa: E402
     EngineOptions,
@@ -166,11 +171,13 @@ def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> t
 
 
 def read_probe_gbps(repeats: int = 3) -> float:
-    """lmprof's read probes (`sysinfo --measure`'s sum over 256 MiB of fp32, from 4 KiB pages
-    and, where the kernel offers them, from huge pages), best of `repeats` each, GB/s."""
+    """The best read bandwidth of `sysinfo --measure`'s CPU read-only probes (a sum over
+    256 MiB from 4 KiB pages and from huge pages, the native fp32 matvec over 128 MiB), best of
+    `repeats` each, GB/s. torch's matvec probes are left out: in every sysinfo run here they
+    read no faster than these, and its fp16 column-major one takes seconds."""
     sizes = replace(ProbeSizes.for_device("cpu"), repeats=repeats)
-    probes = [probe_read("cpu", sizes), probe_read_huge_pages(sizes)]
-    return max(p.best_gbps for p in probes if p.skipped is None)
+    probes = [probe_read("cpu", sizes), probe_read_huge_pages(sizes), probe_native_matvec("float32", sizes)]
+    return best_read_gbps(probes, "cpu")
 
 
 def teacher_forced_agreement(model, prompt: list[int], reference: list[int]) -> float:

@@ -72,7 +72,7 @@ class Tied(nn.Module):
         self.proj = nn.Linear(128, 256)
         self.proj.weight = nn.Parameter(self.proj.weight.detach().t().contiguous().t())  # column-major view
         self.register_buffer("table", torch.arange(512 * 256, dtype=torch.int8).view(512, 256))
-        self.norm = nn.Parameter(torch.ones(128))  # small: stays where it is
+        self.norm = nn.Parameter(torch.ones(128))  # small, moved too
         self.reader = nn.Module()
         self.reader.register_buffer("table", self.table)  # one buffer, two holders
 
@@ -82,15 +82,19 @@ def test_move_keeps_values_identity_ties_and_strides():
     torch.manual_seed(0)
     model = Tied()
     before = {name: t.clone() for name, t in model.state_dict().items()}
-    embed, proj, norm_ptr = model.embed.weight, model.proj.weight, model.norm.data_ptr()
+    embed, proj = model.embed.weight, model.proj.weight
     stride = proj.stride()
     placement = move_to_huge_pages(model)
-    assert placement.tensors == 3  # embed (= head), proj, table; not the small norm or bias
-    assert placement.bytes_moved == (512 * 128 + 256 * 128) * 4 + 512 * 256
+    assert placement.tensors == 5  # embed (= head), proj, its bias, norm, table (= reader's)
+    assert placement.bytes_moved == (512 * 128 + 256 * 128 + 256 + 128) * 4 + 512 * 256
     assert placement.huge_page_bytes > 0 and 0 < placement.share <= 1
     assert model.embed.weight is embed and model.head.weight is embed  # still one tied Parameter
     assert model.proj.weight is proj and proj.stride() == stride  # still column-major
-    assert model.norm.data_ptr() == norm_ptr
+    starts = [
+        t.data_ptr()
+        for t in (model.embed.weight, model.proj.weight, model.proj.bias, model.norm, model.table)
+    ]
+    assert max(starts) - min(starts) < placement.bytes_moved  # all in one arena
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name]), name
     assert huge_page_bytes(model.embed.weight) > 0
@@ -100,8 +104,7 @@ def test_move_keeps_values_identity_ties_and_strides():
 
 @needs_thp
 @pytest.mark.parametrize("switches", [{}, {"int8": True}, {"column_major": True, "fuse_qkv": True}])
-def test_engine_on_huge_pages_generates_the_same_tokens(model_dirs, switches, monkeypatch):
-    monkeypatch.setattr("lmprof.huge_pages.MIN_TENSOR_BYTES", 0)  # the tiny model's tensors are small
+def test_engine_on_huge_pages_generates_the_same_tokens(model_dirs, switches):
     folder = model_dirs["llama-tied-bias"]
     plain = load_hf_folder(folder, EngineOptions(**switches))
     huge = load_hf_folder(folder, EngineOptions(huge_pages=True, **switches))

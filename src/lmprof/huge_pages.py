@@ -26,7 +26,6 @@ HUGE_PAGE_BYTES = 2 * 2**20
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 SMAPS = Path("/proc/self/smaps")
 TENSOR_ALIGN_BYTES = 64  # one cache line: every tensor in an arena starts on its own line
-MIN_TENSOR_BYTES = 64 * 2**10  # smaller tensors (norms, biases, scales) stay where they are
 
 
 class HugePagesUnavailable(UsageError):
@@ -108,13 +107,14 @@ def _storage_bytes(tensor: Tensor) -> int:
     return tensor.untyped_storage().nbytes()
 
 
-def _large_tensors(module: nn.Module, min_bytes: int) -> Iterator[tuple[nn.Module, str, Tensor]]:
-    """(owner, attribute, tensor) for every CPU parameter and buffer whose storage is worth a
-    huge page; a tensor held by two modules (tied embeddings) comes once per holder."""
+def _cpu_tensors(module: nn.Module) -> Iterator[tuple[nn.Module, str, Tensor]]:
+    """(owner, attribute, tensor) for every CPU parameter and buffer, small ones too: a norm
+    weight left behind on a memory-mapped checkpoint would keep the whole file mapped (and
+    its pages resident) beside the arena. A tensor held by two modules comes once per holder."""
     for owner in module.modules():
         for table in (owner._parameters, owner._buffers):
             for name, tensor in table.items():
-                if tensor is not None and tensor.device.type == "cpu" and _storage_bytes(tensor) >= min_bytes:
+                if tensor is not None and tensor.device.type == "cpu":
                     yield owner, name, tensor
 
 
@@ -123,17 +123,19 @@ def _aligned(nbytes: int) -> int:
 
 
 def move_to_huge_pages(module: nn.Module) -> HugePagePlacement:
-    """Move the storages of `module`'s large CPU tensors into one huge-page arena, in place.
+    """Move the storages of `module`'s CPU tensors into one huge-page arena, in place.
 
     Each storage moves whole, and every tensor on it is rebuilt with its own offset, shape and
     strides (column-major views stay column-major, views of a fused weight stay views of it).
-    Parameters keep their identity, so tied weights stay tied. An old storage is freed as soon
-    as its last tensor moves: memory grows by one storage at a time, not by a model copy.
+    Parameters keep their identity, so tied weights stay tied. An old storage is released once
+    its last tensor has moved; while moving, memory holds up to two copies of the weights (a
+    checkpoint mapped from disk stays mapped until its last tensor has moved), and afterwards
+    one.
     """
     check_huge_pages()
     # Each distinct tensor with every (module, attribute) that holds it.
     holders: dict[int, tuple[Tensor, list[tuple[nn.Module, str]]]] = {}
-    for owner, name, tensor in _large_tensors(module, MIN_TENSOR_BYTES):
+    for owner, name, tensor in _cpu_tensors(module):
         holders.setdefault(id(tensor), (tensor, []))[1].append((owner, name))
     if not holders:
         return HugePagePlacement(0, 0, 0)
@@ -170,4 +172,5 @@ def move_to_huge_pages(module: nn.Module) -> HugePagePlacement:
             for owner, name in places:
                 owner._buffers[name] = moved
         del tensor, old
-    return HugePagePlacement(moved_tensors, moved_bytes, huge_page_bytes(arena))
+    # The arena also holds alignment padding: count no more huge-page bytes than were moved.
+    return HugePagePlacement(moved_tensors, moved_bytes, min(moved_bytes, huge_page_bytes(arena)))
