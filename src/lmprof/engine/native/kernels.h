@@ -165,9 +165,12 @@ inline void matvec_rows(const float* x, int64_t B, const Matrix& m, float* y, in
 // e^x in a form the compiler vectorizes (std::exp stays a scalar call without -ffast-math):
 // x = n ln2 + r with |r| <= ln2/2, e^r by Cephes' expf polynomial, 2^n built in the exponent
 // bits. Within 2 ulp of std::exp for x in [-87, 88]; inputs are clamped to that range.
+// n is rounded by adding and subtracting 1.5 * 2^23 (exact for |n| < 2^22), not std::floor:
+// GCC vectorizes no loop that calls floor unless math may trap differently (-ffast-math).
 inline float fast_exp(float x) {
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it leaves no fraction bits
   x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
