@@ -150,6 +150,7 @@ def test_profile_with_huge_pages_records_what_the_kernel_granted(run_cli, tmp_pa
     prepare = next(p for p in run.phases if p.name == "prepare_weights")
     granted = prepare.detail["huge_pages"]
     assert granted["tensors"] > 0 and 0 < granted["huge_page_bytes"] <= granted["bytes_moved"]
+    assert "weights on 2 MiB huge pages:" in proc.stdout and "moved in prepare_weights" in proc.stdout
 
 
 def test_huge_pages_flag_needs_the_engine(run_cli, tmp_path):

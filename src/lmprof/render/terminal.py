@@ -144,6 +144,13 @@ def memory_text(run: Run) -> Text:
     if paging:
         shown = ", ".join(f"{name} {fmt_bytes(b)}" for name, b in paging[:4])
         text.append(f"\n        file-backed pages (mmapped weights, libraries) became resident in: {shown}")
+    for phase in run.phases:
+        granted = phase.detail.get("huge_pages")
+        if granted:  # what the kernel gave the huge_pages switch, read back from smaps
+            text.append(
+                f"\n        weights on 2 MiB huge pages: {fmt_bytes(granted['huge_page_bytes'])} of "
+                f"{fmt_bytes(granted['bytes_moved'])} moved in {phase.name} ({fmt_s(phase.wall_s)})"
+            )
     return text
 
 
