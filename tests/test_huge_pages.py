@@ -148,7 +148,8 @@ def test_profile_with_huge_pages_records_what_the_kernel_granted(run_cli, tmp_pa
     run = load_run(out)
     assert run.status == "complete" and run.model["engine_options"]["huge_pages"] is True
     prepare = next(p for p in run.phases if p.name == "prepare_weights")
-    granted = prepare.detail["huge_pages"]
+    assert prepare.detail["huge_pages"] is True
+    granted = prepare.detail["huge_page_placement"]
     assert granted["tensors"] > 0 and 0 < granted["huge_page_bytes"] <= granted["bytes_moved"]
     assert "weights on 2 MiB huge pages:" in proc.stdout and "moved in prepare_weights" in proc.stdout
 

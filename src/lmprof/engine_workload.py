@@ -142,7 +142,7 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
 
                 apply_load_switches(model, options)
                 if model.huge_page_placement is not None:  # what the kernel granted, read back
-                    h.note(huge_pages=asdict(model.huge_page_placement))
+                    h.note(huge_page_placement=asdict(model.huge_page_placement))
         model.options = options
         if device != "cpu":
             with session.phase("to_device", target=device) as h:

@@ -145,7 +145,7 @@ def memory_text(run: Run) -> Text:
         shown = ", ".join(f"{name} {fmt_bytes(b)}" for name, b in paging[:4])
         text.append(f"\n        file-backed pages (mmapped weights, libraries) became resident in: {shown}")
     for phase in run.phases:
-        granted = phase.detail.get("huge_pages")
+        granted = phase.detail.get("huge_page_placement")
         if granted:  # what the kernel gave the huge_pages switch, read back from smaps
             text.append(
                 f"\n        weights on 2 MiB huge pages: {fmt_bytes(granted['huge_page_bytes'])} of "
