@@ -163,3 +163,22 @@ def test_huge_pages_flag_needs_the_engine(run_cli, tmp_path):
         .endswith("--huge-pages is a switch of lmprof's engine: add --engine lmprof")
     )
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_ablation_plans_a_huge_pages_row_and_says_why_it_cannot_run(monkeypatch):
+    from lmprof.ablation_plan import plan_rows
+    from lmprof.ablation_runner import _huge_pages_unavailable
+
+    rows = {r.name: r for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32)}
+    assert rows["huge-pages"].options == {"huge_pages": True} and rows["huge-pages"].skip_reason is None
+    assert (
+        _huge_pages_unavailable("cuda") == "huge pages place memory on CPU only; this ablation runs on cuda"
+    )
+    monkeypatch.setattr("lmprof.huge_pages.thp_mode", lambda path=None: "never")
+    reason = _huge_pages_unavailable("cpu")
+    assert reason and "says never" in reason
+    skipped = {
+        r.name: r
+        for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32, huge_pages_unavailable=reason)
+    }
+    assert skipped["huge-pages"].skip_reason == reason

@@ -237,30 +237,29 @@ def _skipped(row: AblationRow, reason: str) -> AblationRow:
     return AblationRow(row.name, row.label, row.runner, row.options, row.batch, row.skip_reason or reason)
 
 
+def _cpu_check_fails(device: str, what: str, check: Any, error: type[Exception]) -> str | None:
+    """Why a CPU-only row cannot run here (another device, or `check` raising `error`), or None."""
+    if device != "cpu":
+        return f"{what} on CPU only; this ablation runs on {device}"
+    try:
+        check()
+    except error as failure:
+        return str(failure)
+    return None
+
+
 def _native_unavailable(device: str) -> str | None:
     """Why the native decode row cannot run, or None; builds the kernels here once, so no row's
     process spends its time compiling."""
-    if device != "cpu":
-        return f"lmprof's native kernels run on CPU; this ablation runs on {device}"
     from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
 
-    try:
-        load_native_ops()
-    except NativeKernelsUnavailable as error:
-        return str(error)
-    return None
+    return _cpu_check_fails(device, "lmprof's native kernels run", load_native_ops, NativeKernelsUnavailable)
 
 
 def _huge_pages_unavailable(device: str) -> str | None:
-    if device != "cpu":
-        return f"huge pages place CPU memory; this ablation runs on {device}"
     from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages
 
-    try:
-        check_huge_pages()
-    except HugePagesUnavailable as error:
-        return str(error)
-    return None
+    return _cpu_check_fails(device, "huge pages place memory", check_huge_pages, HugePagesUnavailable)
 
 
 def _engine_config(folder: Path) -> tuple[Any, str | None]:
