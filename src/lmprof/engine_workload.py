@@ -22,6 +22,9 @@ from lmprof.record import Generation, Phase
 from lmprof.session import ProfileSession
 from lmprof.workload import ProfileRequest, choose_dtype, prepare_and_resolve
 
+# The EngineOptions that apply_load_switches applies after reading (the prepare_weights phase).
+LOAD_SWITCHES = ("fuse_qkv", "fuse_gate_up", "int8", "column_major", "huge_pages")
+
 # What `--dtype auto` may resolve to for the engine (a checkpoint in another dtype runs in fp32).
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
 DO_SAMPLE_TOP_K = 50  # transformers' default generation config samples from the top 50
@@ -43,11 +46,9 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
         dtype=dtype, threads=req.threads, native_decode=req.native, huge_pages=req.huge_pages
     )
     if options.huge_pages:
-        from lmprof.huge_pages import check_huge_pages
+        from lmprof.huge_pages import check_huge_pages_on
 
-        if device != "cpu":
-            raise UsageError(f"--huge-pages places weights in CPU memory; drop it with --device {device}")
-        check_huge_pages()
+        check_huge_pages_on(device, "--huge-pages")
     session.run.settings.update(
         resolved_device=device,
         resolved_dtype=dtype,
@@ -124,9 +125,7 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
     """load_model { read_weights, prepare_weights (when a load-time switch is on), to_device (GPU) }."""
     from lmprof.engine import load_hf_folder
 
-    plain = replace(
-        options, fuse_qkv=False, fuse_gate_up=False, int8=False, column_major=False, huge_pages=False
-    )
+    plain = replace(options, **dict.fromkeys(LOAD_SWITCHES, False))
     with session.phase("load_model", model=str(folder), engine="lmprof"):
         files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.gguf"))
         checkpoint_bytes = sum(f.stat().st_size for f in files)
@@ -161,8 +160,7 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
 
 
 def load_switches(options: Any) -> dict[str, bool]:
-    names = ("fuse_qkv", "fuse_gate_up", "int8", "column_major", "huge_pages")
-    return {name: getattr(options, name) for name in names}
+    return {name: getattr(options, name) for name in LOAD_SWITCHES}
 
 
 def load_tokenizer(session: ProfileSession, folder: Path, gguf_file: str | None) -> Any:

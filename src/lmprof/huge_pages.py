@@ -57,6 +57,14 @@ def check_huge_pages(path: Path = THP_ENABLED) -> None:
         )
 
 
+def check_huge_pages_on(device: str | torch.device, switch: str = "huge_pages") -> None:
+    """Raise UsageError unless `switch` can put a model's weights on huge pages for `device`:
+    a CPU model on a system that gives huge pages (HugePagesUnavailable otherwise)."""
+    if torch.device(device).type != "cpu":
+        raise UsageError(f"{switch} places weights in CPU memory; drop it on {device}")
+    check_huge_pages()
+
+
 def huge_page_buffer(nbytes: int) -> Tensor:
     """A zero-filled uint8 tensor of `nbytes`, starting on a 2 MiB boundary, asked to be on
     huge pages. The tensor keeps its mapping alive; the mapping is unmapped when it is freed."""

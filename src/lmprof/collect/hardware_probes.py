@@ -186,7 +186,16 @@ def repeat_op(
 def probe_read(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
     """A sum over one large fp32 tensor: every byte read once, nothing written back."""
     x = torch.ones(sizes.read_bytes // 4, device=device)
-    result = ProbeResult("read", "read", device, "float32", [x.numel()], x.numel() * 4, 0)
+    return _timed_sum(
+        ProbeResult("read", "read", device, "float32", [x.numel()], x.numel() * 4, 0), x, sizes, clock
+    )
+
+
+def _timed_sum(
+    result: ProbeResult, x: torch.Tensor, sizes: ProbeSizes, clock: Callable[[], float]
+) -> ProbeResult:
+    """`result` with the repeat times of x.sum() on x's device: a read of every byte of x."""
+    device = str(x.device)
     result.times_s = repeat_op(x.sum, op_timer(device, clock), sizes, clock)
     result.timing = _timing(device)
     return result
@@ -209,8 +218,7 @@ def probe_read_huge_pages(sizes: ProbeSizes, clock: Callable[[], float] = time.p
     if huge_page_bytes(x) == 0:
         result.skipped = "the kernel granted no huge pages (memory too fragmented?)"
         return result
-    result.times_s = repeat_op(x.sum, op_timer("cpu", clock), sizes, clock)
-    return result
+    return _timed_sum(result, x, sizes, clock)
 
 
 def probe_copy(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:

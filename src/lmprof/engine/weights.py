@@ -22,8 +22,8 @@ from lmprof.engine.config import EngineConfig
 from lmprof.engine.model import Transformer
 from lmprof.engine.options import EngineOptions
 from lmprof.engine.quant import quantize_int8
-from lmprof.errors import ModelLoadError, ModelNotFoundError, UsageError
-from lmprof.huge_pages import check_huge_pages, move_to_huge_pages
+from lmprof.errors import ModelLoadError, ModelNotFoundError
+from lmprof.huge_pages import check_huge_pages_on, move_to_huge_pages
 
 # HF name -> engine name; per-layer names are relative to model.layers.{i}.
 _TOP_LEVEL_NAMES = {
@@ -109,9 +109,7 @@ def load_hf_folder(
     if not folder.is_dir():
         raise ModelNotFoundError(f"no model folder at {folder}")
     if options.huge_pages:  # before reading any weight: a refusal should not cost a load
-        if torch.device(device).type != "cpu":
-            raise UsageError(f"huge_pages places CPU memory; drop it on {device}")
-        check_huge_pages()
+        check_huge_pages_on(device)
     files = _safetensors_files(folder)
     ggufs = sorted(folder.glob("*.gguf"))
     if files:
