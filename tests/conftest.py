@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 
 import pytest
-from engine_models import model_dirs  # noqa: F401 (the engine tests' tiny checkpoints, a fixture)
+from engine_models import model_dirs, wide_head_dirs  # noqa: F401 (the engine tests' tiny checkpoints, fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

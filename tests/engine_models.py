@@ -60,6 +60,22 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module")
+def wide_head_dirs(tmp_path_factory) -> dict[int, Path]:
+    """Llama checkpoints with head sizes 64 and 128 (by head size), where the native step
+    scores keys 16 at a time with the query in registers (kernels.h, attend_head_tiled); the
+    models above have 16."""
+    torch.manual_seed(1)
+    root = tmp_path_factory.mktemp("wide_heads")
+    out = {}
+    for head_dim in (64, 128):
+        config = LlamaConfig(
+            **{**COMMON, "hidden_size": 2 * head_dim, "num_attention_heads": 2}, num_key_value_heads=1
+        )
+        out[head_dim] = _save(LlamaForCausalLM(config), root / f"hd{head_dim}")
+    return out
+
+
 _HF_CACHE: dict[Path, torch.nn.Module] = {}
 
 

@@ -85,15 +85,69 @@ def test_native_batched_left_padded_generation_equals_one_by_one(model_dirs, ops
         assert batched.tokens[row].tolist() == alone.tokens[0].tolist()
 
 
-@pytest.mark.parametrize("batch", [1, 2, 3, 8])
-@pytest.mark.parametrize("out_features", [4, 37, 1000])  # a partial last block of rows, and none
-def test_native_linear_matches_f_linear(ops, batch, out_features):
+@pytest.mark.parametrize("batch", [1, 2, 3, 8, 9, 16])  # 8 and up: row triples
+@pytest.mark.parametrize("out_features", [4, 37, 1000])  # rows left over from the triples or pairs, and none
+@pytest.mark.parametrize("tile_rows", [0, 2, 3])  # as the decode step picks, pairs, triples
+def test_native_linear_matches_f_linear(ops, batch, out_features, tile_rows):
     generator = torch.Generator().manual_seed(batch * out_features)
     x = torch.randn(batch, 96, generator=generator)
     weight = torch.randn(out_features, 96, generator=generator)
     bias = torch.randn(out_features, generator=generator)
-    assert rel_err(ops.linear(x, weight, bias), F.linear(x, weight, bias)) < 1e-5
-    assert rel_err(ops.linear(x, weight), F.linear(x, weight)) < 1e-5
+    assert rel_err(ops.linear(x, weight, bias, tile_rows=tile_rows), F.linear(x, weight, bias)) < 1e-5
+    assert rel_err(ops.linear(x, weight, tile_rows=tile_rows), F.linear(x, weight)) < 1e-5
+
+
+@pytest.mark.parametrize("tile_rows", [2, 3])
+def test_native_linear_reads_a_row_length_off_the_vector_width(ops, tile_rows):
+    generator = torch.Generator().manual_seed(3)
+    x, weight = (
+        torch.randn(9, 100, generator=generator),
+        torch.randn(40, 100, generator=generator),
+    )  # 100 = 6 x 16 + 4
+    assert rel_err(ops.linear(x, weight, tile_rows=tile_rows), F.linear(x, weight)) < 1e-5
+    w_int8, scales = quantize_per_channel(weight)
+    dequantized = w_int8.float() * scales.float()[:, None]
+    assert rel_err(ops.linear(x, w_int8, None, scales.float(), tile_rows), F.linear(x, dequantized)) < 1e-5
+
+
+def test_native_linear_rejects_an_unknown_tile(ops):
+    with pytest.raises(RuntimeError, match="tile_rows must be 0"):
+        ops.linear(torch.randn(1, 16), torch.randn(4, 16), tile_rows=4)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_native_wide_heads_match_transformers_at_batch_8(wide_head_dirs, ops, head_dim):
+    folder = wide_head_dirs[head_dim]
+    engine = load_hf_folder(folder, EngineOptions(native_decode=True, fuse_qkv=True, fuse_gate_up=True))
+    sequence = prompt(
+        40, seed=head_dim, batch=8
+    )  # 8 rows: row triples; 40 keys: two full blocks of 16 and a tail
+    with torch.no_grad():
+        expected = hf_model(folder)(sequence).logits
+        state = new_decode_state(engine, batch=8, capacity=40, kv_cache="static")
+        prefill(engine, state, sequence[:, :14])
+        for t in range(14, 40):
+            assert rel_err(decode_step(engine, state, sequence[:, t], native=True), expected[:, t]) < 1e-4
+
+
+def test_native_wide_heads_left_padded_batch_equals_one_by_one(wide_head_dirs, ops):
+    engine = load_hf_folder(wide_head_dirs[64], NATIVE)
+    lengths = (
+        3,
+        19,
+        6,
+        2,
+        17,
+        9,
+        1,
+        12,
+        5,
+    )  # 9 rows: a triple tile of 8 and one of 1; padding across key blocks
+    prompts = [prompt(n, seed=n)[0].tolist() for n in lengths]
+    batched = generate(engine, prompts, max_new_tokens=14, pad_token_id=0)
+    for row, single in enumerate(prompts):
+        alone = generate(engine, [single], max_new_tokens=14, options=EngineOptions())  # the torch path
+        assert batched.tokens[row].tolist() == alone.tokens[0].tolist()
 
 
 def test_native_int8_linear_is_the_dequantized_product(ops):

@@ -307,17 +307,22 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
 }
 
 // y [B, N] = x [B, K] . W[N, K]^T (* scales) (+ bias): the decode step's product alone, for
-// probes and kernel-by-kernel benchmarks against F.linear.
+// probes and kernel-by-kernel benchmarks against F.linear. tile_rows: 0 as the decode step
+// chooses, 2 or 3 to force a tile (kernels.h, TileRows).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                  const c10::optional<at::Tensor>& scales) {
+                  const c10::optional<at::Tensor>& scales, int64_t tile_rows) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "lmprof_native::linear: x must be float32 [B, K]");
+  TORCH_CHECK(tile_rows == lmprof_native::kTileAuto || tile_rows == lmprof_native::kTilePairs ||
+                  tile_rows == lmprof_native::kTileTriples,
+              "lmprof_native::linear: tile_rows must be 0 (auto), 2 or 3; got ", tile_rows);
   const Matrix m =
       matrix(weight, bias.value_or(at::Tensor()), scales.value_or(at::Tensor()), x.size(1), "linear's weight");
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty({x.size(0), m.N}, x.options());
   RECORD_FUNCTION(matvec_op(m), c10::ArrayRef<const c10::IValue>{});
   at::parallel_for(0, m.N, row_grain(m), [&](int64_t begin, int64_t end) {
-    lmprof_native::matvec_rows(xc.data_ptr<float>(), x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end);
+    lmprof_native::matvec_rows(xc.data_ptr<float>(), x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end,
+                               static_cast<int>(tile_rows));
   });
   return y;
 }
@@ -329,7 +334,7 @@ TORCH_LIBRARY(lmprof_native, m) {
       "decode_step(Tensor embeddings, Tensor cos, Tensor sin, Tensor key_valid, int slot, Tensor[] weights, "
       "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor final_norm, Tensor lm_head, Tensor lm_head_scales, "
       "int n_heads, int n_kv_heads, float eps) -> Tensor");
-  m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None, int tile_rows=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmprof_native, CPU, m) {

@@ -54,6 +54,14 @@ inline Lanes load_lanes(const int8_t* p) {
 #endif
 }
 
+// Pins a loaded vector in a register (see dot2xN). Only with AVX-512, where one register holds
+// the 16 lanes: elsewhere a Lanes value spans several registers and "v" cannot name them.
+#if defined(__AVX512F__)
+#define LMPROF_PIN(v) asm("" : "+v"(v))
+#else
+#define LMPROF_PIN(v) ((void)0)
+#endif
+
 inline float lane_sum(Lanes v) {
   float total = 0.f;
   for (int64_t i = 0; i < kLanes; ++i) total += v[i];
@@ -68,7 +76,7 @@ inline float lane_sum(Lanes v) {
 //    so where the products rather than memory bound the step, memory keeps streaming under
 //    the arithmetic (measured: batch-8 steps 1.3x faster). At batch 1 the hardware
 //    prefetcher alone does better (one thread: 8% faster without; two: within noise).
-//  - The empty asm statements pin the loaded vectors in registers: without them GCC folds a
+//  - The empty asm statements (LMPROF_PIN) pin the loaded vectors in registers: without them GCC folds a
 //    load into every FMA that uses a vector, and the loop waits on load ports.
 template <int N, typename T>
 inline void dot2xN(const T* __restrict wa, const T* __restrict wb, const float* const x[N], int64_t K,
@@ -81,10 +89,11 @@ inline void dot2xN(const T* __restrict wa, const T* __restrict wb, const float* 
       __builtin_prefetch(wb + kPrefetchRowsAhead * K + k, 0, 2);
     }
     Lanes va = load_lanes(wa + k), vb = load_lanes(wb + k);
-    asm("" : "+v"(va), "+v"(vb));
+    LMPROF_PIN(va);
+    LMPROF_PIN(vb);
     for (int j = 0; j < N; ++j) {
       Lanes xj = load_lanes(x[j] + k);
-      asm("" : "+v"(xj));
+      LMPROF_PIN(xj);
       acc_a[j] += va * xj;
       acc_b[j] += vb * xj;
     }
@@ -123,11 +132,114 @@ inline void pair_rows(const float* x, int64_t b, const T* W, int64_t K, int64_t 
   }
 }
 
-// Output rows [begin, end) of y = W . x for every batch row, as row pairs (begin + i,
-// begin + half + i): see dot2xN.
+#if defined(__AVX512F__)
+// Sixteen accumulators in, one vector out whose lane i is the sum of v[i]'s lanes: a 4-step
+// shuffle-and-add tree (15 adds for 16 sums, where 16 separate lane sums take 240), then one
+// permute, because the tree leaves the sums in 4x4-transposed order.
+[[gnu::always_inline]] inline Lanes sum_lanes16(const Lanes (&v)[16]) {
+  __m512 u[8], w[4], z[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {  // lanes 0-7: half sums of v[2i]; lanes 8-15: of v[2i + 1]
+    const __m512 a = (__m512)v[2 * i], b = (__m512)v[2 * i + 1];
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)  // four sources, 4 partial sums each
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)  // within 128-bit lanes: eight sources, 2 partial sums each
+    z[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
+  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+  return (Lanes)_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), sums);
+}
+
+// Three weight rows (wa, wb, wc) against N activation rows (N = 1, 2, 4 or 8): the kernel of
+// batched decode, where the products bound the step rather than memory.
+//  - 3 x 8 = 24 accumulators, 3 weight vectors and 1 activation vector fill 28 of AVX-512's
+//    32 registers, so every k step does 24 FMAs for 11 loads (the 2 x 8 tile of dot2xN: 16
+//    for 10), and the 24 lane sums reduce through two shuffle trees instead of one at a time.
+//    benchmarks/native_tiles.py sets the two tiles side by side on one core, batch 8, every
+//    product of a decode step streaming from memory (see benchmarks/RESULTS.md).
+//  - The accumulators must stay in registers: they are one array indexed by constants only,
+//    copied out by value for the reduction, and sum_lanes16 is always inlined. Where GCC
+//    left it a call, the arrays went through the stack and the tile lost most of its gain
+//    (measured: 1.07x over pairs against 1.22x).
+//  - Prefetching and the pinned loads as in dot2xN; the rows lie a third of the thread's
+//    share apart, three streams.
+template <int N, typename T>
+inline void dot3xN(const T* __restrict wa, const T* __restrict wb, const T* __restrict wc, const float* const x[N],
+                   int64_t K, float out[3 * N]) {
+  Lanes acc[3 * N] = {};  // acc[r * N + j]: weight row r against activation row j
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    if (sizeof(T) == sizeof(float) || k % 64 == 0) {  // once per 64-byte line
+      __builtin_prefetch(wa + kPrefetchRowsAhead * K + k, 0, 2);
+      __builtin_prefetch(wb + kPrefetchRowsAhead * K + k, 0, 2);
+      __builtin_prefetch(wc + kPrefetchRowsAhead * K + k, 0, 2);
+    }
+    Lanes va = load_lanes(wa + k), vb = load_lanes(wb + k), vc = load_lanes(wc + k);
+    LMPROF_PIN(va);
+    LMPROF_PIN(vb);
+    LMPROF_PIN(vc);
+#pragma GCC unroll 8
+    for (int j = 0; j < N; ++j) {
+      Lanes xj = load_lanes(x[j] + k);
+      LMPROF_PIN(xj);
+      acc[j] += va * xj;
+      acc[N + j] += vb * xj;
+      acc[2 * N + j] += vc * xj;
+    }
+  }
+  Lanes first[16] = {}, rest[16] = {};
+#pragma GCC unroll 24
+  for (int i = 0; i < 3 * N; ++i) (i < 16 ? first[i] : rest[i - 16]) = acc[i];
+  const Lanes sums_first = sum_lanes16(first);
+  std::memcpy(out, &sums_first, sizeof(float) * std::min(3 * N, 16));
+  if (3 * N > 16) {
+    const Lanes sums_rest = sum_lanes16(rest);
+    std::memcpy(out + 16, &sums_rest, sizeof(float) * (3 * N - 16));
+  }
+  for (; k < K; ++k) {
+    const float w[3] = {float(wa[k]), float(wb[k]), float(wc[k])};
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < N; ++j) out[r * N + j] += w[r] * x[j][k];
+  }
+}
+
+// The weight rows n[0..2] against activation rows b .. b + N - 1.
+template <int N, typename T, typename Store>
+inline void triple_rows(const float* x, int64_t b, const T* W, int64_t K, const int64_t n[3], Store& store) {
+  const float* xs[N];
+  for (int j = 0; j < N; ++j) xs[j] = x + (b + j) * K;
+  float d[3 * N];
+  dot3xN<N>(W + n[0] * K, W + n[1] * K, W + n[2] * K, xs, K, d);
+  for (int r = 0; r < 3; ++r)
+    for (int j = 0; j < N; ++j) store(b + j, n[r], d[r * N + j]);
+}
+#endif
+
+// How many weight rows one tile reads: kTileAuto picks 3 (dot3xN) at batch 8 and above
+// where AVX-512 is compiled in, else 2 (dot2xN). The others force one, so a benchmark can set
+// the two tiles side by side (lmprof_native::linear's tile_rows).
+enum TileRows : int { kTileAuto = 0, kTilePairs = 2, kTileTriples = 3 };
+
+inline bool triples_for(int64_t B, int tile_rows) {
+#if defined(__AVX512F__)
+  return tile_rows == kTileTriples || (tile_rows == kTileAuto && B >= 8);
+#else
+  (void)B, (void)tile_rows;
+  return false;
+#endif
+}
+
+// Output rows [begin, end) of y = W . x for every batch row: as row triples (begin + i,
+// begin + third + i, begin + 2 third + i), see dot3xN, where triples_for says so; the rest as
+// row pairs (begin + i, begin + half + i), see dot2xN. Below batch 8 memory bounds the step
+// and two streams read as fast as three.
 template <typename T>
 inline void matvec_rows_of(const float* x, int64_t B, const T* W, const Matrix& m, float* y, int64_t y_stride,
-                    bool accumulate, int64_t begin, int64_t end) {
+                    bool accumulate, int64_t begin, int64_t end, int tile_rows) {
   const int64_t K = m.K;
   auto store = [&](int64_t b, int64_t n, float dot_value) {
     float v = m.scales ? dot_value * m.scales[n] : dot_value;
@@ -135,16 +247,31 @@ inline void matvec_rows_of(const float* x, int64_t B, const T* W, const Matrix& 
     float& out = y[b * y_stride + n];
     out = accumulate ? out + v : v;
   };
-  const int64_t half = (end - begin) / 2;
+  int64_t done = begin;  // rows [begin, done) are written
+#if defined(__AVX512F__)
+  if (triples_for(B, tile_rows)) {
+    const int64_t third = (end - begin) / 3;
+    for (int64_t i = 0; i < third; ++i) {
+      const int64_t n[3] = {begin + i, begin + third + i, begin + 2 * third + i};
+      int64_t b = 0;
+      for (; b + 8 <= B; b += 8) triple_rows<8>(x, b, W, K, n, store);
+      if (b + 4 <= B) triple_rows<4>(x, b, W, K, n, store), b += 4;
+      if (b + 2 <= B) triple_rows<2>(x, b, W, K, n, store), b += 2;
+      if (b < B) triple_rows<1>(x, b, W, K, n, store);
+    }
+    done = begin + 3 * third;
+  }
+#endif
+  const int64_t half = (end - done) / 2;
   for (int64_t i = 0; i < half; ++i) {
-    const int64_t na = begin + i, nb = begin + half + i;
+    const int64_t na = done + i, nb = done + half + i;
     int64_t b = 0;
     for (; b + 8 <= B; b += 8) pair_rows<8>(x, b, W, K, na, nb, store);
     if (b + 4 <= B) pair_rows<4>(x, b, W, K, na, nb, store), b += 4;
     if (b + 2 <= B) pair_rows<2>(x, b, W, K, na, nb, store), b += 2;
     if (b < B) pair_rows<1>(x, b, W, K, na, nb, store);
   }
-  if ((end - begin) % 2 == 1) {  // an odd row out
+  if ((end - done) % 2 == 1) {  // an odd row out
     const int64_t n = end - 1;
     for (int64_t b = 0; b < B; ++b) store(b, n, dot(W + n * K, x + b * K, K));
   }
@@ -154,11 +281,11 @@ inline void matvec_rows_of(const float* x, int64_t B, const T* W, const Matrix& 
 // n in [begin, end). Rows of y are y_stride apart, so several projections can fill one
 // buffer side by side; with `accumulate` the product is added to y (a residual).
 inline void matvec_rows(const float* x, int64_t B, const Matrix& m, float* y, int64_t y_stride, bool accumulate,
-                        int64_t begin, int64_t end) {
+                        int64_t begin, int64_t end, int tile_rows = kTileAuto) {
   if (m.i8) {
-    matvec_rows_of(x, B, m.i8, m, y, y_stride, accumulate, begin, end);
+    matvec_rows_of(x, B, m.i8, m, y, y_stride, accumulate, begin, end, tile_rows);
   } else {
-    matvec_rows_of(x, B, m.f32, m, y, y_stride, accumulate, begin, end);
+    matvec_rows_of(x, B, m.f32, m, y, y_stride, accumulate, begin, end, tile_rows);
   }
 }
 
@@ -219,13 +346,101 @@ struct AttentionShape {
   int64_t B, H, KV, hd, capacity, slot, qkv_stride;
 };
 
+// softmax over scores[0, S) in place, masked entries (-inf) exactly 0; returns the sum of the
+// unnormalized weights (the caller divides once).
+inline float softmax_unnormalized(float* scores, int64_t S) {
+  constexpr float kMasked = -std::numeric_limits<float>::infinity();
+  float best = kMasked;
+#pragma omp simd reduction(max : best)
+  for (int64_t t = 0; t < S; ++t) best = std::max(best, scores[t]);
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t t = 0; t < S; ++t) {
+    scores[t] = scores[t] == kMasked ? 0.f : fast_exp(scores[t] - best);
+    total += scores[t];
+  }
+  return total;
+}
+
+// One query head against its cached keys 0..S-1 (S = slot + 1): o = softmax(q.k / sqrt(hd)) . v.
+// The scalar form, for any head size.
+inline void attend_head(const float* q, const float* K, const float* V, const bool* valid, int64_t S, int64_t hd,
+                        float scale, float* scores, float* o) {
+  constexpr float kMasked = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < S; ++t) scores[t] = valid[t] || t == S - 1 ? dot(q, K + t * hd, hd) * scale : kMasked;
+  const float total = softmax_unnormalized(scores, S);
+  std::fill(o, o + hd, 0.f);
+  for (int64_t t = 0; t < S; ++t) {
+    if (scores[t] == 0.f) continue;  // masked: its V row may be anything
+    const float w = scores[t] / total;
+    const float* v = V + t * hd;
+#pragma omp simd
+    for (int64_t i = 0; i < hd; ++i) o[i] += w * v[i];
+  }
+}
+
+#if defined(__AVX512F__)
+// The same for head size 16 C, with the query and the output in registers:
+//  - scores 16 keys at a time: each key's C products sum into one vector, and sum_lanes16
+//    turns 16 such vectors into 16 scores (the scalar form reduces every key's dot alone);
+//  - the weighted sum of V rows accumulates in C registers and is scaled once at the end
+//    (the scalar form loads and stores o for every key).
+// Measured at batch 8, one thread, SmolLM2-135M (torch.profiler over 64 new tokens after a
+// 32-token prompt): attention went from 3.9 to 3.1 ms a decode step.
+template <int C>
+inline void attend_head_tiled(const float* q, const float* K, const float* V, const bool* valid, int64_t S,
+                              float scale, float* scores, float* o) {
+  constexpr int64_t hd = C * kLanes;
+  constexpr float kMasked = -std::numeric_limits<float>::infinity();
+  Lanes qv[C];
+#pragma GCC unroll 16
+  for (int c = 0; c < C; ++c) qv[c] = load_lanes(q + c * kLanes) * scale;
+  int64_t t = 0;
+  for (; t + kLanes <= S; t += kLanes) {
+    Lanes partial[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      const float* k = K + (t + i) * hd;
+      Lanes acc = qv[0] * load_lanes(k);
+#pragma GCC unroll 16
+      for (int c = 1; c < C; ++c) acc += qv[c] * load_lanes(k + c * kLanes);
+      partial[i] = acc;
+    }
+    const Lanes sums = sum_lanes16(partial);
+    std::memcpy(scores + t, &sums, sizeof(sums));
+  }
+  for (; t < S; ++t) {
+    Lanes acc = qv[0] * load_lanes(K + t * hd);
+#pragma GCC unroll 16
+    for (int c = 1; c < C; ++c) acc += qv[c] * load_lanes(K + t * hd + c * kLanes);
+    scores[t] = lane_sum(acc);
+  }
+  for (int64_t u = 0; u < S - 1; ++u)
+    if (!valid[u]) scores[u] = kMasked;  // left padding; a row always sees its own slot
+  const float total = softmax_unnormalized(scores, S);
+  Lanes out[C] = {};
+  for (int64_t u = 0; u < S; ++u) {
+    if (scores[u] == 0.f) continue;  // masked: its V row may be anything
+    const Lanes w = Lanes{} + scores[u];
+    const float* v = V + u * hd;
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) out[c] += w * load_lanes(v + c * kLanes);
+  }
+  const float inv_total = 1.f / total;
+#pragma GCC unroll 16
+  for (int c = 0; c < C; ++c) {
+    const Lanes r = out[c] * inv_total;
+    std::memcpy(o + c * kLanes, &r, sizeof(r));
+  }
+}
+#endif
+
 // One query per (row, head) item in [begin, end) over the cached keys 0..slot of its K/V
 // head (grouped-query: query heads h share K/V head h / (H / KV), nothing is repeated).
 // key_valid masks out left padding; a row always sees its own slot. softmax(q.k / sqrt(hd))
 // . v in fp32. `scores` holds slot + 1 floats.
 inline void attend_items(const float* qkv, const float* k_cache, const float* v_cache, const bool* key_valid,
                          const AttentionShape& s, float* out, float* scores, int64_t begin, int64_t end) {
-  constexpr float kMasked = -std::numeric_limits<float>::infinity();
   const int64_t groups = s.H / s.KV;
   const int64_t S = s.slot + 1;
   const float scale = 1.f / std::sqrt(float(s.hd));
@@ -235,30 +450,18 @@ inline void attend_items(const float* qkv, const float* k_cache, const float* v_
     const float* K = k_cache + (b * s.KV + g) * s.capacity * s.hd;
     const float* V = v_cache + (b * s.KV + g) * s.capacity * s.hd;
     const bool* valid = key_valid + b * s.capacity;
-    float best = kMasked;
-    for (int64_t t = 0; t < S; ++t) {
-      if (!valid[t] && t != s.slot) {
-        scores[t] = kMasked;
-        continue;
-      }
-      scores[t] = dot(q, K + t * s.hd, s.hd) * scale;
-      best = std::max(best, scores[t]);
-    }
-    float total = 0.f;
-#pragma omp simd reduction(+ : total)
-    for (int64_t t = 0; t < S; ++t) {
-      scores[t] = scores[t] == kMasked ? 0.f : fast_exp(scores[t] - best);
-      total += scores[t];
-    }
     float* o = out + b * s.H * s.hd + h * s.hd;
-    std::fill(o, o + s.hd, 0.f);
-    for (int64_t t = 0; t < S; ++t) {
-      if (scores[t] == 0.f) continue;
-      const float w = scores[t] / total;
-      const float* v = V + t * s.hd;
-#pragma omp simd
-      for (int64_t i = 0; i < s.hd; ++i) o[i] += w * v[i];
+#if defined(__AVX512F__)
+    if (s.hd == 64) {
+      attend_head_tiled<4>(q, K, V, valid, S, scale, scores, o);
+      continue;
     }
+    if (s.hd == 128) {
+      attend_head_tiled<8>(q, K, V, valid, S, scale, scores, o);
+      continue;
+    }
+#endif
+    attend_head(q, K, V, valid, S, s.hd, scale, scores, o);
   }
 }
 
