@@ -1,0 +1,108 @@
+"""kernels.h builds and computes right without AVX-512: the native step's fallbacks (row pairs
+only, the scalar attention, no pinned registers) on an AVX2 target and, where the compiler
+has it, the generic one. The Python extension is built for this CPU only (-march=native), so
+these paths are compiled here by hand, against a double-precision reference in C++."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+
+import pytest
+
+from lmprof.engine.native import SOURCE
+
+CHECK = r"""
+#include "kernels.h"
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+using namespace lmprof_native;
+int main() {
+  std::mt19937 g(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  double worst = 0;
+  for (int B : {1, 3, 8, 9}) for (int N : {1, 5, 37}) for (int K : {16, 100}) for (int q : {0, 1}) {
+    std::vector<float> W(N * K), x(B * K), y(B * N), scales(N), bias(N);
+    std::vector<int8_t> W8(N * K);
+    for (auto& v : W) v = u(g);
+    for (auto& v : x) v = u(g);
+    for (auto& v : scales) v = u(g);
+    for (auto& v : bias) v = u(g);
+    for (auto& v : W8) v = int8_t(int(u(g) * 127));
+    Matrix m;
+    m.N = N; m.K = K; m.bias = bias.data();
+    if (q) { m.i8 = W8.data(); m.scales = scales.data(); } else { m.f32 = W.data(); }
+    matvec_rows(x.data(), B, m, y.data(), N, false, 0, N / 2);  // two threads' shares
+    matvec_rows(x.data(), B, m, y.data(), N, false, N / 2, N);
+    for (int b = 0; b < B; ++b) for (int n = 0; n < N; ++n) {
+      double d = 0;
+      for (int k = 0; k < K; ++k) d += (q ? double(W8[n * K + k]) : double(W[n * K + k])) * x[b * K + k];
+      d = (q ? d * scales[n] : d) + bias[n];
+      worst = std::fmax(worst, std::fabs(d - y[b * N + n]) / (1 + std::fabs(d)));
+    }
+  }
+  // attention: one row, one head of 64 over 20 keys, key 3 masked
+  const int hd = 64, S = 20;
+  std::vector<float> qkv(3 * hd), kc(S * hd), vc(S * hd), out(hd), scores(S);
+  for (auto& v : qkv) v = u(g);
+  for (auto& v : kc) v = u(g);
+  for (auto& v : vc) v = u(g);
+  bool valid[S];
+  for (int t = 0; t < S; ++t) valid[t] = t != 3;
+  AttentionShape shape{1, 1, 1, hd, S, S - 1, 3 * hd};
+  attend_items(qkv.data(), kc.data(), vc.data(), valid, shape, out.data(), scores.data(), 0, 1);
+  double w[S], total = 0, best = -1e30;
+  for (int t = 0; t < S; ++t) {
+    double d = 0;
+    for (int i = 0; i < hd; ++i) d += double(qkv[i]) * kc[t * hd + i];
+    w[t] = d / std::sqrt(double(hd));
+    if (valid[t]) best = std::fmax(best, w[t]);
+  }
+  for (int t = 0; t < S; ++t) total += (w[t] = valid[t] ? std::exp(w[t] - best) : 0.0);
+  for (int i = 0; i < hd; ++i) {
+    double o = 0;
+    for (int t = 0; t < S; ++t) o += w[t] / total * vc[t * hd + i];
+    worst = std::fmax(worst, std::fabs(o - out[i]) / (1 + std::fabs(o)));
+  }
+  std::printf("worst relative error %.3g\n", worst);
+  return worst < 1e-4 ? 0 : 1;
+}
+"""
+
+
+def _targets() -> list[str]:
+    if platform.machine() in ("x86_64", "AMD64"):
+        return ["-march=x86-64-v3", "-march=x86-64"]  # AVX2 + FMA; SSE2 only
+    return ["-march=native"]
+
+
+@pytest.mark.parametrize("march", _targets())
+def test_kernels_compute_right_without_avx512(tmp_path, march):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    source = tmp_path / "check.cpp"
+    source.write_text(CHECK)
+    binary = tmp_path / "check"
+    build = subprocess.run(
+        [
+            compiler,
+            "-O2",
+            march,
+            "-fopenmp",
+            "-Wno-psabi",
+            "-Wno-unknown-pragmas",
+            f"-I{SOURCE.parent}",
+            str(source),
+            "-o",
+            str(binary),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
