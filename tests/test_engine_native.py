@@ -110,6 +110,29 @@ def test_native_linear_reads_a_row_length_off_the_vector_width(ops, tile_rows):
     assert rel_err(ops.linear(x, w_int8, None, scales.float(), tile_rows), F.linear(x, dequantized)) < 1e-5
 
 
+@pytest.mark.parametrize("vocab", [1, 15, 16, 17, 100, 4099])  # under, at and over one vector; a tail
+def test_native_argmax_rows_is_torch_argmax(ops, vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(5, vocab, generator=generator)
+    logits[1] = 1.0  # all tied: the first
+    logits[2] = float("-inf")
+    if vocab > 3:
+        logits[3, vocab // 3] = logits[3, vocab - 1] = 1e9  # a tie of two maxima in different lanes
+        logits[4, 2] = logits[4, vocab - 2] = float("nan")  # NaN wins, the first one
+    assert ops.argmax_rows(logits).tolist() == logits.argmax(-1).tolist()
+
+
+def test_native_greedy_sampling_uses_the_native_argmax(model_dirs, ops, monkeypatch):
+    calls = []
+    real = ops.argmax_rows
+    monkeypatch.setattr(
+        ops, "argmax_rows", lambda logits: calls.append(logits.shape) or real(logits), raising=False
+    )
+    result = generate(load_hf_folder(model_dirs["qwen2"], NATIVE), prompt(5, batch=2), max_new_tokens=4)
+    assert calls == [(2, 96)] * 4  # the prefill's pick and three decode steps'
+    assert result.tokens.shape == (2, 4)
+
+
 def test_native_linear_rejects_an_unknown_tile(ops):
     with pytest.raises(RuntimeError, match="tile_rows must be 0"):
         ops.linear(torch.randn(1, 16), torch.randn(4, 16), tile_rows=4)

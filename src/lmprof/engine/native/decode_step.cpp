@@ -327,6 +327,23 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   return y;
 }
 
+// tokens [B] (int64) = the argmax of each row of logits [B, V] (float32): greedy decoding's
+// pick, with torch.argmax's ties (the first) and NaNs (the first NaN wins).
+at::Tensor argmax_rows(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.is_contiguous(),
+              "lmprof_native::argmax_rows: logits must be contiguous float32 [B, V]");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V > 0, "lmprof_native::argmax_rows: logits have no columns");
+  at::Tensor tokens = at::empty({B}, logits.options().dtype(at::kLong));
+  const float* x = logits.data_ptr<float>();
+  int64_t* out = tokens.data_ptr<int64_t>();
+  RECORD_FUNCTION("lmprof_native::argmax_rows", c10::ArrayRef<const c10::IValue>{});
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) out[b] = lmprof_native::argmax(x + b * V, V);
+  });
+  return tokens;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lmprof_native, m) {
@@ -335,9 +352,11 @@ TORCH_LIBRARY(lmprof_native, m) {
       "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor final_norm, Tensor lm_head, Tensor lm_head_scales, "
       "int n_heads, int n_kv_heads, float eps) -> Tensor");
   m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None, int tile_rows=0) -> Tensor");
+  m.def("argmax_rows(Tensor logits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lmprof_native, CPU, m) {
   m.impl("decode_step", &decode_step);
   m.impl("linear", &linear);
+  m.impl("argmax_rows", &argmax_rows);
 }

@@ -289,6 +289,48 @@ inline void matvec_rows(const float* x, int64_t B, const Matrix& m, float* y, in
   }
 }
 
+// The index of the largest of x[0, n), the first one where several tie; a NaN counts as the
+// largest (torch.argmax's rule), the first NaN if there are several. Greedy decoding takes
+// it over every row of the logits each step: torch's argmax reads [8, 49152] fp32 at about
+// 0.6 GB/s on one thread here (0.66 ms, 1.6% of a batch-8 step), this in one vectorized pass.
+inline int64_t argmax(const float* x, int64_t n) {
+  typedef int32_t IndexLanes __attribute__((vector_size(64)));
+  int64_t i = 0, best_index = 0;
+  float best = -std::numeric_limits<float>::infinity();
+  bool any_nan = false;
+  if (n >= kLanes && n <= std::numeric_limits<int32_t>::max()) {
+    IndexLanes index, lane_index;
+    for (int l = 0; l < kLanes; ++l) index[l] = l;
+    lane_index = index;
+    Lanes lane_best = load_lanes(x);
+    Lanes nan_seen = lane_best != lane_best ? Lanes{} + 1.f : Lanes{};
+    for (i = kLanes; i + kLanes <= n; i += kLanes) {
+      index += int32_t(kLanes);
+      const Lanes v = load_lanes(x + i);
+      const auto greater = v > lane_best;  // strict: a lane keeps its first maximum
+      lane_best = greater ? v : lane_best;
+      lane_index = greater ? index : lane_index;
+      nan_seen = v != v ? Lanes{} + 1.f : nan_seen;
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      any_nan = any_nan || nan_seen[l] != 0.f;
+      if (lane_best[l] > best || (lane_best[l] == best && lane_index[l] < best_index)) {
+        best = lane_best[l];
+        best_index = lane_index[l];
+      }
+    }
+    if (best == -std::numeric_limits<float>::infinity()) best_index = 0;  // all -inf: the first
+  }
+  for (; i < n; ++i) {
+    if (x[i] != x[i]) any_nan = true;
+    if (x[i] > best) best = x[i], best_index = i;
+  }
+  if (any_nan)
+    for (int64_t j = 0; j < n; ++j)
+      if (x[j] != x[j]) return j;
+  return best_index;
+}
+
 // e^x in a form the compiler vectorizes (std::exp stays a scalar call without -ffast-math):
 // x = n ln2 + r with |r| <= ln2/2, e^r by Cephes' expf polynomial, 2^n built in the exponent
 // bits. Within 2 ulp of std::exp for x in [-87, 88]; inputs are clamped to that range.
