@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 from engine_models import model_dirs, wide_head_dirs  # noqa: F401 (the engine tests' tiny checkpoints, fixtures)
+from model_fixtures import empty_cache, offline_empty_hub, tiny, tiny_cache  # noqa: F401 (the model tests' fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

