@@ -307,6 +307,7 @@ def test_profile_native_deep_views_see_inside_the_native_step(native_deep_run):
     deep = native_deep_run.deep
     ops = {o["name"] for o in deep.operators["decode"]}
     assert {"lmprof_native::decode_step", "lmprof_native::matvec", "lmprof_native::attention"} <= ops
+    assert "lmprof_native::argmax_rows" in ops and "aten::argmax" not in ops  # greedy picks, natively
     modules = {m["path"] for m in deep.modules["decode"]}
     assert {"layers.0.attention", "layers.0.mlp.down_proj", "lm_head"} <= modules
     per_step = deep.step_breakdown["decode"]["per_step_s"]

@@ -228,7 +228,7 @@ def profiled_generate(
                 tracer.mark_step(0)
             timer.start()
             logits = prefill(model, state, tokens, valid, options.prefill_chunk_size)
-            next_tokens = sample(logits, temperature, top_k)
+            next_tokens = sample(logits, temperature, top_k, native=options.native_decode)
             finished = torch.isin(next_tokens, eos)
             timer.stop()
         out = [next_tokens]
@@ -248,7 +248,7 @@ def profiled_generate(
                         compiled=options.compile_decode,
                         native=options.native_decode,
                     )
-                    next_tokens = sample(logits, temperature, top_k)
+                    next_tokens = sample(logits, temperature, top_k, native=options.native_decode)
                     next_tokens = torch.where(finished, pad_token_id, next_tokens)
                     finished = finished | torch.isin(next_tokens, eos)
                     timer.stop()
