@@ -103,6 +103,8 @@ def test_kernels_compute_right_without_avx512(tmp_path, march):
         capture_output=True,
         text=True,
     )
+    if build.returncode != 0 and "bad value" in build.stderr and march in build.stderr:
+        pytest.skip(f"this compiler does not know {march}")  # x86-64-v3 needs GCC 11
     assert build.returncode == 0, build.stderr[-2000:]
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
