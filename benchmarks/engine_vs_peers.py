@@ -16,6 +16,8 @@ from the model's own tokenizer), 128 new tokens, greedy, no early stop:
                          llama_cpp is not importable; the GGUF is made by gguf_f32.py)
   engine int8            int8 weight-only, native decode step
   engine int8 torch ops  int8 weight-only through torch's int8 kernel (bf16 activations)
+  engine int8 W8A8       int8 weights and, in the native step, activations quantized per row
+                         to int8 (AVX512-VNNI products); skipped on CPUs without VNNI
   engine fp32 batch 8    eight prompts at once, native decode step, throughput over all rows
 
 Decode tokens/s counts tokens after the first (prefill excluded). int8 agreement is
@@ -71,6 +73,7 @@ from lmprof.engine import (  # noqa: E402
     new_decode_state,
     prefill,
 )
+from lmprof.engine.native import cpu_has_w8a8  # noqa: E402
 from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 from lmprof.models.cache import cache_root  # noqa: E402
@@ -87,6 +90,7 @@ COMPARISONS = {  # what the native step and huge pages buy (no target)
     "native / torch ops, fp32": ("engine fp32", "engine fp32 torch ops"),
     "native / torch ops, int8": ("engine int8", "engine int8 torch ops"),
     "int8 torch ops / engine fp32 torch ops": ("engine int8 torch ops", "engine fp32 torch ops"),
+    "W8A8 / int8 weight-only, native": ("engine int8 W8A8", "engine int8"),
 }
 FLOOR_SHARE_TARGET = 0.75
 AGREEMENT_TARGET = 0.90
@@ -245,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     fp32_torch = load_hf_folder(folder, EngineOptions(column_major=True, **switches))
     int8 = load_hf_folder(folder, EngineOptions(int8=True, native_decode=True, **switches))
     int8_torch = load_hf_folder(folder, EngineOptions(int8=True, **switches))
+    w8a8 = None
+    if cpu_has_w8a8():
+        w8a8 = load_hf_folder(
+            folder, EngineOptions(int8=True, native_decode=True, int8_activations=True, **switches)
+        )
     config = fp32.config
     ids = prompt_ids(folder, args.prompt_len)
     prompt = torch.tensor([ids])
@@ -262,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         contenders["llama.cpp f32"] = llama
     contenders["engine int8"] = engine_contender(int8, prompt)
     contenders["engine int8 torch ops"] = engine_contender(int8_torch, prompt)
+    if w8a8 is not None:
+        contenders["engine int8 W8A8"] = engine_contender(w8a8, prompt)
     contenders[f"engine fp32 batch {args.batch}"] = engine_contender(fp32, batch)
 
     for run in contenders.values():  # warm-up: first calls allocate and pick kernels
@@ -303,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         num = num.replace("batch 8", f"batch {args.batch}")
         if num in rates and den in rates:
             ratios[label] = (paired_speedup(rates[num], rates[den]), target)
-    comparisons = {label: paired_speedup(rates[num], rates[den]) for label, (num, den) in COMPARISONS.items()}
+    comparisons = {
+        label: paired_speedup(rates[num], rates[den])
+        for label, (num, den) in COMPARISONS.items()
+        if num in rates and den in rates
+    }
+    w8a8_agreement = teacher_forced_agreement(w8a8, ids, tokens["engine fp32"]) if w8a8 is not None else None
     int8_bytes = cost.decode_weight_bytes(config, "int8")
     int8_floor_share = (
         int8_bytes / (read_gbps * 1e9) * statistics.median(rates["engine int8"]) if read_gbps else None
@@ -348,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  {'int8 greedy agreement with fp32':<38} {agreement:6.1%}   (teacher-forced; target >= 90%)  {verdict}"
     )
     print(f"    free-running: {free_running:.1%} of positions equal, the first {prefix} tokens identical")
+    if w8a8_agreement is None:
+        print("  W8A8: skipped (this CPU has no AVX512-VNNI)")
+    else:
+        print(
+            f"  {'W8A8 greedy agreement with fp32':<38} {w8a8_agreement:6.1%}   (teacher-forced; no target)"
+        )
     print("without targets (median of per-round ratios):")
     for label, ratio in comparisons.items():
         print(f"  {label:<38} {ratio:6.2f}x")
@@ -363,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             "paired_floor_share": paired_floor_share, "round_read_gbps": round_read_gbps,
             "best_step_floor_share": best_step_floor_share, "engine_fp32_step_ms": step_ms,
             "int8_agreement": agreement, "int8_free_running_agreement": free_running, "int8_common_prefix": prefix,
+            "w8a8_agreement": w8a8_agreement,
             "llama_cpp": llama_note, "huge_pages": huge_note, "system": system,
         }, indent=1))  # fmt: skip
     return 0

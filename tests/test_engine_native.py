@@ -133,6 +133,77 @@ def test_native_greedy_sampling_uses_the_native_argmax(model_dirs, ops, monkeypa
     assert result.tokens.shape == (2, 4)
 
 
+def _needs_w8a8():
+    from lmprof.engine.native import cpu_has_w8a8
+
+    if not cpu_has_w8a8():
+        pytest.skip("this CPU has no AVX512-VNNI")
+
+
+def _w8a8_reference(x, w_int8, scales, bias):
+    """The W8A8 product in float64: each row of x quantized as the kernel does."""
+    amax = x.abs().amax(dim=1, keepdim=True)
+    x_scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    q = torch.round(x * (1 / x_scale))
+    return ((q.double() @ w_int8.double().t()) * x_scale.double() * scales.double() + bias.double()).float()
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 9])
+@pytest.mark.parametrize("in_features", [64, 100, 576])  # a multiple of 64, a tail, the default model's
+def test_native_w8a8_linear_is_the_quantized_product(ops, batch, in_features):
+    _needs_w8a8()
+    generator = torch.Generator().manual_seed(batch * in_features)
+    x = torch.randn(batch, in_features, generator=generator)
+    x[0] = 0.0  # an all-zero row: scale 1, every product 0
+    weight, bias = torch.randn(37, in_features, generator=generator), torch.randn(37, generator=generator)
+    w_int8, scales = quantize_per_channel(weight)
+    with_row_sums = torch.cat([scales.float(), w_int8.sum(dim=1).float()])
+    got = ops.linear(x, w_int8, bias, with_row_sums)
+    assert rel_err(got, _w8a8_reference(x, w_int8, scales.float(), bias)) < 1e-5
+    assert torch.allclose(got[0], bias)
+
+
+def test_native_w8a8_decode_quantizes_activations_and_stays_close(model_dirs, ops):
+    _needs_w8a8()
+    folder = model_dirs["qwen2"]  # biases on q/k/v
+    switches = dict(int8=True, native_decode=True, fuse_qkv=True)
+    weight_only = load_hf_folder(folder, EngineOptions(**switches))
+    w8a8 = load_hf_folder(folder, EngineOptions(**switches, int8_activations=True))
+    tokens = prompt(12, seed=4, batch=2)
+    states = [new_decode_state(m, 2, 13, "static") for m in (weight_only, w8a8)]
+    with torch.no_grad():
+        for model, state in zip((weight_only, w8a8), states):
+            prefill(model, state, tokens[:, :8])
+        for t in range(8, 12):
+            expected = decode_step(weight_only, states[0], tokens[:, t], native=True)
+            got = decode_step(w8a8, states[1], tokens[:, t], native=True)
+            assert not torch.equal(got, expected)  # the activations really were quantized
+            assert rel_err(got, expected) < 0.05  # by one part in 127 per row
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as trace:
+            decode_step(w8a8, states[1], tokens[:, 11], native=True)
+    names = [event.name for event in trace.events()]
+    projections = 5 * len(w8a8.layers) + 1  # fused qkv, o, gate, up, down a layer; the head
+    assert (
+        names.count("lmprof_native::matvec_w8a8") == projections and "lmprof_native::matvec_int8" not in names
+    )
+    result = generate(w8a8, prompt(5, batch=2), max_new_tokens=6)
+    assert result.tokens.shape == (2, 6)
+
+
+def test_w8a8_needs_int8_and_the_native_step_and_vnni(model_dirs, monkeypatch):
+    for switches in ({"int8": True}, {"native_decode": True}):
+        with pytest.raises(UsageError, match="needs int8 and native_decode"):
+            EngineOptions(int8_activations=True, **switches)
+    import lmprof.engine.native as native_module
+
+    monkeypatch.setattr(native_module, "cpu_has_w8a8", lambda: False)
+    model = load_hf_folder(
+        model_dirs["qwen2"], EngineOptions(int8=True, native_decode=True, int8_activations=True)
+    )
+    with pytest.raises(UsageError, match="AVX512-VNNI"):
+        check_native_decode(model)
+
+
 def test_native_linear_rejects_an_unknown_tile(ops):
     with pytest.raises(RuntimeError, match="tile_rows must be 0"):
         ops.linear(torch.randn(1, 16), torch.randn(4, 16), tile_rows=4)

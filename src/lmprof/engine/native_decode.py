@@ -36,30 +36,54 @@ def check_native_decode(model: torch.nn.Module) -> None:
             raise UsageError(
                 f"native_decode reads checkpoint-layout weights; {name} is not (drop column_major)"
             )
+    if _w8a8(model):
+        from lmprof.engine.native import cpu_has_w8a8
+
+        if not cpu_has_w8a8():
+            raise UsageError(
+                "int8_activations needs a CPU with AVX512-VNNI; drop it (int8 weight-only still runs)"
+            )
+
+
+def _w8a8(model: torch.nn.Module) -> bool:
+    options = getattr(model, "options", None)
+    return bool(options is not None and options.int8_activations)
 
 
 def _or_empty(tensor: Tensor | None) -> Tensor:
     return _EMPTY if tensor is None else tensor
 
 
-def _scales(linear: torch.nn.Module) -> Tensor:
-    # int8 layers keep bf16 scales for torch's int8 kernel; the native kernel reads fp32 (a few KB).
-    return linear.scales.float() if isinstance(linear, Int8Linear) else _EMPTY
+def _scales(linear: torch.nn.Module, w8a8: bool = False) -> Tensor:
+    """The fp32 scales the native kernel reads for an int8 layer (it keeps bf16 ones for torch's
+    int8 kernel; a few KB), followed for W8A8 by the weight rows' sums ([2, out]: the kernel's
+    +128 activation offset comes back out through them). Cached on the layer."""
+    if not isinstance(linear, Int8Linear):
+        return _EMPTY
+    key = "_native_scales_w8a8" if w8a8 else "_native_scales"
+    cached = linear.__dict__.get(key)
+    if cached is None:
+        cached = linear.scales.float()
+        if w8a8:  # |sum| <= 127 x in_features: exact in float32 below 2^24
+            cached = torch.cat([cached, linear.weight.sum(dim=1, dtype=torch.int32).float()])
+        linear.__dict__[key] = cached
+    return cached
 
 
-def _linear_parts(*linears) -> list[Tensor]:
+def _linear_parts(*linears, w8a8: bool = False) -> list[Tensor]:
     """(weight, bias, scales) per projection, float32 or int8 weights as the model holds them."""
     out: list[Tensor] = []
     for linear in linears:
         if linear is None:
             out += [_EMPTY, _EMPTY, _EMPTY]
         else:
-            out += [linear.weight, _or_empty(linear.bias), _scales(linear)]
+            out += [linear.weight, _or_empty(linear.bias), _scales(linear, w8a8)]
     return out
 
 
 def layer_weights(model: torch.nn.Module) -> list[Tensor]:
     """Every layer's tensors in decode_step.cpp's LayerSlot order (23 a layer, empty where absent)."""
+    w8a8 = _w8a8(model)
     weights: list[Tensor] = []
     for block in model.layers:
         attn, mlp = block.attention, block.mlp
@@ -69,8 +93,8 @@ def layer_weights(model: torch.nn.Module) -> list[Tensor]:
             else [attn.q_proj, attn.k_proj, attn.v_proj]
         )
         gate_up = [mlp.gate_up_proj, None] if mlp.gate_up_proj is not None else [mlp.gate_proj, mlp.up_proj]
-        weights += [block.attention_norm.weight, *_linear_parts(*qkv, attn.o_proj)]
-        weights += [block.mlp_norm.weight, *_linear_parts(*gate_up, mlp.down_proj)]
+        weights += [block.attention_norm.weight, *_linear_parts(*qkv, attn.o_proj, w8a8=w8a8)]
+        weights += [block.mlp_norm.weight, *_linear_parts(*gate_up, mlp.down_proj, w8a8=w8a8)]
     return weights
 
 
@@ -111,4 +135,4 @@ class NativeStep:
 
 
 def head_scales(model: torch.nn.Module) -> Tensor:
-    return _scales(model.lm_head)
+    return _scales(model.lm_head, _w8a8(model))

@@ -36,6 +36,9 @@ class EngineOptions:
     int8: bool = False  # int8 weight-only linear layers, per-output-channel scales
     column_major: bool = False  # float linear weights stored [in, out]: faster batch-1 matmuls on CPU
     huge_pages: bool = False  # weights moved onto 2 MiB transparent huge pages (Linux, CPU)
+    # W8A8 in the native step: each activation row quantized to int8 (per row, every product),
+    # integer products by AVX512-VNNI; needs int8 and native_decode (prefill stays weight-only)
+    int8_activations: bool = False
     # run time
     attention: AttentionMode = "sdpa"  # "naive": explicit matmul + softmax
     gqa: GQAMode = "grouped"  # "repeat": repeat_interleave K/V to every query head
@@ -77,6 +80,11 @@ class EngineOptions:
                     "weights and a static KV cache; "
                     f"drop {', '.join(clashing)}"
                 )
+        if self.int8_activations and not (self.int8 and self.native_decode):
+            raise UsageError(
+                "int8_activations quantizes the activations of the native step's int8 products; "
+                "it needs int8 and native_decode too"
+            )
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be positive, got {self.threads}")
 

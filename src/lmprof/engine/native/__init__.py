@@ -43,6 +43,12 @@ def _cpu_fingerprint() -> str:
         return platform.processor() or platform.machine()
 
 
+def cpu_has_w8a8() -> bool:
+    """Whether this CPU has what the W8A8 products need (AVX512-VNNI and AVX512BW; Linux)."""
+    flags = set(_cpu_fingerprint().replace("\n", " ").split())
+    return {"avx512_vnni", "avx512bw"} <= flags
+
+
 def build_key() -> str:
     import torch
 

@@ -22,6 +22,7 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,11 +60,16 @@ Matrix matrix(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor
     m.f32 = weight.data_ptr<float>();
   } else {
     TORCH_CHECK(weight.scalar_type() == at::kChar && present(scales) && scales.scalar_type() == at::kFloat &&
-                    scales.numel() == m.N && scales.is_contiguous(),
-                "lmprof_native: ", what, " must be float32, or int8 with float32 scales [out]; got ",
-                weight.scalar_type());
+                    (scales.numel() == m.N || scales.numel() == 2 * m.N) && scales.is_contiguous(),
+                "lmprof_native: ", what, " must be float32, or int8 with float32 scales [out] (or [2, out]: ",
+                "scales and row sums, for W8A8); got ", weight.scalar_type());
     m.i8 = weight.data_ptr<int8_t>();
     m.scales = scales.data_ptr<float>();
+    if (scales.numel() == 2 * m.N) {
+      TORCH_CHECK(LMPROF_HAS_W8A8, "lmprof_native: ", what,
+                  ": W8A8 needs a CPU with AVX512-VNNI (this build has none); use int8 weight-only");
+      m.row_sums = m.scales + m.N;
+    }
   }
   if (present(bias)) {
     TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.numel() == m.N && bias.is_contiguous(),
@@ -152,18 +158,38 @@ MainThreadRange op_range(int tid, const char* op) {
 }
 
 const char* matvec_op(const Matrix& m) {
+  if (m.row_sums) return "lmprof_native::matvec_w8a8";
   return m.i8 ? "lmprof_native::matvec_int8" : "lmprof_native::matvec";
 }
 
-// Every thread's share of each projection, outputs side by side in out [B, out_stride].
+// A thread's share of one projection, from float activations or (W8A8) quantized ones.
+void matvec_share(const float* in, const lmprof_native::QuantizedRows& quantized, int64_t B, const Matrix& m,
+                  float* out, int64_t out_stride, bool accumulate, int64_t begin, int64_t end) {
+#if LMPROF_HAS_W8A8
+  if (m.row_sums) {
+    lmprof_native::matvec_rows_w8a8(quantized, B, m, out, out_stride, accumulate, begin, end);
+    return;
+  }
+#endif
+  (void)quantized;
+  lmprof_native::matvec_rows(in, B, m, out, out_stride, accumulate, begin, end);
+}
+
+// Every thread's share of each projection, outputs side by side in out [B, out_stride]. W8A8
+// parts read `quantized`, which each thread fills from `in` itself (a few KB: cheaper than a
+// barrier).
 void project(int tid, int threads, const float* in, int64_t B, const std::vector<Projection>& parts, float* out,
-             int64_t out_stride, bool accumulate) {
+             int64_t out_stride, bool accumulate, lmprof_native::QuantizedRows& quantized) {
+  if (std::any_of(parts.begin(), parts.end(), [](const Projection& p) { return p.m.row_sums != nullptr; })) {
+    MainThreadRange op(op_range(tid, "lmprof_native::quantize_rows"));
+    quantized.fill(in, B, parts[0].m.K);
+  }
   int64_t column = 0;
   for (const Projection& part : parts) {
     MainThreadRange module(module_range(tid, part.module));
     MainThreadRange op(op_range(tid, matvec_op(part.m)));
     const auto [begin, end] = share(part.m.N, row_grain(part.m), tid, threads);
-    lmprof_native::matvec_rows(in, B, part.m, out + column, out_stride, accumulate, begin, end);
+    matvec_share(in, quantized, B, part.m, out + column, out_stride, accumulate, begin, end);
     column += part.m.N;
     // No barrier between the projections of one stage: their outputs do not overlap.
   }
@@ -245,6 +271,7 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
     const int tid = omp_get_thread_num();
     const int team = omp_get_num_threads();
     std::vector<float> scores(slot + 1);
+    lmprof_native::QuantizedRows quantized;  // this thread's W8A8 activations
     // normed = RMSNorm(x) with `weight`, every thread its rows, all done at the barrier.
     auto norm_stage = [&](const std::string& module_path, const float* weight) {
       MainThreadRange module(module_range(tid, module_path));
@@ -258,7 +285,7 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
       norm_stage(plan.path + ".attention_norm", plan.attention_norm);
       {
         MainThreadRange module(module_range(tid, plan.path + ".attention"));
-        project(tid, team, np, B, plan.qkv, qkvp, qkv_dim, false);
+        project(tid, team, np, B, plan.qkv, qkvp, qkv_dim, false, quantized);
 #pragma omp barrier
         {
           MainThreadRange op(op_range(tid, "lmprof_native::rope_kv_write"));
@@ -282,13 +309,13 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
                                       end);
 #pragma omp barrier
         }
-        project(tid, team, attnp, B, plan.o, xp, D, true);  // x += o_proj(attention)
+        project(tid, team, attnp, B, plan.o, xp, D, true, quantized);  // x += o_proj(attention)
 #pragma omp barrier
       }
       norm_stage(plan.path + ".mlp_norm", plan.mlp_norm);
       {
         MainThreadRange module(module_range(tid, plan.path + ".mlp"));
-        project(tid, team, np, B, plan.gate_up, gup, 2 * I, false);
+        project(tid, team, np, B, plan.gate_up, gup, 2 * I, false, quantized);
 #pragma omp barrier
         {
           MainThreadRange op(op_range(tid, "lmprof_native::silu_mul"));
@@ -296,12 +323,12 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
           lmprof_native::silu_mul_items(gup, I, actp, begin, end);
 #pragma omp barrier
         }
-        project(tid, team, actp, B, plan.down, xp, D, true);  // x += down_proj(act)
+        project(tid, team, actp, B, plan.down, xp, D, true, quantized);  // x += down_proj(act)
 #pragma omp barrier
       }
     }
     norm_stage("norm", final_norm_p);
-    project(tid, team, np, B, head, logitsp, V, false);
+    project(tid, team, np, B, head, logitsp, V, false, quantized);
   }
   return logits;
 }
@@ -320,9 +347,15 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty({x.size(0), m.N}, x.options());
   RECORD_FUNCTION(matvec_op(m), c10::ArrayRef<const c10::IValue>{});
+  lmprof_native::QuantizedRows quantized;
+  if (m.row_sums) quantized.fill(xc.data_ptr<float>(), x.size(0), m.K);
   at::parallel_for(0, m.N, row_grain(m), [&](int64_t begin, int64_t end) {
-    lmprof_native::matvec_rows(xc.data_ptr<float>(), x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end,
-                               static_cast<int>(tile_rows));
+    if (m.row_sums) {
+      matvec_share(xc.data_ptr<float>(), quantized, x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end);
+    } else {
+      lmprof_native::matvec_rows(xc.data_ptr<float>(), x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end,
+                                 static_cast<int>(tile_rows));
+    }
   });
   return y;
 }

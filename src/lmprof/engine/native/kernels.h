@@ -18,16 +18,22 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace lmprof_native {
 
 // A weight matrix [N, K] the kernels read in place: float32, or int8 with one float32 scale
 // per output row (weight-only quantization: y = (W_int8 . x) * scale + bias).
+//
+// With row_sums (int8 weights only) the product is W8A8: the caller has quantized each
+// activation row to int8 (QuantizedRows), and y = (x_q . W_int8) * x_scale * scale + bias, in
+// integer arithmetic (AVX512-VNNI). row_sums[n] = sum_k W[n, k], as float (exact below 2^24).
 struct Matrix {
   const float* f32 = nullptr;
   const int8_t* i8 = nullptr;
   const float* scales = nullptr;
   const float* bias = nullptr;
+  const float* row_sums = nullptr;
   int64_t N = 0, K = 0;
 };
 
@@ -279,6 +285,124 @@ inline void matvec_rows_of(const float* x, int64_t B, const T* W, const Matrix& 
     for (int64_t b = 0; b < B; ++b) store(b, n, dot(W + n * K, x + b * K, K));
   }
 }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define LMPROF_HAS_W8A8 1
+#else
+#define LMPROF_HAS_W8A8 0
+#endif
+
+// Activation rows quantized for W8A8: per row b, x_scale[b] = max|x[b]| / 127 and
+// q[b, k] = round(x[b, k] / x_scale[b]) + 128 as uint8 (vpdpbusd multiplies unsigned by
+// signed bytes; the +128 comes back out through the weights' row sums). Each thread fills its
+// own copy before a stage's products: B x K bytes, far less than one weight row per thread.
+struct QuantizedRows {
+  std::vector<uint8_t> q;
+  std::vector<float> x_scale;
+  int64_t K = 0;
+
+  void fill(const float* x, int64_t B, int64_t K_) {
+    K = K_;
+    q.resize(B * K);
+    x_scale.resize(B);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* xb = x + b * K;
+      float amax = 0.f;
+#pragma omp simd reduction(max : amax)
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xb[k]));
+      const float scale = amax > 0.f ? amax / 127.f : 1.f;
+      const float inv = 1.f / scale;
+      x_scale[b] = scale;
+      uint8_t* qb = q.data() + b * K;
+      int64_t k = 0;
+#if defined(__AVX512F__)
+      // std::nearbyint is a libm call a value (1.1 ms a step at batch 1); cvtps rounds to even.
+      const __m512 inv_lanes = _mm512_set1_ps(inv);
+      for (; k + kLanes <= K; k += kLanes) {
+        const __m512i rounded = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + k), inv_lanes));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + k),
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(rounded, _mm512_set1_epi32(128))));
+      }
+#endif
+      for (; k < K; ++k) qb[k] = uint8_t(int(std::nearbyint(xb[k] * inv)) + 128);
+    }
+  }
+};
+
+#if LMPROF_HAS_W8A8
+// Two int8 weight rows against N quantized activation rows: 64 products per vpdpbusd, so the
+// product runs at memory speed where the float form of int8 (convert, then FMA) is bound by
+// its arithmetic (benchmarks/quant_kernels.py: 1.35-1.43x on one core here).
+template <int N>
+inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb, const uint8_t* const q[N],
+                        int64_t K, int32_t out[2 * N]) {
+  __m512i acc_a[N], acc_b[N];
+  for (int j = 0; j < N; ++j) acc_a[j] = acc_b[j] = _mm512_setzero_si512();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    const __m512i va = _mm512_loadu_si512(wa + k), vb = _mm512_loadu_si512(wb + k);
+#pragma GCC unroll 8
+    for (int j = 0; j < N; ++j) {
+      const __m512i qj = _mm512_loadu_si512(q[j] + k);
+      acc_a[j] = _mm512_dpbusd_epi32(acc_a[j], qj, va);
+      acc_b[j] = _mm512_dpbusd_epi32(acc_b[j], qj, vb);
+    }
+  }
+  for (int j = 0; j < N; ++j) {
+    out[2 * j] = _mm512_reduce_add_epi32(acc_a[j]);
+    out[2 * j + 1] = _mm512_reduce_add_epi32(acc_b[j]);
+  }
+  for (; k < K; ++k)
+    for (int j = 0; j < N; ++j) {
+      out[2 * j] += int32_t(q[j][k]) * wa[k];
+      out[2 * j + 1] += int32_t(q[j][k]) * wb[k];
+    }
+}
+
+template <int N, typename Store>
+inline void pair_rows_w8a8(const QuantizedRows& x, int64_t b, const int8_t* W, int64_t K, int64_t na, int64_t nb,
+                           Store& store) {
+  const uint8_t* qs[N];
+  for (int j = 0; j < N; ++j) qs[j] = x.q.data() + (b + j) * K;
+  int32_t d[2 * N];
+  dot2xN_w8a8<N>(W + na * K, W + nb * K, qs, K, d);
+  for (int j = 0; j < N; ++j) {
+    store(b + j, na, d[2 * j]);
+    store(b + j, nb, d[2 * j + 1]);
+  }
+}
+
+// Output rows [begin, end) of the W8A8 product for every batch row, as row pairs.
+inline void matvec_rows_w8a8(const QuantizedRows& x, int64_t B, const Matrix& m, float* y, int64_t y_stride,
+                             bool accumulate, int64_t begin, int64_t end) {
+  const int64_t K = m.K;
+  auto store = [&](int64_t b, int64_t n, int32_t dot_value) {
+    // (x_q + 128) . w = x_q . w + 128 sum(w)
+    float v = (float(dot_value) - 128.f * m.row_sums[n]) * x.x_scale[b] * m.scales[n];
+    if (m.bias) v += m.bias[n];
+    float& out = y[b * y_stride + n];
+    out = accumulate ? out + v : v;
+  };
+  const int64_t half = (end - begin) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t na = begin + i, nb = begin + half + i;
+    int64_t b = 0;
+    for (; b + 8 <= B; b += 8) pair_rows_w8a8<8>(x, b, m.i8, K, na, nb, store);
+    if (b + 4 <= B) pair_rows_w8a8<4>(x, b, m.i8, K, na, nb, store), b += 4;
+    if (b + 2 <= B) pair_rows_w8a8<2>(x, b, m.i8, K, na, nb, store), b += 2;
+    if (b < B) pair_rows_w8a8<1>(x, b, m.i8, K, na, nb, store);
+  }
+  if ((end - begin) % 2 == 1) {  // an odd row out
+    const int64_t n = end - 1;
+    for (int64_t b = 0; b < B; ++b) {
+      int32_t d = 0;
+      const uint8_t* qb = x.q.data() + b * K;
+      for (int64_t k = 0; k < K; ++k) d += int32_t(qb[k]) * m.i8[n * K + k];
+      store(b, n, d);
+    }
+  }
+}
+#endif
 
 // y[b, n] (+)= dot(W[n, :], x[b, :]) (* scale[n]) + bias[n] for b < B and the output rows
 // n in [begin, end). Rows of y are y_stride apart, so several projections can fill one
