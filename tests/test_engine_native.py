@@ -394,11 +394,30 @@ def test_profile_native_deep_views_see_inside_the_native_step(native_deep_run):
     [
         (["--native"], "--engine lmprof"),
         (["--engine", "lmprof", "--native", "--dtype", "bfloat16"], "native_decode"),
+        (["--int8"], "--engine lmprof"),
+        (["--engine", "lmprof", "--int8", "--int8-activations"], "add --int8 --native"),
     ],
 )
-def test_profile_native_bad_combinations_are_one_line(run_cli, tmp_path, args, message):
+def test_profile_native_bad_combinations_are_one_line(tiny_model, run_cli, tmp_path, args, message):
     proc = run_cli("profile", "tiny", *args, "--max-new-tokens", 2, "--out", tmp_path / "run")
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_profile_w8a8_runs_and_records_the_switch(run_cli, tmp_path, ops):
+    _needs_w8a8()
+    out = tmp_path / "run"
+    proc = run_cli(
+        "profile", "tiny", "--engine", "lmprof", "--native", "--int8", "--int8-activations",
+        "--max-new-tokens", 4, "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = load_run(out)
+    assert run.status == "complete"
+    assert (
+        run.settings["engine_options"]["int8_activations"] is True
+        and run.model["engine_options"]["int8"] is True
+    )
+    assert "W8A8" in run.model["weights"]

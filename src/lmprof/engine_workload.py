@@ -43,7 +43,12 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
         req.dtype, device, bool(collect_cpu().get("native_bf16")), resolved.path
     )
     options = EngineOptions(
-        dtype=dtype, threads=req.threads, native_decode=req.native, huge_pages=req.huge_pages
+        dtype=dtype,
+        threads=req.threads,
+        native_decode=req.native,
+        huge_pages=req.huge_pages,
+        int8=req.int8,
+        int8_activations=req.int8_activations,
     )
     if options.huge_pages:
         from lmprof.huge_pages import check_huge_pages_on
@@ -125,7 +130,9 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
     """load_model { read_weights, prepare_weights (when a load-time switch is on), to_device (GPU) }."""
     from lmprof.engine import load_hf_folder
 
-    plain = replace(options, **dict.fromkeys(LOAD_SWITCHES, False))
+    # int8_activations rewrites no weight: it rides with int8 (the row sums it needs are made in
+    # prepare_weights), and alone it would not be valid options.
+    plain = replace(options, **dict.fromkeys(LOAD_SWITCHES, False), int8_activations=False)
     with session.phase("load_model", model=str(folder), engine="lmprof"):
         files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.gguf"))
         checkpoint_bytes = sum(f.stat().st_size for f in files)
@@ -357,7 +364,7 @@ def describe_engine_model(model: Any, resolved: Any, options: Any, device: str) 
         "class": f"{type(model).__module__}.{type(model).__name__}",
         "parameter_count": cost.param_count(config),
         "dtype": options.dtype,
-        "weights": "int8 weight-only, per-channel scales" if options.int8 else options.dtype,
+        "weights": _weights_label(options),
         "weight_bytes": held_weight_bytes(model),
         "device": device,
         "engine": "lmprof",
@@ -365,3 +372,9 @@ def describe_engine_model(model: Any, resolved: Any, options: Any, device: str) 
         "config": {k: v for k, v in asdict(config).items() if k != "rope_scaling"}
         | {"rope_scaling": asdict(config.rope_scaling) if config.rope_scaling else None},
     }
+
+
+def _weights_label(options) -> str:
+    if options.int8_activations:
+        return "int8, per-channel scales; decode activations int8 per row (W8A8)"
+    return "int8 weight-only, per-channel scales" if options.int8 else options.dtype

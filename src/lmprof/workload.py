@@ -37,6 +37,8 @@ class ProfileRequest:
     engine: str = "transformers"  # or "lmprof": the from-scratch engine (lmprof.engine_workload)
     native: bool = False  # with engine "lmprof": its decode step in lmprof's C++ kernels
     huge_pages: bool = False  # with engine "lmprof": weights on 2 MiB transparent huge pages
+    int8: bool = False  # with engine "lmprof": int8 weight-only linear layers
+    int8_activations: bool = False  # with --int8 --native: W8A8 products in the native step
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -51,9 +53,19 @@ class ProfileRequest:
             raise UsageError("--prompt must not be empty")
         if self.engine not in ENGINES:
             raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        for flag, on in (("--native", self.native), ("--huge-pages", self.huge_pages)):
+        engine_switches = (
+            ("--native", self.native),
+            ("--huge-pages", self.huge_pages),
+            ("--int8", self.int8),
+            ("--int8-activations", self.int8_activations),
+        )
+        for flag, on in engine_switches:
             if on and self.engine != "lmprof":
                 raise UsageError(f"{flag} is a switch of lmprof's engine: add --engine lmprof")
+        if self.int8_activations and not (self.int8 and self.native):
+            raise UsageError(
+                "--int8-activations quantizes the native step's int8 products: add --int8 --native"
+            )
 
     def as_settings(self) -> dict[str, Any]:
         return asdict(self)

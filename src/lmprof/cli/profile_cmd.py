@@ -70,6 +70,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --engine lmprof: put the weights on 2 MiB transparent huge pages (Linux, CPU)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --engine lmprof: int8 weight-only linear layers (per-channel scales)",
+    )
+    p.add_argument(
+        "--int8-activations",
+        action="store_true",
+        help="with --engine lmprof --int8 --native: quantize activation rows to int8 too (W8A8, AVX512-VNNI)",
+    )
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument(
         "--deep",
@@ -130,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         native=args.native,
         huge_pages=args.huge_pages,
+        int8=args.int8,
+        int8_activations=args.int8_activations,
     )
     req.validate()
     if args.sample_interval_ms <= 0:

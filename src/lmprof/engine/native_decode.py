@@ -134,5 +134,12 @@ class NativeStep:
         return logits[:, None]  # [B, 1, V]
 
 
+def prepare_w8a8(model: torch.nn.Module) -> None:
+    """Compute and cache every int8 layer's scales with row sums (see _scales)."""
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            _scales(module, w8a8=True)
+
+
 def head_scales(model: torch.nn.Module) -> Tensor:
     return _scales(model.lm_head, _w8a8(model))

@@ -155,6 +155,10 @@ def apply_load_switches(model: Transformer, options: EngineOptions) -> Transform
         model.fuse_projections(qkv=options.fuse_qkv, gate_up=options.fuse_gate_up)
     if options.int8:
         quantize_int8(model)
+        if options.int8_activations:  # the native W8A8 step's weight-row sums, now, not in a decode step
+            from lmprof.engine.native_decode import prepare_w8a8
+
+            prepare_w8a8(model)
     elif options.column_major:
         model.store_column_major()
     if options.huge_pages:
