@@ -17,6 +17,7 @@ from engine_models import (
     prompt,
     rel_err,
 )
+from llama_gguf import llama_gguf_writer, write_llama_tensors
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lmprof.engine import (
@@ -294,51 +295,9 @@ def test_sharded_checkpoint_loads_and_tied_head_shares_the_embedding(model_dirs,
 
 def _write_llama_gguf(hf: torch.nn.Module, path: Path) -> None:
     """An fp32 GGUF as llama.cpp writes it: its own tensor names, q/k rows permuted per head."""
-    import gguf
-
-    config = hf.config
-
-    def permute(w, n_heads):
-        return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-    top = {
-        "model.embed_tokens.weight": "token_embd",
-        "model.norm.weight": "output_norm",
-        "lm_head.weight": "output",
-    }
-    per_layer = {
-        "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    }  # fmt: skip
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = llama_gguf_writer(path, hf.config)
     writer.add_name("tiny")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    for name, tensor in hf.state_dict().items():
-        array = tensor.numpy()
-        if name in top:
-            writer.add_tensor(f"{top[name]}.weight", array)
-            continue
-        _, _, layer, *module, _ = name.split(".")
-        module = ".".join(module)
-        if module == "self_attn.q_proj":
-            array = permute(array, config.num_attention_heads)
-        elif module == "self_attn.k_proj":
-            array = permute(array, config.num_key_value_heads)
-        writer.add_tensor(f"blk.{layer}.{per_layer[module]}.weight", array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_llama_tensors(writer, hf)
 
 
 def test_folder_with_only_a_gguf_loads_through_transformers(tmp_path):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from llama_gguf import llama_gguf_writer, write_llama_tensors
 from model_fixtures import PROMPT, raises_one_line
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -31,33 +30,12 @@ def test_local_folder_resolves_to_itself(tiny: ResolvedModel, tmp_path: Path) ->
     assert resolved.model_id == str(folder) and resolved.downloaded_bytes == 0
 
 
-def _permute_for_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
-    # llama.cpp stores q/k rows interleaved per rotary pair; transformers undoes this on load.
-    return (
-        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
-
-
 def _write_gguf(model_folder: Path, target: Path) -> None:
     """Write the tiny Llama in `model_folder` as a float32 GGUF file, as llama.cpp's converter would."""
-    import gguf
-
     model = AutoModelForCausalLM.from_pretrained(model_folder)
     config = model.config
     tokenizer_spec = json.loads(AutoTokenizer.from_pretrained(model_folder).backend_tokenizer.to_str())
-    writer = gguf.GGUFWriter(str(target), "llama")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
+    writer = llama_gguf_writer(target, config)
     vocab = tokenizer_spec["model"]["vocab"]
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(sorted(vocab, key=vocab.get))
@@ -66,37 +44,7 @@ def _write_gguf(model_folder: Path, target: Path) -> None:
     writer.add_bos_token_id(config.bos_token_id)
     writer.add_eos_token_id(config.eos_token_id)
     writer.add_pad_token_id(config.pad_token_id)
-    layer_names = {
-        "self_attn.q_proj": "attn_q",
-        "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output",
-        "mlp.gate_proj": "ffn_gate",
-        "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down",
-        "input_layernorm": "attn_norm",
-        "post_attention_layernorm": "ffn_norm",
-    }
-    for name, tensor in model.state_dict().items():
-        array = tensor.numpy()
-        if name == "model.embed_tokens.weight":
-            gguf_name = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gguf_name = "output_norm.weight"
-        elif name.startswith("model.layers."):
-            layer, module = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name).groups()
-            gguf_name = f"blk.{layer}.{layer_names[module]}.weight"
-            if module == "self_attn.q_proj":
-                array = _permute_for_gguf(array, config.num_attention_heads)
-            if module == "self_attn.k_proj":
-                array = _permute_for_gguf(array, config.num_key_value_heads)
-        else:
-            continue  # lm_head.weight is tied to the embedding
-        writer.add_tensor(gguf_name, np.ascontiguousarray(array))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_llama_tensors(writer, model)
 
 
 def test_gguf_only_folder_and_gguf_file_resolve_to_a_loadable_gguf(
