@@ -164,7 +164,8 @@ const char* matvec_op(const Matrix& m) {
 
 // A thread's share of one projection, from float activations or (W8A8) quantized ones.
 void matvec_share(const float* in, const lmprof_native::QuantizedRows& quantized, int64_t B, const Matrix& m,
-                  float* out, int64_t out_stride, bool accumulate, int64_t begin, int64_t end) {
+                  float* out, int64_t out_stride, bool accumulate, int64_t begin, int64_t end,
+                  int tile_rows = lmprof_native::kTileAuto) {
 #if LMPROF_HAS_W8A8
   if (m.row_sums) {
     lmprof_native::matvec_rows_w8a8(quantized, B, m, out, out_stride, accumulate, begin, end);
@@ -172,7 +173,7 @@ void matvec_share(const float* in, const lmprof_native::QuantizedRows& quantized
   }
 #endif
   (void)quantized;
-  lmprof_native::matvec_rows(in, B, m, out, out_stride, accumulate, begin, end);
+  lmprof_native::matvec_rows(in, B, m, out, out_stride, accumulate, begin, end, tile_rows);
 }
 
 // Every thread's share of each projection, outputs side by side in out [B, out_stride]. W8A8
@@ -350,12 +351,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   lmprof_native::QuantizedRows quantized;
   if (m.row_sums) quantized.fill(xc.data_ptr<float>(), x.size(0), m.K);
   at::parallel_for(0, m.N, row_grain(m), [&](int64_t begin, int64_t end) {
-    if (m.row_sums) {
-      matvec_share(xc.data_ptr<float>(), quantized, x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end);
-    } else {
-      lmprof_native::matvec_rows(xc.data_ptr<float>(), x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end,
-                                 static_cast<int>(tile_rows));
-    }
+    matvec_share(xc.data_ptr<float>(), quantized, x.size(0), m, y.data_ptr<float>(), m.N, false, begin, end,
+                 static_cast<int>(tile_rows));
   });
   return y;
 }
