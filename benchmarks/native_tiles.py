@@ -35,20 +35,15 @@ TILES = {"pairs": 2, "triples": 3}
 
 
 def step_matrices(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(weight, fp32 scales or None) of every product of one decode step, in step order."""
-    from lmprof.engine.native_decode import head_scales, layer_weights
+    """(weight, fp32 scales or None) of every product of one decode step: every linear layer."""
+    from lmprof.engine.native_decode import native_scales
+    from lmprof.engine.quant import Int8Linear
 
-    weights = layer_weights(model)
-    per_layer = len(weights) // len(model.layers)
     out = []
-    for layer in range(len(model.layers)):
-        slots = weights[layer * per_layer : (layer + 1) * per_layer]
-        # LayerSlot order: norm, then (weight, bias, scales) for q, k, v, o, norm, gate, up, down
-        for at in (1, 4, 7, 10, 14, 17, 20):
-            if slots[at].numel():
-                out.append((slots[at], slots[at + 2] if slots[at + 2].numel() else None))
-    scales = head_scales(model)
-    out.append((model.lm_head.weight, scales if scales.numel() else None))
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, Int8Linear)):
+            scales = native_scales(module)
+            out.append((module.weight, scales if scales.numel() else None))
     return out
 
 

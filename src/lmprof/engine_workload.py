@@ -22,8 +22,9 @@ from lmprof.record import Generation, Phase
 from lmprof.session import ProfileSession
 from lmprof.workload import ProfileRequest, choose_dtype, prepare_and_resolve
 
-# The EngineOptions that apply_load_switches applies after reading (the prepare_weights phase).
-LOAD_SWITCHES = ("fuse_qkv", "fuse_gate_up", "int8", "column_major", "huge_pages")
+# The EngineOptions that apply_load_switches applies after reading (the prepare_weights phase;
+# int8_activations makes the W8A8 weight-row sums there).
+LOAD_SWITCHES = ("fuse_qkv", "fuse_gate_up", "int8", "int8_activations", "column_major", "huge_pages")
 
 # What `--dtype auto` may resolve to for the engine (a checkpoint in another dtype runs in fp32).
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
@@ -130,9 +131,7 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
     """load_model { read_weights, prepare_weights (when a load-time switch is on), to_device (GPU) }."""
     from lmprof.engine import load_hf_folder
 
-    # int8_activations rewrites no weight: it rides with int8 (the row sums it needs are made in
-    # prepare_weights), and alone it would not be valid options.
-    plain = replace(options, **dict.fromkeys(LOAD_SWITCHES, False), int8_activations=False)
+    plain = replace(options, **dict.fromkeys(LOAD_SWITCHES, False))
     with session.phase("load_model", model=str(folder), engine="lmprof"):
         files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.gguf"))
         checkpoint_bytes = sum(f.stat().st_size for f in files)

@@ -46,27 +46,26 @@ def check_native_decode(model: torch.nn.Module) -> None:
 
 
 def _w8a8(model: torch.nn.Module) -> bool:
-    options = getattr(model, "options", None)
-    return bool(options is not None and options.int8_activations)
+    return model.options.int8_activations
 
 
 def _or_empty(tensor: Tensor | None) -> Tensor:
     return _EMPTY if tensor is None else tensor
 
 
-def _scales(linear: torch.nn.Module, w8a8: bool = False) -> Tensor:
+def native_scales(linear: torch.nn.Module, w8a8: bool = False) -> Tensor:
     """The fp32 scales the native kernel reads for an int8 layer (it keeps bf16 ones for torch's
-    int8 kernel; a few KB), followed for W8A8 by the weight rows' sums ([2, out]: the kernel's
-    +128 activation offset comes back out through them). Cached on the layer."""
+    int8 kernel; a few KB), empty for a float one. For W8A8 the weight rows' sums follow
+    ([2, out]: the kernel's +128 activation offset comes back out through them); they read
+    every weight, so they are made once and cached on the layer."""
     if not isinstance(linear, Int8Linear):
         return _EMPTY
-    key = "_native_scales_w8a8" if w8a8 else "_native_scales"
-    cached = linear.__dict__.get(key)
-    if cached is None:
-        cached = linear.scales.float()
-        if w8a8:  # |sum| <= 127 x in_features: exact in float32 below 2^24
-            cached = torch.cat([cached, linear.weight.sum(dim=1, dtype=torch.int32).float()])
-        linear.__dict__[key] = cached
+    if not w8a8:
+        return linear.scales.float()
+    cached = linear.__dict__.get("_native_scales_w8a8")
+    if cached is None:  # |sum| <= 127 x in_features: exact in float32 below 2^24
+        cached = torch.cat([linear.scales.float(), linear.weight.sum(dim=1, dtype=torch.int32).float()])
+        linear.__dict__["_native_scales_w8a8"] = cached
     return cached
 
 
@@ -77,7 +76,7 @@ def _linear_parts(*linears, w8a8: bool = False) -> list[Tensor]:
         if linear is None:
             out += [_EMPTY, _EMPTY, _EMPTY]
         else:
-            out += [linear.weight, _or_empty(linear.bias), _scales(linear, w8a8)]
+            out += [linear.weight, _or_empty(linear.bias), native_scales(linear, w8a8)]
     return out
 
 
@@ -135,11 +134,11 @@ class NativeStep:
 
 
 def prepare_w8a8(model: torch.nn.Module) -> None:
-    """Compute and cache every int8 layer's scales with row sums (see _scales)."""
+    """Compute and cache every int8 layer's scales with row sums (see native_scales)."""
     for module in model.modules():
         if isinstance(module, Int8Linear):
-            _scales(module, w8a8=True)
+            native_scales(module, w8a8=True)
 
 
 def head_scales(model: torch.nn.Module) -> Tensor:
-    return _scales(model.lm_head, _w8a8(model))
+    return native_scales(model.lm_head, _w8a8(model))
