@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -164,16 +165,31 @@ def test_interrupt_saves_an_incomplete_run(lmprof_cache, tiny_model, tmp_path):
         [sys.executable, "-m", "lmprof", "profile", "tiny", "--max-new-tokens", "100000", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    # Wait until generation is under way (the sampler has written nothing yet; poll time).
+    # Interrupt only once decode is under way. A fixed sleep was not enough: under a loaded
+    # test run the first SIGINT landed while torch was still importing, and the saved run
+    # had no decode phase. transformers warns once when decoding passes the tiny model's
+    # 2048 positions, so that line on stderr says decode has produced tokens.
+    err_lines: list[str] = []
+    decoding = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            err_lines.append(line)
+            if "predefined maximum length" in line:
+                decoding.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert decoding.wait(timeout=240), "decode never passed 2048 tokens:\n" + "".join(err_lines)
     deadline = time.time() + 120
-    time.sleep(8)
     while time.time() < deadline and proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             continue
-    _, err = proc.communicate(timeout=60)
+    reader.join(timeout=60)
+    err = "".join(err_lines)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     run = load_run(out)
