@@ -1,4 +1,4 @@
-"""The native kernel's two tiles side by side: weight-row pairs against row triples.
+"""The native kernel's tiles side by side: single weight rows, row pairs and row triples.
 
     python benchmarks/native_tiles.py [--model DIR] [--threads N] [--batch 8] [--rounds 7] [--int8]
 
@@ -6,12 +6,14 @@ One pass runs every projection of a decode step (per layer the fused QKV, o, fus
 and down projections, then the lm_head) through `lmprof_native::linear` on the engine's own
 weights as the native decode step reads them (fused projections, huge pages where the kernel
 offers them), so the weights stream from memory as they do in decoding. Each round times one
-pass with each tile, the order alternating by round, and the per-round ratio's median is
-printed with the spread: the ratio is what a tile buys where both saw the same machine.
+pass with each tile, the order rotating by round, and the per-round ratio to pairs is
+printed as a median with the spread: the ratio is what a tile buys where all saw the same
+machine.
 
-Pairs (tile_rows=2) read two weight rows against up to 8 activation rows (dot2xN in
-kernels.h); triples (tile_rows=3) three rows against up to 8 (dot3xN), which the decode step
-picks at batch 8 and above. Where the extension is built without AVX-512 both run pairs.
+Every tile is kernels.h's dot_rows<R, N>: R weight rows against N activation rows at once.
+Singles (tile_rows=1) take up to 8 activation rows; pairs (2) and triples (3) up to 8 with
+AVX-512 and 4 with AVX2 (register room). The decode step picks triples at batch 8 and above
+with AVX-512, pairs otherwise (auto_tile_rows).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from lmprof.engine.native import load_native_ops  # noqa: E402
 from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
-TILES = {"pairs": 2, "triples": 3}
+TILES = {"singles": 1, "pairs": 2, "triples": 3}
 
 
 def step_matrices(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -88,13 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         for tile_rows in TILES.values():  # warm-up: page in, build nothing lazily inside a timing
             time_pass(ops, matrices, x_by_k, tile_rows)
         seconds: dict[str, list[float]] = {name: [] for name in TILES}
-        ratios: list[float] = []
+        ratios: dict[str, list[float]] = {name: [] for name in TILES if name != "pairs"}
+        names = list(TILES)
         for round_index in range(args.rounds):
-            order = list(TILES) if round_index % 2 == 0 else list(reversed(TILES))
+            shift = round_index % len(names)
+            order = names[shift:] + names[:shift]
             this_round = {name: time_pass(ops, matrices, x_by_k, TILES[name]) for name in order}
             for name, s in this_round.items():
                 seconds[name].append(s)
-            ratios.append(this_round["pairs"] / this_round["triples"])
+            for name in ratios:
+                ratios[name].append(this_round["pairs"] / this_round[name])
 
     dtype = "int8" if args.int8 else "fp32"
     pages = "huge pages" if huge_pages else "4 KiB pages"
@@ -108,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name:8s} (tile_rows={TILES[name]}): best {best * 1e3:7.2f} ms, median "
             f"{statistics.median(values) * 1e3:7.2f} ms, {flop / best / 1e9:6.1f} GFLOP/s at best"
         )
-    print(
-        f"  triples / pairs speed: median {statistics.median(ratios):.2f}x "
-        f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
-    )
+    for name, values in ratios.items():
+        print(
+            f"  {name} / pairs speed: median {statistics.median(values):.2f}x "
+            f"(rounds {min(values):.2f}-{max(values):.2f}x)"
+        )
     return 0
 
 

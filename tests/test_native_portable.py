@@ -1,6 +1,6 @@
-"""kernels.h builds and computes right without AVX-512: the native step's fallbacks (row pairs
-only, the scalar attention, no pinned registers) on an AVX2 target and, where the compiler
-has it, the generic one. The Python extension is built for this CPU only (-march=native), so
+"""kernels.h builds and computes right without AVX-512: its AVX2 form (8 lanes, tiles of up to
+4 activation rows, the hadd reduction) and, where the compiler has it, the generic one (no
+intrinsics, no pinned registers), every tile forced in turn. The Python extension is built for this CPU only (-march=native), so
 these paths are compiled here by hand, against a double-precision reference in C++."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ int main() {
   std::mt19937 g(1);
   std::uniform_real_distribution<float> u(-1, 1);
   double worst = 0;
-  for (int B : {1, 3, 8, 9}) for (int N : {1, 5, 37}) for (int K : {16, 100}) for (int q : {0, 1}) {
+  for (int B : {1, 3, 4, 8, 9}) for (int N : {1, 5, 37}) for (int K : {16, 100}) for (int q : {0, 1})
+  for (int tile : {0, 1, 2, 3}) {
     std::vector<float> W(N * K), x(B * K), y(B * N), scales(N), bias(N);
     std::vector<int8_t> W8(N * K);
     for (auto& v : W) v = u(g);
@@ -35,8 +36,8 @@ int main() {
     Matrix m;
     m.N = N; m.K = K; m.bias = bias.data();
     if (q) { m.i8 = W8.data(); m.scales = scales.data(); } else { m.f32 = W.data(); }
-    matvec_rows(x.data(), B, m, y.data(), N, false, 0, N / 2);  // two threads' shares
-    matvec_rows(x.data(), B, m, y.data(), N, false, N / 2, N);
+    matvec_rows(x.data(), B, m, y.data(), N, false, 0, N / 2, tile);  // two threads' shares
+    matvec_rows(x.data(), B, m, y.data(), N, false, N / 2, N, tile);
     for (int b = 0; b < B; ++b) for (int n = 0; n < N; ++n) {
       double d = 0;
       for (int k = 0; k < K; ++k) d += (q ? double(W8[n * K + k]) : double(W[n * K + k])) * x[b * K + k];

@@ -336,13 +336,12 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
 
 // y [B, N] = x [B, K] . W[N, K]^T (* scales) (+ bias): the decode step's product alone, for
 // probes and kernel-by-kernel benchmarks against F.linear. tile_rows: 0 as the decode step
-// chooses, 2 or 3 to force a tile (kernels.h, TileRows).
+// chooses, 1, 2 or 3 to force a tile (kernels.h, TileRows).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& scales, int64_t tile_rows) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "lmprof_native::linear: x must be float32 [B, K]");
-  TORCH_CHECK(tile_rows == lmprof_native::kTileAuto || tile_rows == lmprof_native::kTilePairs ||
-                  tile_rows == lmprof_native::kTileTriples,
-              "lmprof_native::linear: tile_rows must be 0 (auto), 2 or 3; got ", tile_rows);
+  TORCH_CHECK(tile_rows >= lmprof_native::kTileAuto && tile_rows <= lmprof_native::kTileTriples,
+              "lmprof_native::linear: tile_rows must be 0 (auto), 1, 2 or 3; got ", tile_rows);
   const Matrix m =
       matrix(weight, bias.value_or(at::Tensor()), scales.value_or(at::Tensor()), x.size(1), "linear's weight");
   const at::Tensor xc = x.contiguous();

@@ -9,7 +9,7 @@
 
 #pragma once
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -38,11 +38,17 @@ struct Matrix {
   int64_t N = 0, K = 0;
 };
 
-// 16 float lanes in GCC vector extensions: the compiler maps them to one AVX-512 register,
-// two AVX2 ones or four NEON ones, so the kernels below compile for any target.
-typedef float Lanes __attribute__((vector_size(64)));
-typedef int8_t Int8Lanes __attribute__((vector_size(16)));
+// One register of float lanes in GCC vector extensions: 16 with AVX-512, else 8 (one AVX2
+// register, two NEON ones). The width follows the target because the tiles below hold R x N
+// accumulators: with 16 lanes on AVX2 each one spans two of its 16 registers, and the batch
+// tiles spilled to the stack (measured on Zen 3: batch-8 products streamed 1.8 GB/s).
+#if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;
+#else
+constexpr int64_t kLanes = 8;
+#endif
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int8_t Int8Lanes __attribute__((vector_size(kLanes)));
 constexpr int64_t kPrefetchRowsAhead = 2;
 
 inline Lanes load_lanes(const float* p) {
@@ -51,10 +57,13 @@ inline Lanes load_lanes(const float* p) {
   return v;
 }
 
+// GCC 12 lowers the generic int8 -> float lane conversion to scalar code (a sign extension
+// and a conversion per value: int8 products streamed 1.0 GB/s on AVX2 here); say it directly.
 inline Lanes load_lanes(const int8_t* p) {
 #if defined(__AVX512F__)
-  // GCC 12 lowers the generic int8 -> float lane conversion to scalar code; say it directly.
   return (Lanes)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__AVX2__)
+  return (Lanes)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 #else
   Int8Lanes v;
   std::memcpy(&v, p, sizeof(v));
@@ -62,9 +71,9 @@ inline Lanes load_lanes(const int8_t* p) {
 #endif
 }
 
-// Pins a loaded vector in a register (see dot2xN). Only with AVX-512, where one register holds
-// the 16 lanes: elsewhere a Lanes value spans several registers and "v" cannot name them.
-#if defined(__AVX512F__)
+// Pins a loaded vector in a register (see dot2xN). Only on x86 with AVX2 or AVX-512, where one
+// register holds a Lanes value: elsewhere "v" may not name it.
+#if defined(__AVX512F__) || defined(__AVX2__)
 #define LMPROF_PIN(v) asm("" : "+v"(v))
 #else
 #define LMPROF_PIN(v) ((void)0)
@@ -76,81 +85,12 @@ inline float lane_sum(Lanes v) {
   return total;
 }
 
-// Two weight rows (wa, wb) against N activation rows (N = 1, 2, 4 or 8), 2N accumulators.
-//  - The two rows lie far apart in memory (see matvec_rows), so each thread reads two
-//    streams: more cache-line fetches in flight than one stream keeps (measured here: 1.3-2x
-//    the bandwidth of four adjacent rows read interleaved, level with a plain read).
-//  - At batch > 1 each iteration prefetches the rows two ahead (into L2) at the same offset,
-//    so where the products rather than memory bound the step, memory keeps streaming under
-//    the arithmetic (measured: batch-8 steps 1.3x faster). At batch 1 the hardware
-//    prefetcher alone does better (one thread: 8% faster without; two: within noise).
-//  - The empty asm statements (LMPROF_PIN) pin the loaded vectors in registers: without them GCC folds a
-//    load into every FMA that uses a vector, and the loop waits on load ports.
-template <int N, typename T>
-inline void dot2xN(const T* __restrict wa, const T* __restrict wb, const float* const x[N], int64_t K,
-                   float out[2 * N]) {
-  Lanes acc_a[N] = {}, acc_b[N] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= K; k += kLanes) {
-    if (N > 1 && (sizeof(T) == sizeof(float) || k % 64 == 0)) {  // once per 64-byte line
-      __builtin_prefetch(wa + kPrefetchRowsAhead * K + k, 0, 2);
-      __builtin_prefetch(wb + kPrefetchRowsAhead * K + k, 0, 2);
-    }
-    Lanes va = load_lanes(wa + k), vb = load_lanes(wb + k);
-    LMPROF_PIN(va);
-    LMPROF_PIN(vb);
-    for (int j = 0; j < N; ++j) {
-      Lanes xj = load_lanes(x[j] + k);
-      LMPROF_PIN(xj);
-      acc_a[j] += va * xj;
-      acc_b[j] += vb * xj;
-    }
-  }
-  for (int j = 0; j < N; ++j) {
-    out[2 * j] = lane_sum(acc_a[j]);
-    out[2 * j + 1] = lane_sum(acc_b[j]);
-  }
-  for (; k < K; ++k) {
-    const float va = float(wa[k]), vb = float(wb[k]);
-    for (int j = 0; j < N; ++j) {
-      out[2 * j] += va * x[j][k];
-      out[2 * j + 1] += vb * x[j][k];
-    }
-  }
-}
-
 template <typename T>
 inline float dot(const T* __restrict a, const float* __restrict b, int64_t n) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t k = 0; k < n; ++k) acc += float(a[k]) * b[k];
   return acc;
-}
-
-// Calls chunk(std::integral_constant<int, N>{}, b) over the activation rows [0, B) in tiles of
-// N = 8, then one of 4, 2 and 1 for what is left: every tile kernel is a template on N.
-// Always inlined: GCC 12 left it a call, and batch-1 passes in a harness here then ran
-// 19-28 ms against 20 ms for the hand-written ladder; inlined, the two are level.
-template <typename Chunk>
-[[gnu::always_inline]] inline void for_batch_chunks(int64_t B, Chunk&& chunk) {
-  int64_t b = 0;
-  for (; b + 8 <= B; b += 8) chunk(std::integral_constant<int, 8>{}, b);
-  if (b + 4 <= B) chunk(std::integral_constant<int, 4>{}, b), b += 4;
-  if (b + 2 <= B) chunk(std::integral_constant<int, 2>{}, b), b += 2;
-  if (b < B) chunk(std::integral_constant<int, 1>{}, b);
-}
-
-// The weight rows na and nb against activation rows b .. b + N - 1.
-template <int N, typename T, typename Store>
-inline void pair_rows(const float* x, int64_t b, const T* W, int64_t K, int64_t na, int64_t nb, Store& store) {
-  const float* xs[N];
-  for (int j = 0; j < N; ++j) xs[j] = x + (b + j) * K;
-  float d[2 * N];
-  dot2xN<N>(W + na * K, W + nb * K, xs, K, d);
-  for (int j = 0; j < N; ++j) {
-    store(b + j, na, d[2 * j]);
-    store(b + j, nb, d[2 * j + 1]);
-  }
 }
 
 #if defined(__AVX512F__)
@@ -175,121 +115,164 @@ inline void pair_rows(const float* x, int64_t b, const T* W, int64_t K, int64_t 
   return (Lanes)_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), sums);
 }
 
-// Three weight rows (wa, wb, wc) against N activation rows (N = 1, 2, 4 or 8): the kernel of
-// batched decode, where the products bound the step rather than memory.
-//  - 3 x 8 = 24 accumulators, 3 weight vectors and 1 activation vector fill 28 of AVX-512's
-//    32 registers, so every k step does 24 FMAs for 11 loads (the 2 x 8 tile of dot2xN: 16
-//    for 10), and the 24 lane sums reduce through two shuffle trees instead of one at a time.
-//    benchmarks/native_tiles.py sets the two tiles side by side on one core, batch 8, every
-//    product of a decode step streaming from memory (see benchmarks/RESULTS.md).
-//  - The accumulators must stay in registers: they are one array indexed by constants only,
-//    copied out by value for the reduction, and sum_lanes16 is always inlined. Where GCC
-//    left it a call, the arrays went through the stack and the tile lost most of its gain
+#endif
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The same for AVX2's 8 lanes: eight accumulators in, lane i of the result the sum of v[i]'s
+// lanes, through three horizontal-add steps (hadd pairs neighbours of two sources) and one
+// swap of 128-bit halves.
+[[gnu::always_inline]] inline Lanes sum_lanes8(const Lanes (&v)[8]) {
+  __m256 h[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) h[i] = _mm256_hadd_ps((__m256)v[2 * i], (__m256)v[2 * i + 1]);
+  const __m256 a = _mm256_hadd_ps(h[0], h[1]), b = _mm256_hadd_ps(h[2], h[3]);
+  // a: sums of v0-v3 over lanes 0-3, then over lanes 4-7; b: the same for v4-v7
+  return (Lanes)_mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+#endif
+
+// kLanes accumulators in, one vector out whose lane i is the sum of v[i]'s lanes.
+[[gnu::always_inline]] inline Lanes sum_lanes(const Lanes (&v)[kLanes]) {
+#if defined(__AVX512F__)
+  return sum_lanes16(v);
+#elif defined(__AVX2__)
+  return sum_lanes8(v);
+#else
+  Lanes sums;
+  for (int64_t i = 0; i < kLanes; ++i) sums[i] = lane_sum(v[i]);
+  return sums;
+#endif
+}
+
+// R weight rows w[0..R-1] against N activation rows x[0..N-1]: R x N accumulators,
+// out[r * N + j] = dot(w[r], x[j]). The one kernel of every product; which tile (R, N) runs
+// where is matvec_rows_of's choice (see TileRows), measured per instruction set:
+//  - Several weight rows far apart in memory (see matvec_rows_of) are several streams per
+//    thread: more cache-line fetches in flight than one stream keeps (measured at batch 1:
+//    two rows 1.3-2x the bandwidth of four adjacent rows read interleaved).
+//  - At batch > 1 each iteration prefetches the rows two ahead (into L2) at the same offset,
+//    so where the products rather than memory bound the step, memory keeps streaming under
+//    the arithmetic (measured: batch-8 steps 1.3x faster). At batch 1 the hardware
+//    prefetcher alone does better (one thread: 8% faster without; two: within noise).
+//  - LMPROF_PIN keeps each loaded weight vector in a register: without it GCC folds the load
+//    into every FMA that uses the vector, and the loop waits on load ports.
+//  - The accumulators must stay in registers: one array indexed by constants only, copied out
+//    by value for the reduction, and sum_lanes always inlined. Where GCC left the reduction a
+//    call, the arrays went through the stack and the AVX-512 triple tile lost most of its gain
 //    (measured: 1.07x over pairs against 1.22x).
-//  - Prefetching and the pinned loads as in dot2xN; the rows lie a third of the thread's
-//    share apart, three streams.
-template <int N, typename T>
-inline void dot3xN(const T* __restrict wa, const T* __restrict wb, const T* __restrict wc, const float* const x[N],
-                   int64_t K, float out[3 * N]) {
-  Lanes acc[3 * N] = {};  // acc[r * N + j]: weight row r against activation row j
+template <int R, int N, typename T>
+inline void dot_rows(const T* const w[R], const float* const x[N], int64_t K, float out[R * N]) {
+  static_assert(R * N <= 2 * kLanes, "dot_rows: more accumulators than two reductions take");
+  Lanes acc[R * N] = {};  // acc[r * N + j]: weight row r against activation row j
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
-    if (N > 1 && (sizeof(T) == sizeof(float) || k % 64 == 0)) {  // once per 64-byte line
-      __builtin_prefetch(wa + kPrefetchRowsAhead * K + k, 0, 2);
-      __builtin_prefetch(wb + kPrefetchRowsAhead * K + k, 0, 2);
-      __builtin_prefetch(wc + kPrefetchRowsAhead * K + k, 0, 2);
+    if (N > 1 && (k * int64_t(sizeof(T))) % 64 == 0) {  // once per 64-byte line
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + kPrefetchRowsAhead * K + k, 0, 2);
     }
-    Lanes va = load_lanes(wa + k), vb = load_lanes(wb + k), vc = load_lanes(wc + k);
-    LMPROF_PIN(va);
-    LMPROF_PIN(vb);
-    LMPROF_PIN(vc);
+    Lanes wv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      wv[r] = load_lanes(w[r] + k);
+      LMPROF_PIN(wv[r]);
+    }
 #pragma GCC unroll 8
     for (int j = 0; j < N; ++j) {
       Lanes xj = load_lanes(x[j] + k);
       LMPROF_PIN(xj);
-      acc[j] += va * xj;
-      acc[N + j] += vb * xj;
-      acc[2 * N + j] += vc * xj;
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r * N + j] += wv[r] * xj;
     }
   }
-  Lanes first[16] = {}, rest[16] = {};
-#pragma GCC unroll 24
-  for (int i = 0; i < 3 * N; ++i) (i < 16 ? first[i] : rest[i - 16]) = acc[i];
-  const Lanes sums_first = sum_lanes16(first);
-  std::memcpy(out, &sums_first, sizeof(float) * std::min(3 * N, 16));
-  if (3 * N > 16) {
-    const Lanes sums_rest = sum_lanes16(rest);
-    std::memcpy(out + 16, &sums_rest, sizeof(float) * (3 * N - 16));
+  // The R N sums, kLanes at a time through sum_lanes (at most two groups).
+  Lanes first[kLanes] = {}, rest[kLanes] = {};
+#pragma GCC unroll 32
+  for (int i = 0; i < R * N; ++i) (i < kLanes ? first[i] : rest[i - kLanes]) = acc[i];
+  const Lanes sums_first = sum_lanes(first);
+  std::memcpy(out, &sums_first, sizeof(float) * std::min<int64_t>(R * N, kLanes));
+  if (R * N > kLanes) {
+    const Lanes sums_rest = sum_lanes(rest);
+    std::memcpy(out + kLanes, &sums_rest, sizeof(float) * (R * N - kLanes));
   }
-  for (; k < K; ++k) {
-    const float w[3] = {float(wa[k]), float(wb[k]), float(wc[k])};
-    for (int r = 0; r < 3; ++r)
-      for (int j = 0; j < N; ++j) out[r * N + j] += w[r] * x[j][k];
+  for (; k < K; ++k)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < N; ++j) out[r * N + j] += float(w[r][k]) * x[j][k];
+}
+
+// How many weight rows one tile reads (R in dot_rows). kTileAuto takes what measured fastest
+// for this instruction set and batch (auto_tile_rows); the others force one, so a benchmark
+// can set tiles side by side (lmprof_native::linear's tile_rows, benchmarks/native_tiles.py).
+enum TileRows : int { kTileAuto = 0, kTileSingles = 1, kTilePairs = 2, kTileTriples = 3 };
+
+// The most activation rows one tile of R weight rows multiplies at once: R x N accumulators,
+// R weight vectors and one activation vector must fit the registers (32 with AVX-512, 16 with
+// AVX2: 3 x 4 + 3 = 15, 1 x 8 + 1 = 9).
+template <int R>
+constexpr int max_batch_tile() {
+  return kLanes == 16 || R == 1 ? 8 : 4;
+}
+
+// Calls chunk(std::integral_constant<int, N>{}, b) over the activation rows [0, B) in tiles of
+// N = Max, then one of 4, 2 and 1 for what is left: every tile kernel is a template on N.
+// Always inlined: GCC 12 left it a call, and batch-1 passes in a harness here then ran
+// 19-28 ms against 20 ms for the hand-written ladder; inlined, the two are level.
+template <int Max, typename Chunk>
+[[gnu::always_inline]] inline void for_batch_chunks(int64_t B, Chunk&& chunk) {
+  int64_t b = 0;
+  for (; b + Max <= B; b += Max) chunk(std::integral_constant<int, Max>{}, b);
+  if (Max > 4 && b + 4 <= B) chunk(std::integral_constant<int, 4>{}, b), b += 4;
+  if (b + 2 <= B) chunk(std::integral_constant<int, 2>{}, b), b += 2;
+  if (b < B) chunk(std::integral_constant<int, 1>{}, b);
+}
+
+// Rows [begin, begin + R span) of y = W . x in tiles of R rows span apart (row i of the tile is
+// begin + r span + i), every batch row; returns the first row not written.
+template <int R, typename T, typename Store>
+inline int64_t tile_rows_of(const float* x, int64_t B, const T* W, int64_t K, int64_t begin, int64_t end,
+                            Store& store) {
+  const int64_t span = (end - begin) / R;
+  for (int64_t i = 0; i < span; ++i) {
+    const T* w[R];
+    for (int r = 0; r < R; ++r) w[r] = W + (begin + r * span + i) * K;
+    for_batch_chunks<max_batch_tile<R>()>(B, [&](auto N, int64_t b) {
+      const float* xs[N];
+      for (int j = 0; j < N; ++j) xs[j] = x + (b + j) * K;
+      float d[R * N];
+      dot_rows<R, N>(w, xs, K, d);
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < N; ++j) store(b + j, begin + r * span + i, d[r * N + j]);
+    });
   }
+  return begin + R * span;
 }
 
-// The weight rows n[0..2] against activation rows b .. b + N - 1.
-template <int N, typename T, typename Store>
-inline void triple_rows(const float* x, int64_t b, const T* W, int64_t K, const int64_t n[3], Store& store) {
-  const float* xs[N];
-  for (int j = 0; j < N; ++j) xs[j] = x + (b + j) * K;
-  float d[3 * N];
-  dot3xN<N>(W + n[0] * K, W + n[1] * K, W + n[2] * K, xs, K, d);
-  for (int r = 0; r < 3; ++r)
-    for (int j = 0; j < N; ++j) store(b + j, n[r], d[r * N + j]);
-}
-#endif
-
-// How many weight rows one tile reads: kTileAuto picks 3 (dot3xN) at batch 8 and above
-// where AVX-512 is compiled in, else 2 (dot2xN). The others force one, so a benchmark can set
-// the two tiles side by side (lmprof_native::linear's tile_rows).
-enum TileRows : int { kTileAuto = 0, kTilePairs = 2, kTileTriples = 3 };
-
-inline bool triples_for(int64_t B, int tile_rows) {
-#if defined(__AVX512F__)
-  return tile_rows == kTileTriples || (tile_rows == kTileAuto && B >= 8);
-#else
-  (void)B, (void)tile_rows;
-  return false;
-#endif
+// The tile for batch B, measured per instruction set with benchmarks/native_tiles.py (every
+// product of a SmolLM2-135M decode step, one thread; benchmarks/RESULTS.md):
+//  - AVX-512 (Zen 4), batch >= 8: triples, 24 accumulators: 1.10-1.30x pairs.
+//  - AVX2 (Zen 3), batch >= 4: triples, as 3 x 4 tiles: at batch 8 1.07-1.12x pairs for
+//    fp32 and 1.21x for int8, at batch 4 level for fp32 (0.96x) and 1.16x for int8. Singles
+//    (1 x 8) lost: 0.44-0.46x fp32, 0.99x int8 at batch 8.
+//  - Below that memory bounds the step: pairs, two streams a thread.
+inline int auto_tile_rows(int64_t B) {
+  return B >= (kLanes == 16 ? 8 : 4) ? kTileTriples : kTilePairs;
 }
 
-// Output rows [begin, end) of y = W . x for every batch row: as row triples (begin + i,
-// begin + third + i, begin + 2 third + i), see dot3xN, where triples_for says so; the rows
-// after them (all rows, without triples; at most 2, with them) as row pairs (done + i,
-// done + half + i), see dot2xN, and an odd row alone. Below batch 8 memory bounds the step
-// and two streams read as fast as three.
+// Output rows [begin, end) of y = W . x for every batch row, in tiles of R = tile_rows (or
+// auto_tile_rows) weight rows; what does not fill a last tile goes through smaller ones.
 template <typename T>
 inline void matvec_rows_of(const float* x, int64_t B, const T* W, const Matrix& m, float* y, int64_t y_stride,
-                    bool accumulate, int64_t begin, int64_t end, int tile_rows) {
-  const int64_t K = m.K;
+                           bool accumulate, int64_t begin, int64_t end, int tile_rows) {
   auto store = [&](int64_t b, int64_t n, float dot_value) {
     float v = m.scales ? dot_value * m.scales[n] : dot_value;
     if (m.bias) v += m.bias[n];
     float& out = y[b * y_stride + n];
     out = accumulate ? out + v : v;
   };
-  (void)tile_rows;  // read only where AVX-512 offers the triples
-  int64_t done = begin;  // rows [begin, done) are written
-#if defined(__AVX512F__)
-  if (triples_for(B, tile_rows)) {
-    const int64_t third = (end - begin) / 3;
-    for (int64_t i = 0; i < third; ++i) {
-      const int64_t n[3] = {begin + i, begin + third + i, begin + 2 * third + i};
-      for_batch_chunks(B, [&](auto N, int64_t b) { triple_rows<N>(x, b, W, K, n, store); });
-    }
-    done = begin + 3 * third;
-  }
-#endif
-  const int64_t half = (end - done) / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const int64_t na = done + i, nb = done + half + i;
-    for_batch_chunks(B, [&](auto N, int64_t b) { pair_rows<N>(x, b, W, K, na, nb, store); });
-  }
-  if ((end - done) % 2 == 1) {  // an odd row out
-    const int64_t n = end - 1;
-    for (int64_t b = 0; b < B; ++b) store(b, n, dot(W + n * K, x + b * K, K));
-  }
+  const int R = tile_rows == kTileAuto ? auto_tile_rows(B) : tile_rows;
+  int64_t done = begin;
+  if (R == 3) done = tile_rows_of<3>(x, B, W, m.K, done, end, store);
+  if (R >= 2) done = tile_rows_of<2>(x, B, W, m.K, done, end, store);
+  tile_rows_of<1>(x, B, W, m.K, done, end, store);
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -390,7 +373,7 @@ inline void matvec_rows_w8a8(const QuantizedRows& x, int64_t B, const Matrix& m,
   const int64_t half = (end - begin) / 2;
   for (int64_t i = 0; i < half; ++i) {
     const int64_t na = begin + i, nb = begin + half + i;
-    for_batch_chunks(B, [&](auto N, int64_t b) { pair_rows_w8a8<N>(x, b, m.i8, K, na, nb, store); });
+    for_batch_chunks<8>(B, [&](auto N, int64_t b) { pair_rows_w8a8<N>(x, b, m.i8, K, na, nb, store); });
   }
   if ((end - begin) % 2 == 1) {  // an odd row out
     const int64_t n = end - 1;
@@ -422,7 +405,7 @@ inline void matvec_rows(const float* x, int64_t B, const Matrix& m, float* y, in
 // fp32 on one thread here (2.4-4.6 GB/s, up to 1.6% of a batch-8 step), this 0.05 ms, in one
 // vectorized pass (and a second scan only when the row holds a NaN).
 inline int64_t argmax(const float* x, int64_t n) {
-  typedef int32_t IndexLanes __attribute__((vector_size(64)));
+  typedef int32_t IndexLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
   int64_t i = 0, best_index = 0;
   float best = -std::numeric_limits<float>::infinity();
   bool any_nan = false;
@@ -549,10 +532,10 @@ inline void attend_head(const float* q, const float* K, const float* V, const bo
   }
 }
 
-#if defined(__AVX512F__)
-// The same for head size 16 C, with the query and the output in registers:
-//  - scores 16 keys at a time: each key's C products sum into one vector, and sum_lanes16
-//    turns 16 such vectors into 16 scores (the scalar form reduces every key's dot alone);
+// The same for head size kLanes C, with the query and the output in registers:
+//  - scores kLanes keys at a time: each key's C products sum into one vector, and sum_lanes
+//    turns kLanes such vectors into kLanes scores (the scalar form reduces every key's dot
+//    alone);
 //  - the weighted sum of V rows accumulates in C registers and is scaled once at the end
 //    (the scalar form loads and stores o for every key).
 // Measured at batch 8, one thread, SmolLM2-135M (torch.profiler over 64 new tokens after a
@@ -567,16 +550,16 @@ inline void attend_head_tiled(const float* q, const float* K, const float* V, co
   for (int c = 0; c < C; ++c) qv[c] = load_lanes(q + c * kLanes) * scale;
   int64_t t = 0;
   for (; t + kLanes <= S; t += kLanes) {
-    Lanes partial[16];
+    Lanes partial[kLanes];
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < kLanes; ++i) {
       const float* k = K + (t + i) * hd;
       Lanes acc = qv[0] * load_lanes(k);
 #pragma GCC unroll 16
       for (int c = 1; c < C; ++c) acc += qv[c] * load_lanes(k + c * kLanes);
       partial[i] = acc;
     }
-    const Lanes sums = sum_lanes16(partial);
+    const Lanes sums = sum_lanes(partial);
     std::memcpy(scores + t, &sums, sizeof(sums));
   }
   for (; t < S; ++t) {
@@ -603,7 +586,6 @@ inline void attend_head_tiled(const float* q, const float* K, const float* V, co
     std::memcpy(o + c * kLanes, &r, sizeof(r));
   }
 }
-#endif
 
 // One query per (row, head) item in [begin, end) over the cached keys 0..slot of its K/V
 // head (grouped-query: query heads h share K/V head h / (H / KV), nothing is repeated).
@@ -621,16 +603,14 @@ inline void attend_items(const float* qkv, const float* k_cache, const float* v_
     const float* V = v_cache + (b * s.KV + g) * s.capacity * s.hd;
     const bool* valid = key_valid + b * s.capacity;
     float* o = out + b * s.H * s.hd + h * s.hd;
-#if defined(__AVX512F__)
     if (s.hd == 64) {
-      attend_head_tiled<4>(q, K, V, valid, S, scale, scores, o);
+      attend_head_tiled<64 / kLanes>(q, K, V, valid, S, scale, scores, o);
       continue;
     }
     if (s.hd == 128) {
-      attend_head_tiled<8>(q, K, V, valid, S, scale, scores, o);
+      attend_head_tiled<128 / kLanes>(q, K, V, valid, S, scale, scores, o);
       continue;
     }
-#endif
     attend_head(q, K, V, valid, S, s.hd, scale, scores, o);
   }
 }
