@@ -109,3 +109,33 @@ def test_kernels_compute_right_without_avx512(tmp_path, march):
     assert build.returncode == 0, build.stderr[-2000:]
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+W8A8_USE = r"""
+#if !LMPROF_HAS_W8A8
+#error W8A8 not compiled in
+#endif
+void w8a8_use(const float* x, int64_t B, const Matrix& m, float* y) {  // instantiates the W8A8 templates
+  QuantizedRows q;
+  q.fill(x, B, m.K);
+  matvec_rows_w8a8(q, B, m, y, m.N, false, 0, m.N);
+}
+"""
+
+
+def test_kernels_build_for_avx512_vnni_where_this_cpu_cannot_run_them(tmp_path):
+    """The AVX-512 forms (16 lanes, the shuffle-tree reduction, W8A8 with vpdpbusd) compile on
+    any x86 machine, so an AVX2 machine's test run still catches a change that breaks them;
+    whether they compute right is checked where the CPU runs them (test_engine_native.py)."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs an x86 C++ compiler")
+    source = tmp_path / "check.cpp"
+    source.write_text(CHECK + W8A8_USE)
+    build = subprocess.run(
+        [compiler, "-O2", "-march=icelake-server", "-fopenmp", "-Wno-psabi", "-Wno-unknown-pragmas",
+         f"-I{SOURCE.parent}", "-c", str(source), "-o", str(tmp_path / "check.o")],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
