@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8-activations",
         action="store_true",
-        help="with --engine lmprof --int8 --native: quantize activation rows to int8 too (W8A8, AVX512-VNNI)",
+        help="with --engine lmprof --int8 --native: quantize activation rows to int8 too (W8A8; AVX2 or AVX512-VNNI)",
     )
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument(

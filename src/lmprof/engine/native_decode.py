@@ -41,7 +41,8 @@ def check_native_decode(model: torch.nn.Module) -> None:
 
         if not cpu_has_w8a8():
             raise UsageError(
-                "int8_activations needs a CPU with AVX512-VNNI; drop it (int8 weight-only still runs)"
+                "int8_activations needs an x86 CPU with AVX2 or AVX512-VNNI; drop it "
+                "(int8 weight-only still runs)"
             )
 
 

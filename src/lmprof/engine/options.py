@@ -37,7 +37,7 @@ class EngineOptions:
     column_major: bool = False  # float linear weights stored [in, out]: faster batch-1 matmuls on CPU
     huge_pages: bool = False  # weights moved onto 2 MiB transparent huge pages (Linux, CPU)
     # W8A8 in the native step: each activation row quantized to int8 (per row, every product),
-    # integer products by AVX512-VNNI; needs int8 and native_decode (prefill stays weight-only)
+    # integer products (AVX512-VNNI or AVX2); needs int8 and native_decode (prefill stays weight-only)
     int8_activations: bool = False
     # run time
     attention: AttentionMode = "sdpa"  # "naive": explicit matmul + softmax

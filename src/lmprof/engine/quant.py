@@ -23,7 +23,8 @@ def quantize_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
     """weight [out, in] float -> (int8 [out, in], scales [out]) with weight ~= int8 * scales[:, None]."""
     w = weight.float()
     scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [out]
-    w_int8 = torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    # [-127, 127]: symmetric, and the AVX2 W8A8 kernel's sign trick cannot negate -128
+    w_int8 = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
     return w_int8, scales.to(SCALE_DTYPE)
 
 

@@ -44,9 +44,10 @@ def _cpu_fingerprint() -> str:
 
 
 def cpu_has_w8a8() -> bool:
-    """Whether this CPU has what the W8A8 products need (AVX512-VNNI and AVX512BW; Linux)."""
+    """Whether this CPU has what the W8A8 products need: AVX512-VNNI with AVX512BW, or AVX2
+    (kernels.h has a form for each; read off /proc/cpuinfo, so Linux only)."""
     flags = set(_cpu_fingerprint().replace("\n", " ").split())
-    return {"avx512_vnni", "avx512bw"} <= flags
+    return {"avx512_vnni", "avx512bw"} <= flags or "avx2" in flags
 
 
 def build_key() -> str:

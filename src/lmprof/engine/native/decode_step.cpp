@@ -67,7 +67,7 @@ Matrix matrix(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor
     m.scales = scales.data_ptr<float>();
     if (scales.numel() == 2 * m.N) {
       TORCH_CHECK(LMPROF_HAS_W8A8, "lmprof_native: ", what,
-                  ": W8A8 needs a CPU with AVX512-VNNI (this build has none); use int8 weight-only");
+                  ": W8A8 needs a CPU with AVX2 or AVX512-VNNI (this build has neither); use int8 weight-only");
       m.row_sums = m.scales + m.N;
     }
   }

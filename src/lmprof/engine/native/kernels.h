@@ -275,21 +275,40 @@ inline void matvec_rows_of(const float* x, int64_t B, const T* W, const Matrix& 
   tile_rows_of<1>(x, B, W, m.K, done, end, store);
 }
 
+// W8A8 (int8 weights and activations, products in integers) in one of two forms:
+//  - AVX512-VNNI: vpdpbusd multiplies unsigned by signed bytes, 64 a instruction, into int32.
+//    Activations are stored +128 as uint8; the +128 comes back out through the weights' row
+//    sums (Matrix::row_sums).
+//  - AVX2: vpmaddubsw multiplies unsigned by signed bytes into int16 pairs, which saturate
+//    unless both factors stay within 127 (255 x 127 x 2 overflows). So activations stay
+//    signed, and each product is |x| times w with x's sign (vpsignb), llama.cpp's q8_0 trick;
+//    weights must lie in [-127, 127] (quantize_per_channel's range). On Zen 3 one step's
+//    products at batch 1 ran 1.73-1.82x faster than the int8 weight-only kernel (a harness
+//    over these shapes), which converts every weight to float for an FMA.
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define LMPROF_HAS_W8A8 1
+#define LMPROF_W8A8_VNNI 1
+constexpr int32_t kActivationOffset = 128;
+#elif defined(__AVX2__)
+#define LMPROF_HAS_W8A8 1
+#define LMPROF_W8A8_VNNI 0
+constexpr int32_t kActivationOffset = 0;
 #else
 #define LMPROF_HAS_W8A8 0
+#define LMPROF_W8A8_VNNI 0
+constexpr int32_t kActivationOffset = 0;
 #endif
 
 // Activation rows quantized for W8A8: per row b, x_scale[b] = max|x[b]| / 127 and
-// q[b, k] = round(x[b, k] / x_scale[b]) + 128 as uint8 (vpdpbusd multiplies unsigned by
-// signed bytes; the +128 comes back out through the weights' row sums). Each thread fills its
-// own copy before a stage's products: B x K bytes, far less than one weight row per thread.
+// q[b, k] = round(x[b, k] / x_scale[b]) + kActivationOffset, as bytes (uint8 for VNNI, int8
+// otherwise). Each thread fills its own copy before a stage's products: B x K bytes, far
+// less than one weight row per thread.
 struct QuantizedRows {
   std::vector<uint8_t> q;  // [B, K]
   std::vector<float> x_scale;  // [B]
 
   void fill(const float* x, int64_t B, int64_t K) {
+    constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to even (see fast_exp)
     q.resize(B * K);
     x_scale.resize(B);
     for (int64_t b = 0; b < B; ++b) {
@@ -308,15 +327,22 @@ struct QuantizedRows {
       for (; k + kLanes <= K; k += kLanes) {
         const __m512i rounded = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + k), inv_lanes));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + k),
-                         _mm512_cvtepi32_epi8(_mm512_add_epi32(rounded, _mm512_set1_epi32(128))));
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(rounded, _mm512_set1_epi32(kActivationOffset))));
       }
 #endif
-      for (; k < K; ++k) qb[k] = uint8_t(int(std::nearbyint(xb[k] * inv)) + 128);
+#pragma omp simd
+      for (int64_t kk = k; kk < K; ++kk)
+        qb[kk] = uint8_t(int32_t((xb[kk] * inv + kRound) - kRound) + kActivationOffset);
     }
   }
 };
 
-#if LMPROF_HAS_W8A8
+// A quantized activation as QuantizedRows stores it: uint8 (offset) for VNNI, else int8.
+inline int32_t stored_activation(uint8_t v) {
+  return kActivationOffset ? int32_t(v) : int32_t(int8_t(v));
+}
+
+#if LMPROF_W8A8_VNNI
 // Two int8 weight rows against N quantized activation rows: 64 products per vpdpbusd, so the
 // product runs at memory speed where the float form of int8 (convert, then FMA) is bound by
 // its arithmetic (benchmarks/quant_kernels.py: 1.35-1.43x on one core here).
@@ -346,6 +372,47 @@ inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb
     }
 }
 
+#elif LMPROF_HAS_W8A8
+inline int32_t sum_int32_lanes(__m256i v) {
+  const __m128i quads = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  const __m128i pairs = _mm_add_epi32(quads, _mm_shuffle_epi32(quads, 0x4E));
+  return _mm_cvtsi128_si32(_mm_add_epi32(pairs, _mm_shuffle_epi32(pairs, 0xB1)));
+}
+
+// The same with AVX2 (see kActivationOffset): per 32 products one vpsignb, one vpmaddubsw
+// (int16 pairs) and one vpmaddwd (int32 quads) per row. 2 x 4 tiles: 8 accumulators, 2 weight
+// vectors, |x| and the signed weights in 13 of the 16 registers.
+template <int N>
+inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb, const uint8_t* const q[N],
+                        int64_t K, int32_t out[2 * N]) {
+  __m256i acc_a[N], acc_b[N];
+  for (int j = 0; j < N; ++j) acc_a[j] = acc_b[j] = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi16(1);
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wa + k));
+    const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + k));
+#pragma GCC unroll 8
+    for (int j = 0; j < N; ++j) {
+      const __m256i qj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[j] + k));
+      const __m256i magnitude = _mm256_sign_epi8(qj, qj);
+      acc_a[j] = _mm256_add_epi32(acc_a[j], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(va, qj)), ones));
+      acc_b[j] = _mm256_add_epi32(acc_b[j], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(vb, qj)), ones));
+    }
+  }
+  for (int j = 0; j < N; ++j) {
+    out[2 * j] = sum_int32_lanes(acc_a[j]);
+    out[2 * j + 1] = sum_int32_lanes(acc_b[j]);
+  }
+  for (; k < K; ++k)
+    for (int j = 0; j < N; ++j) {
+      out[2 * j] += stored_activation(q[j][k]) * wa[k];
+      out[2 * j + 1] += stored_activation(q[j][k]) * wb[k];
+    }
+}
+#endif
+
+#if LMPROF_HAS_W8A8
 template <int N, typename Store>
 inline void pair_rows_w8a8(const QuantizedRows& x, int64_t b, const int8_t* W, int64_t K, int64_t na, int64_t nb,
                            Store& store) {
@@ -364,8 +431,8 @@ inline void matvec_rows_w8a8(const QuantizedRows& x, int64_t B, const Matrix& m,
                              bool accumulate, int64_t begin, int64_t end) {
   const int64_t K = m.K;
   auto store = [&](int64_t b, int64_t n, int32_t dot_value) {
-    // (x_q + 128) . w = x_q . w + 128 sum(w)
-    float v = (float(dot_value) - 128.f * m.row_sums[n]) * x.x_scale[b] * m.scales[n];
+    // (x_q + offset) . w = x_q . w + offset sum(w)
+    float v = (float(dot_value) - float(kActivationOffset) * m.row_sums[n]) * x.x_scale[b] * m.scales[n];
     if (m.bias) v += m.bias[n];
     float& out = y[b * y_stride + n];
     out = accumulate ? out + v : v;
@@ -373,14 +440,16 @@ inline void matvec_rows_w8a8(const QuantizedRows& x, int64_t B, const Matrix& m,
   const int64_t half = (end - begin) / 2;
   for (int64_t i = 0; i < half; ++i) {
     const int64_t na = begin + i, nb = begin + half + i;
-    for_batch_chunks<8>(B, [&](auto N, int64_t b) { pair_rows_w8a8<N>(x, b, m.i8, K, na, nb, store); });
+    for_batch_chunks<LMPROF_W8A8_VNNI ? 8 : 4>(B, [&](auto N, int64_t b) {
+      pair_rows_w8a8<N>(x, b, m.i8, K, na, nb, store);
+    });
   }
   if ((end - begin) % 2 == 1) {  // an odd row out
     const int64_t n = end - 1;
     for (int64_t b = 0; b < B; ++b) {
       int32_t d = 0;
       const uint8_t* qb = x.q.data() + b * K;
-      for (int64_t k = 0; k < K; ++k) d += int32_t(qb[k]) * m.i8[n * K + k];
+      for (int64_t k = 0; k < K; ++k) d += stored_activation(qb[k]) * m.i8[n * K + k];
       store(b, n, d);
     }
   }
