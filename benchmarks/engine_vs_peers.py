@@ -17,7 +17,7 @@ from the model's own tokenizer), 128 new tokens, greedy, no early stop:
   engine int8            int8 weight-only, native decode step
   engine int8 torch ops  int8 weight-only through torch's int8 kernel (bf16 activations)
   engine int8 W8A8       int8 weights and, in the native step, activations quantized per row
-                         to int8 (AVX512-VNNI products); skipped on CPUs without VNNI
+                         to int8 (AVX512-VNNI or AVX2 integer products); skipped elsewhere
   engine fp32 batch 8    eight prompts at once, native decode step, throughput over all rows
 
 Decode tokens/s counts tokens after the first (prefill excluded). int8 agreement is
@@ -179,6 +179,19 @@ def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> t
     return run, f"llama-cpp-python {llama_cpp.__version__}"
 
 
+STEAL_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def steal_share(before, after) -> float | None:
+    """The share of CPU time between two psutil.cpu_times() readings that the hypervisor gave
+    to other guests (Linux's steal counter): how much of a slow round was the host's doing.
+    None where the counter does not exist (not Linux, or no hypervisor accounting)."""
+    if not hasattr(before, "steal"):
+        return None
+    total = sum(getattr(after, f) - getattr(before, f) for f in STEAL_FIELDS)
+    return (after.steal - before.steal) / total if total > 0 else None
+
+
 def read_probe_gbps(repeats: int = 3) -> float:
     """The best read bandwidth of `sysinfo --measure`'s CPU read-only probes (a sum over
     256 MiB from 4 KiB pages and from huge pages, the native fp32 matvec over 128 MiB), best of
@@ -281,15 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     tokens: dict[str, list[int]] = {}
     round_read_gbps: list[float] = []
+    round_steal: list[float | None] = []
+    times_start = psutil.cpu_times()
     for _ in range(args.rounds):
         for name, run in contenders.items():
             before_gbps = read_probe_gbps() if name == "engine fp32" else 0.0
+            times_before = psutil.cpu_times()
             rate, out = run(args.new_tokens)
+            if name == "engine fp32":
+                round_steal.append(steal_share(times_before, psutil.cpu_times()))
             rates[name].append(rate)
             tokens[name] = out
             if name == "engine fp32":  # the bandwidth of the moments around the engine's run
                 round_read_gbps.append(max(before_gbps, read_probe_gbps()))
 
+    run_steal = steal_share(times_start, psutil.cpu_times())
     system = collect_system_info(torch)
     load_end = list(psutil.getloadavg())
     fp32_bytes = cost.decode_weight_bytes(config, "float32")
@@ -330,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine {cpu['model']}, {cpu['physical_cores']} cores / {cpu['logical_cores']} threads, "
           f"torch {system['packages']['torch']}, transformers {system['packages']['transformers']}")  # fmt: skip
     print(f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; threads {threads}")
+    if run_steal is not None:
+        print(f"CPU time stolen by the hypervisor: {run_steal:.1%} over the rounds; during each engine fp32 run "
+              f"{', '.join(f'{v:.1%}' for v in round_steal if v is not None)}")  # fmt: skip
     print(f"model {folder.name}: {cost.param_count(config) / 1e6:.1f} M params, fp32 weights "
           f"{fp32_bytes / 1e6:.0f} MB; prompt {args.prompt_len}, new tokens {args.new_tokens}, rounds {args.rounds}")  # fmt: skip
     print(
@@ -365,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"    free-running: {free_running:.1%} of positions equal, the first {prefix} tokens identical")
     if w8a8_agreement is None:
-        print("  W8A8: skipped (this CPU has no AVX512-VNNI)")
+        print("  W8A8: skipped (this CPU has neither AVX2 nor AVX512-VNNI)")
     else:
         print(
             f"  {'W8A8 greedy agreement with fp32':<38} {w8a8_agreement:6.1%}   (teacher-forced; no target)"
@@ -385,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             "paired_floor_share": paired_floor_share, "round_read_gbps": round_read_gbps,
             "best_step_floor_share": best_step_floor_share, "engine_fp32_step_ms": step_ms,
             "int8_agreement": agreement, "int8_free_running_agreement": free_running, "int8_common_prefix": prefix,
-            "w8a8_agreement": w8a8_agreement,
+            "w8a8_agreement": w8a8_agreement, "steal_share": run_steal, "engine_fp32_round_steal": round_steal,
             "llama_cpp": llama_note, "huge_pages": huge_note, "system": system,
         }, indent=1))  # fmt: skip
     return 0
