@@ -27,7 +27,7 @@ round (both contenders saw the same machine load), and the median over rounds is
 next to its target. The floor is fp32 weight bytes over the best read bandwidth that
 `lmprof sysinfo --measure` found at the same thread count (cached probes; measured if none).
 Beside that share the script prints two more: against the same read-only probes (sums from
-4 KiB and from huge pages, the native fp32 matvec) run right before and right after the
+4 KiB and from huge pages, the native fp32 matvec from either) run right before and right after the
 engine fp32 contender in every round, and the fastest engine decode step of all rounds
 against the sysinfo floor (best against best). Every engine row but "4K pages" keeps its
 weights on huge pages.
@@ -194,11 +194,17 @@ def steal_share(before, after) -> float | None:
 
 def read_probe_gbps(repeats: int = 3) -> float:
     """The best read bandwidth of `sysinfo --measure`'s CPU read-only probes (a sum over
-    256 MiB from 4 KiB pages and from huge pages, the native fp32 matvec over 128 MiB), best of
-    `repeats` each, GB/s. torch's matvec probes are left out: in every sysinfo run here they
-    read no faster than these, and its fp16 column-major one takes seconds."""
+    256 MiB from 4 KiB pages and from huge pages, the native fp32 matvec over 128 MiB from
+    either), best of `repeats` each, GB/s. torch's matvec probes are left out: in every
+    sysinfo run here they read no faster than these, and its fp16 column-major one takes
+    seconds."""
     sizes = replace(ProbeSizes.for_device("cpu"), repeats=repeats)
-    probes = [probe_read("cpu", sizes), probe_read_huge_pages(sizes), probe_native_matvec("float32", sizes)]
+    probes = [
+        probe_read("cpu", sizes),
+        probe_read_huge_pages(sizes),
+        probe_native_matvec("float32", sizes),
+        probe_native_matvec("float32", sizes, huge_pages=True),
+    ]
     return best_read_gbps(probes, "cpu")
 
 

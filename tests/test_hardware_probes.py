@@ -21,6 +21,7 @@ from lmprof.collect.hardware_probes import (
     probe_device,
     repeat_op,
 )
+from lmprof.huge_pages import thp_mode
 from lmprof.probe_cache import cache_path, machine_key, measured_hardware, save_probes
 from lmprof.render.probes_view import render_probes
 
@@ -57,6 +58,12 @@ def test_every_probe_measures_positive_finite_rates():
     assert set(native) == {"float32", "int8"} and all(p.skipped is None for p in native.values())
     n, k = native["int8"].shape
     assert native["int8"].bytes_per_repeat == n * k  # one byte a weight
+    huge = next(p for p in probes if p.name == "matvec_native_huge_pages")
+    assert huge.dtype == "float32" and huge.shape == native["float32"].shape
+    if thp_mode() in ("always", "madvise"):
+        assert huge.skipped is None and huge.best_gbps > 0
+    else:
+        assert huge.skipped  # says why
 
 
 def test_matmul_probe_shrinks_when_one_product_is_too_slow():

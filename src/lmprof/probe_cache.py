@@ -19,7 +19,8 @@ from lmprof.collect.hardware_probes import HardwareProbes, ProbeSizes, measure_h
 from lmprof.models import cache_root
 from lmprof.record import write_atomic
 
-CACHE_FORMAT = 2  # 2: the CPU read probe from huge pages joined the set
+# 2: the CPU read probe from huge pages joined the set; 3: the native matvec from huge pages
+CACHE_FORMAT = 3
 
 
 def machine_key(threads: int, devices: list[str] | None = None) -> dict[str, Any]:

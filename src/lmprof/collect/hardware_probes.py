@@ -272,18 +272,22 @@ def probe_matvec(
 
 
 def probe_native_matvec(
-    dtype: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter
+    dtype: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter, huge_pages: bool = False
 ) -> ProbeResult:
     """The product lmprof's native decode step runs (float32, or int8 weight-only with fp32
     scales), on the CPU: the kernel's own streaming rate beside torch's `F.linear`. Builds the
-    kernels on first use; skipped, with the reason, where they cannot be built."""
+    kernels on first use; skipped, with the reason, where they cannot be built.
+
+    huge_pages (float32): the weight on 2 MiB huge pages, as the engine keeps its weights with
+    `huge_pages=True`. Without it the floor's probes read slower than the engine itself did:
+    on a 2-core Zen 3, one thread, the engine's fastest decode step streamed 17.7 GB/s against
+    a best probe of 15.2 (benchmarks/RESULTS.md, session 5)."""
     from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
 
     elt = 1 if dtype == "int8" else 4
     n, k = _matvec_shape(sizes, elt)
-    result = ProbeResult(
-        "matvec_native", "matvec", "cpu", dtype, [n, k], n * k * elt, 2 * n * k, timing="host_clock"
-    )
+    name = "matvec_native_huge_pages" if huge_pages else "matvec_native"
+    result = ProbeResult(name, "matvec", "cpu", dtype, [n, k], n * k * elt, 2 * n * k, timing="host_clock")
     try:
         ops = load_native_ops()
     except NativeKernelsUnavailable as error:
@@ -298,6 +302,17 @@ def probe_native_matvec(
             return ops.linear(x, w, None, scales)
     else:
         w = torch.randn(n, k)
+        if huge_pages:
+            from lmprof.huge_pages import HugePagesUnavailable, huge_page_buffer, huge_page_bytes
+
+            try:
+                w = huge_page_buffer(n * k * 4).view(torch.float32).view(n, k).copy_(w)
+            except HugePagesUnavailable as error:
+                result.skipped = str(error)
+                return result
+            if huge_page_bytes(w) == 0:
+                result.skipped = "the kernel granted no huge pages (memory too fragmented?)"
+                return result
 
         def op() -> Any:
             return ops.linear(x, w)
@@ -380,7 +395,8 @@ def probe_device(
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[ProbeResult]:
     """Every probe on one device: read (on the CPU also from huge pages), copy, matvec (both layouts) and matmul per dtype,
-    on the CPU lmprof's native matvec (fp32 and int8), and on CUDA the host-to-device copies."""
+    on the CPU lmprof's native matvec (fp32 and int8, and fp32 from huge pages), and on CUDA the
+    host-to-device copies."""
     sizes = sizes or ProbeSizes.for_device(device)
     results = [probe_read(device, sizes, clock)]
     if device == "cpu":
@@ -392,6 +408,7 @@ def probe_device(
         results.append(probe_matmul(device, dtype, sizes, clock))
     if device == "cpu":
         results += [probe_native_matvec(dtype, sizes, clock) for dtype in ("float32", "int8")]
+        results.append(probe_native_matvec("float32", sizes, clock, huge_pages=True))
     if device.startswith("cuda"):
         results.append(probe_host_to_device(device, pinned=True, sizes=sizes, clock=clock))
         results.append(probe_host_to_device(device, pinned=False, sizes=sizes, clock=clock))
