@@ -23,7 +23,7 @@ PROBE_LABELS = {
     "matvec": "matvec W[out,in]",
     "matvec_column_major": "matvec W[in,out]",
     "matvec_native": "matvec lmprof native",
-    "matvec_native_huge_pages": "matvec native, huge pages",
+    "matvec_native_huge_pages": "matvec native (huge)",
     "matmul": "matmul n³",
     "h2d_pinned": "to device, pinned",
     "h2d_pageable": "to device, pageable",
