@@ -118,6 +118,15 @@ def test_plan_keeps_unrunnable_rows_with_a_reason():
     assert rows["int4"].skip_reason and rows["threads"].options == {"threads": 1}
     assert rows["chunked-prefill"].options == {"prefill_chunk_size": 8}
     assert rows["batch-8"].batch == 8
+    assert rows["w8a8"].options == {"int8": True, "native_decode": True, "int8_activations": True}
+    assert rows["w8a8"].skip_reason is None
+    no_native = {r.name: r for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32,
+                                              native_unavailable="no compiler", w8a8_unavailable="no AVX2")}  # fmt: skip
+    assert no_native["native"].skip_reason == no_native["w8a8"].skip_reason == "no compiler"
+    no_vnni = {
+        r.name: r for r in plan_rows(threads=2, logical_cores=2, prompt_tokens=32, w8a8_unavailable="no AVX2")
+    }
+    assert no_vnni["w8a8"].skip_reason == "no AVX2" and no_vnni["native"].skip_reason is None
     with_compile = {
         r.name: r for r in plan_rows(threads=1, logical_cores=1, prompt_tokens=32, compile_decode=True)
     }
@@ -151,6 +160,13 @@ def test_best_combination_merges_winners_and_drops_conflicts():
     mixed = best_combination(rows, {"engine": 10.0, "fp16": 28.0, "native": 25.0, "int8": 20.0})
     assert mixed.combines == ["native", "int8"]
     assert mixed.options == {"native_decode": True, "int8": True}
+    # W8A8 carries int8 weights and the native step: it combines with neither row, but with huge
+    # pages (6 x 1.15 beats native x int8 x huge pages, 2.5 x 2 x 1.15).
+    w8a8 = best_combination(
+        rows, {"engine": 10.0, "native": 25.0, "int8": 20.0, "w8a8": 60.0, "huge-pages": 11.5}
+    )
+    assert w8a8.combines == ["w8a8", "huge-pages"]
+    assert w8a8.options == {"int8": True, "native_decode": True, "int8_activations": True, "huge_pages": True}
     none = best_combination(rows, {"engine": 10.0, "int8": 9.0, "fused": 10.4})
     assert none.skip_reason == "no switch beat the engine row by 10%"
 

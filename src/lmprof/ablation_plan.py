@@ -76,12 +76,14 @@ def plan_rows(
     unrunnable_dtypes: Mapping[str, str] | None = None,
     native_unavailable: str | None = None,
     huge_pages_unavailable: str | None = None,
+    w8a8_unavailable: str | None = None,
 ) -> list[AblationRow]:
     """Every row, in table order, the best combination excepted (it depends on measurements).
 
     unrunnable_dtypes: dtype -> why it has no kernels here (from the hardware probes).
     native_unavailable: why lmprof's C++ decode kernels cannot run here, if they cannot.
     huge_pages_unavailable: why weights cannot go on transparent huge pages here, if they cannot.
+    w8a8_unavailable: why the native step cannot quantize activations here (no AVX2 or VNNI).
     """
     unrunnable = dict(unrunnable_dtypes or {})
     chunk = max(1, prompt_tokens // 4)
@@ -116,6 +118,14 @@ def plan_rows(
             skip_reason=huge_pages_unavailable,
         ),
         AblationRow("int8", "int8 weight-only", "engine", {"int8": True}),
+        AblationRow(
+            # W8A8 exists only inside the native step, so the row carries it (and int8 weights)
+            "w8a8",
+            "int8 weights + activations (native)",
+            "engine",
+            {"int8": True, "native_decode": True, "int8_activations": True},
+            skip_reason=native_unavailable or w8a8_unavailable,
+        ),
         AblationRow(
             "int4", "int4 weight-only", "engine", skip_reason="the engine has no int4 path (int8 only)"
         ),

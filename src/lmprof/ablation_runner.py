@@ -141,6 +141,7 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
         unrunnable_dtypes=_unrunnable_dtypes(probes.probes, probe_device),
         native_unavailable=_native_unavailable(req.device),
         huge_pages_unavailable=_huge_pages_unavailable(req.device),
+        w8a8_unavailable=_w8a8_unavailable(req.device),
     )
     if config_error:  # the engine cannot read this model: say so on every engine row
         planned = [r if r.runner != "engine" else _skipped(r, config_error) for r in planned]
@@ -254,6 +255,14 @@ def _native_unavailable(device: str) -> str | None:
     from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
 
     return _cpu_check_fails(device, "lmprof's native kernels run", load_native_ops, NativeKernelsUnavailable)
+
+
+def _w8a8_unavailable(device: str) -> str | None:
+    from lmprof.engine.native import cpu_has_w8a8
+
+    if device != "cpu":
+        return "W8A8 runs in the native step, on the CPU only"
+    return None if cpu_has_w8a8() else "this CPU has neither AVX2 nor AVX512-VNNI (W8A8's integer products)"
 
 
 def _huge_pages_unavailable(device: str) -> str | None:
