@@ -209,7 +209,7 @@ def profiled_generate(
     """
     import torch
 
-    from lmprof.engine.generate import StepTimer, decode_step, left_pad, prefill, sample, torch_threads
+    from lmprof.engine.generate import StepTimer, left_pad, run_steps, torch_threads
 
     if max_new_tokens < 1:
         raise UsageError(f"max_new_tokens must be positive, got {max_new_tokens}")
@@ -229,41 +229,26 @@ def profiled_generate(
         timer = StepTimer(device)
         if tracer is not None:
             tracer.start()
-        with session.phase("prefill", chunk_size=options.prefill_chunk_size):
-            if tracer is not None:
-                tracer.mark_step(0)
-            timer.start()
-            logits = prefill(model, state, tokens, valid, options.prefill_chunk_size)
-            next_tokens = sample(logits, temperature, top_k, native=options.native_decode)
-            finished = torch.isin(next_tokens, eos)
-            timer.stop()
-        out = [next_tokens]
-        if max_new_tokens > 1:
-            with session.phase("decode", compiled=options.compile_decode, kv_cache=options.kv_cache):
-                for step in range(1, max_new_tokens):
-                    if bool(finished.all()):
-                        break
-                    if tracer is not None:
-                        tracer.mark_step(step)
-                        kv_samples.append((session.now_s(), kv_cache_bytes(state)))
-                    timer.start()
-                    logits = decode_step(
-                        model,
-                        state,
-                        next_tokens,
-                        compiled=options.compile_decode,
-                        native=options.native_decode,
-                    )
-                    next_tokens = sample(logits, temperature, top_k, native=options.native_decode)
-                    next_tokens = torch.where(finished, pad_token_id, next_tokens)
-                    finished = finished | torch.isin(next_tokens, eos)
-                    timer.stop()
-                    out.append(next_tokens)
+
+        def mark(step: int) -> None:  # --deep: the step's bounds, and the KV cache before each decode step
+            tracer.mark_step(step)
+            if step > 0:
+                kv_samples.append((session.now_s(), kv_cache_bytes(state)))
+
+        new_tokens, _ = run_steps(
+            model, state, tokens, valid, max_new_tokens, options, timer,
+            eos=eos, pad_token_id=pad_token_id, temperature=temperature, top_k=top_k,
+            prefill_scope=lambda: session.phase("prefill", chunk_size=options.prefill_chunk_size),
+            decode_scope=lambda: session.phase(
+                "decode", compiled=options.compile_decode, kv_cache=options.kv_cache
+            ),
+            before_step=mark if tracer is not None else None,
+        )  # fmt: skip
         step_s = timer.durations_s()
     if tracer is not None:  # lmprof's own cost, in a phase of its own
         with session.phase("lmprof_trace_export"):
             session.finish_deep_trace(tracer, kv_samples)
-    new_tokens = torch.stack(out, dim=1).cpu()  # [B, n]
+    new_tokens = new_tokens.cpu()  # [B, n]
     gen = _generation_record(session, batch, prompt_len, new_tokens.shape[1], step_s, device.type)
     gen.traced = tracer is not None
     return gen, new_tokens

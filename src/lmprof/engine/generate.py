@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -282,6 +282,61 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 @torch.inference_mode()
+def run_steps(
+    model: Transformer,
+    state: DecodeState,
+    tokens: Tensor,
+    valid: Tensor,
+    max_new_tokens: int,
+    options: EngineOptions,
+    timer: StepTimer,
+    *,
+    eos: Tensor,
+    pad_token_id: int = 0,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    prefill_scope: Callable[[], AbstractContextManager] = nullcontext,
+    decode_scope: Callable[[], AbstractContextManager] = nullcontext,
+    before_step: Callable[[int], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The generation loop: prefill and the first pick, then a decode step and a pick per new
+    token until `max_new_tokens` or every row has finished (a finished row takes padding).
+    Each (step + pick) is timed by `timer`. generate() and lmprof's profiled engine workload
+    both run this one loop; the profiler wraps prefill and decode in phases (the scopes; decode
+    is entered only when a step follows the prefill) and marks each step (before_step, with
+    the step index, 0 for the prefill) outside the timing.
+
+    Returns the new tokens [B, n] (on the model's device) and which rows finished [B].
+    """
+    with prefill_scope():
+        if before_step is not None:
+            before_step(0)
+        timer.start()
+        logits = prefill(model, state, tokens, valid, options.prefill_chunk_size)
+        next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
+        finished = torch.isin(next_tokens, eos)
+        timer.stop()
+    out = [next_tokens]
+    if max_new_tokens > 1:
+        with decode_scope():
+            for step in range(1, max_new_tokens):
+                if bool(finished.all()):
+                    break
+                if before_step is not None:
+                    before_step(step)
+                timer.start()
+                logits = decode_step(
+                    model, state, next_tokens, compiled=options.compile_decode, native=options.native_decode
+                )
+                next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
+                next_tokens = torch.where(finished, pad_token_id, next_tokens)
+                finished = finished | torch.isin(next_tokens, eos)
+                timer.stop()
+                out.append(next_tokens)
+    return torch.stack(out, dim=1), finished
+
+
 def generate(
     model: Transformer,
     prompts: list[list[int]] | Tensor,
@@ -327,27 +382,13 @@ def generate(
 
             load_native_ops()  # a first build (10-60 s) must not land inside the timed prefill
         timer = StepTimer(device, clock)
-        timer.start()
-        logits = prefill(model, state, tokens, valid, options.prefill_chunk_size)
-        next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
-        finished = torch.isin(next_tokens, eos)
-        timer.stop()
-        out = [next_tokens]
-        for _ in range(max_new_tokens - 1):
-            if bool(finished.all()):
-                break
-            timer.start()
-            logits = decode_step(
-                model, state, next_tokens, compiled=options.compile_decode, native=options.native_decode
-            )
-            next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
-            next_tokens = torch.where(finished, pad_token_id, next_tokens)
-            finished = finished | torch.isin(next_tokens, eos)
-            timer.stop()
-            out.append(next_tokens)
+        new_tokens, finished = run_steps(
+            model, state, tokens, valid, max_new_tokens, options, timer,
+            eos=eos, pad_token_id=pad_token_id, temperature=temperature, top_k=top_k, generator=generator,
+        )  # fmt: skip
         durations = timer.durations_s()
     return GenerationResult(
-        tokens=torch.stack(out, dim=1).cpu(),
+        tokens=new_tokens.cpu(),
         prompt_lens=valid.sum(dim=1).tolist(),
         prefill_s=durations[0],
         decode_step_s=durations[1:],
