@@ -189,6 +189,24 @@ def test_generation_stops_when_every_row_has_finished(model_dirs):
     assert stopped.tokens.shape == (1, 2) and len(stopped.decode_step_s) == 1
 
 
+def test_generate_builds_its_state_and_runs_under_inference_mode(model_dirs, monkeypatch):
+    # The KV cache and every step's tensors carry no autograd bookkeeping: generate() enters
+    # inference mode before it makes the decode state, not only around the loop.
+    import importlib
+
+    generate_module = importlib.import_module("lmprof.engine.generate")  # the package exports generate()
+    seen = []
+    make_state = generate_module.new_decode_state
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return make_state(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "new_decode_state", recording)
+    result = generate(load_hf_folder(model_dirs["llama-tied-bias"]), prompt(5), max_new_tokens=3)
+    assert seen == [True] and result.tokens.is_inference()
+
+
 def test_sampling_top_k_1_is_greedy_and_seeded_sampling_repeats(model_dirs):
     engine = load_hf_folder(model_dirs["qwen2"])
     greedy = generate(engine, prompt(5), max_new_tokens=10)

@@ -281,7 +281,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-@torch.inference_mode()
 def run_steps(
     model: Transformer,
     state: DecodeState,
@@ -308,6 +307,7 @@ def run_steps(
     the step index, 0 for the prefill) outside the timing.
 
     Returns the new tokens [B, n] (on the model's device) and which rows finished [B].
+    Callers enter torch.inference_mode() around the state and this loop.
     """
     with prefill_scope():
         if before_step is not None:
@@ -337,6 +337,7 @@ def run_steps(
     return torch.stack(out, dim=1), finished
 
 
+@torch.inference_mode()
 def generate(
     model: Transformer,
     prompts: list[list[int]] | Tensor,
