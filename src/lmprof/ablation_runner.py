@@ -260,9 +260,11 @@ def _native_unavailable(device: str) -> str | None:
 def _w8a8_unavailable(device: str) -> str | None:
     from lmprof.engine.native import cpu_has_w8a8
 
-    if device != "cpu":
-        return "W8A8 runs in the native step, on the CPU only"
-    return None if cpu_has_w8a8() else "this CPU has neither AVX2 nor AVX512-VNNI (W8A8's integer products)"
+    def check() -> None:
+        if not cpu_has_w8a8():
+            raise UsageError("this CPU has neither AVX2 nor AVX512-VNNI (W8A8's integer products)")
+
+    return _cpu_check_fails(device, "W8A8 runs in the native step", check, UsageError)
 
 
 def _huge_pages_unavailable(device: str) -> str | None:

@@ -11,6 +11,7 @@ known. Timing uses a host clock on CPU and CUDA events on CUDA. Nothing here pri
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -201,24 +202,34 @@ def _timed_sum(
     return result
 
 
+def _on_huge_pages(
+    shape: list[int], fill: Callable[[torch.Tensor], Any], result: ProbeResult
+) -> torch.Tensor | None:
+    """A float32 tensor of `shape` on 2 MiB transparent huge pages, filled in place by `fill`
+    (the first touch, where the kernel maps the pages), or None with `result.skipped` saying
+    why (the kernel offers none, or granted none)."""
+    from lmprof.huge_pages import HugePagesUnavailable, huge_page_buffer, huge_page_bytes
+
+    try:
+        placed = huge_page_buffer(math.prod(shape) * 4).view(torch.float32).view(shape)
+    except HugePagesUnavailable as error:
+        result.skipped = str(error)
+        return None
+    fill(placed)
+    if huge_page_bytes(placed) == 0:
+        result.skipped = "the kernel granted no huge pages (memory too fragmented?)"
+        return None
+    return placed
+
+
 def probe_read_huge_pages(sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
     """The read probe over memory on 2 MiB transparent huge pages (CPU): fewer TLB misses and
     prefetcher stops than 4 KiB pages, so often a higher read bandwidth. Skipped, with the
     reason, where the kernel offers no huge pages or granted none."""
-    from lmprof.huge_pages import HugePagesUnavailable, huge_page_buffer, huge_page_bytes
-
     n = sizes.read_bytes // 4
     result = ProbeResult("read_huge_pages", "read", "cpu", "float32", [n], n * 4, 0)
-    try:
-        x = huge_page_buffer(n * 4).view(torch.float32)
-    except HugePagesUnavailable as error:
-        result.skipped = str(error)
-        return result
-    x.fill_(1.0)
-    if huge_page_bytes(x) == 0:
-        result.skipped = "the kernel granted no huge pages (memory too fragmented?)"
-        return result
-    return _timed_sum(result, x, sizes, clock)
+    x = _on_huge_pages([n], lambda t: t.fill_(1.0), result)
+    return result if x is None else _timed_sum(result, x, sizes, clock)
 
 
 def probe_copy(device: str, sizes: ProbeSizes, clock: Callable[[], float] = time.perf_counter) -> ProbeResult:
@@ -301,18 +312,9 @@ def probe_native_matvec(
         def op() -> Any:
             return ops.linear(x, w, None, scales)
     else:
-        w = torch.randn(n, k)
-        if huge_pages:
-            from lmprof.huge_pages import HugePagesUnavailable, huge_page_buffer, huge_page_bytes
-
-            try:
-                w = huge_page_buffer(n * k * 4).view(torch.float32).view(n, k).copy_(w)
-            except HugePagesUnavailable as error:
-                result.skipped = str(error)
-                return result
-            if huge_page_bytes(w) == 0:
-                result.skipped = "the kernel granted no huge pages (memory too fragmented?)"
-                return result
+        w = _on_huge_pages([n, k], torch.Tensor.normal_, result) if huge_pages else torch.randn(n, k)
+        if w is None:
+            return result
 
         def op() -> Any:
             return ops.linear(x, w)
