@@ -30,7 +30,7 @@ if none) or the same probes run in this script's rounds, whichever read faster.
 Beside that share the script prints two more: against the same read-only probes (sums from
 4 KiB and from huge pages, the native fp32 matvec from either) run right before and right after the
 engine fp32 contender in every round, and the fastest engine decode step of all rounds
-against the sysinfo floor (best against best). Every engine row but "4K pages" keeps its
+against the floor (best against best). Every engine row but "4K pages" keeps its
 weights on huge pages.
 Threads default to the cores idle right now: on a shared machine, more threads than free
 cores make every contender collapse.
@@ -308,11 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             before_gbps = read_probe_gbps() if name == "engine fp32" else 0.0
             times_before = psutil.cpu_times()
             rate, out = run(args.new_tokens)
-            if name == "engine fp32":
-                round_steal.append(steal_share(times_before, psutil.cpu_times()))
             rates[name].append(rate)
             tokens[name] = out
-            if name == "engine fp32":  # the bandwidth of the moments around the engine's run
+            if name == "engine fp32":  # the host's share and bandwidth of the moments around the run
+                round_steal.append(steal_share(times_before, psutil.cpu_times()))
                 round_read_gbps.append(max(before_gbps, read_probe_gbps()))
 
     run_steal = steal_share(times_start, psutil.cpu_times())

@@ -12,8 +12,8 @@ machine.
 
 Every tile is kernels.h's dot_rows<R, N>: R weight rows against N activation rows at once.
 Singles (tile_rows=1) take up to 8 activation rows; pairs (2) and triples (3) up to 8 with
-AVX-512 and 4 with AVX2 (register room). The decode step picks triples at batch 8 and above
-with AVX-512, pairs otherwise (auto_tile_rows).
+AVX-512 and 4 with AVX2 (register room). The decode step picks triples from batch 8 with
+AVX-512 and from batch 4 with AVX2, pairs below (auto_tile_rows).
 """
 
 from __future__ import annotations

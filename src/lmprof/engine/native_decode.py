@@ -57,8 +57,9 @@ def _or_empty(tensor: Tensor | None) -> Tensor:
 def native_scales(linear: torch.nn.Module, w8a8: bool = False) -> Tensor:
     """The fp32 scales the native kernel reads for an int8 layer (it keeps bf16 ones for torch's
     int8 kernel; a few KB), empty for a float one. For W8A8 the weight rows' sums follow
-    ([2, out]: the kernel's +128 activation offset comes back out through them); they read
-    every weight, so they are made once and cached on the layer."""
+    ([2, out], the shape that tells the kernel W8A8: VNNI's +128 activation offset comes back
+    out through them; the AVX2 form keeps activations signed and does not read them); they
+    read every weight, so they are made once and cached on the layer."""
     if not isinstance(linear, Int8Linear):
         return _EMPTY
     if not w8a8:
