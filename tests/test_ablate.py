@@ -216,10 +216,10 @@ def test_table_shows_figures_and_what_was_not_measured():
 
 
 def seed_probe_cache(cache_root, threads: int) -> None:
-    """A cache entry at the default sizes, so the ablation does not spend ~10 s probing."""
+    """A cache entry at the sizes this machine probes, so the ablation does not spend ~10 s probing."""
     probes = HardwareProbes(
         measured_at="2026-11-25T00:00:00+00:00", threads=threads, torch_version="x",
-        sizes={"cpu": asdict(ProbeSizes())}, load_avg_start=[0, 0, 0], load_avg_end=[0, 0, 0], wall_s=1.0,
+        sizes={"cpu": asdict(ProbeSizes.for_device("cpu"))}, load_avg_start=[0, 0, 0], load_avg_end=[0, 0, 0], wall_s=1.0,
         probes=[ProbeResult("read", "read", "cpu", "float32", [1], 20 * 10**9, 0, [1.0])],
     )  # fmt: skip
     key = machine_key(threads, ["cpu"])

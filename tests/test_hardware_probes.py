@@ -17,6 +17,7 @@ from lmprof.collect.hardware_probes import (
     HardwareProbes,
     ProbeResult,
     ProbeSizes,
+    last_level_cache_bytes,
     measure_hardware,
     probe_device,
     repeat_op,
@@ -158,7 +159,7 @@ def fixed_probes() -> HardwareProbes:
         measured_at="2026-11-25T00:00:00+00:00",
         threads=2,
         torch_version="2.13.0+cpu",
-        sizes={"cpu": asdict(ProbeSizes())},
+        sizes={"cpu": asdict(ProbeSizes.for_device("cpu"))},
         load_avg_start=[0.5, 0.4, 0.3],
         load_avg_end=[0.6, 0.4, 0.3],
         wall_s=11.0,
@@ -199,3 +200,20 @@ def test_sysinfo_measure_reuses_the_cached_probes(run_cli, lmprof_cache):
     proc = run_cli("sysinfo", "--measure", "--threads", "1")
     assert proc.returncode == 0 and "Best read bandwidth on cpu: 21.5 GB/s" in proc.stdout
     assert run_cli("sysinfo", "--refresh").returncode == 2  # --refresh without --measure
+
+
+def test_cpu_probe_buffers_outgrow_the_last_level_cache(tmp_path):
+    # A 480 MiB L3 (seen on a Xeon VM) held the default 128 MiB matvec weight and read it at
+    # 1.7x the DRAM rate, a floor no decode of a larger model can reach.
+    index = tmp_path / "index3"
+    index.mkdir()
+    for name, text in {"level": "3", "type": "Unified", "size": "491520K"}.items():
+        (index / name).write_text(text + "\n")
+    cache_bytes = last_level_cache_bytes(tmp_path)
+    assert cache_bytes == 480 * MIB
+    sizes = ProbeSizes.for_cpu_cache(cache_bytes)
+    assert sizes.read_bytes >= 2 * cache_bytes and sizes.matvec_weight_bytes >= 2 * cache_bytes
+    assert sizes.read_bytes % (64 * MIB) == 0
+    # A common cache keeps the defaults, and no cache facts (macOS, containers) too.
+    assert ProbeSizes.for_cpu_cache(32 * MIB) == ProbeSizes() == ProbeSizes.for_cpu_cache(None)
+    assert last_level_cache_bytes(tmp_path / "absent") is None

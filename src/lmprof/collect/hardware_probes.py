@@ -16,11 +16,14 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 import torch.nn.functional as F
+
+from lmprof.collect.system import SYS_CPU0, read_caches
 
 MIB = 2**20
 MIN_REPEATS = 2  # a probe stops early on its time budget, but never with fewer repeats than this
@@ -32,8 +35,10 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 class ProbeSizes:
     """How big and how long each probe is; tests pass tiny ones."""
 
-    # Well above any last-level cache (32 MiB on the machine this was written on), so the
-    # probes stream from DRAM rather than re-reading cached lines.
+    # Defaults well above a common last-level cache (32 MiB on the machine this was written
+    # on), so the probes stream from DRAM rather than re-reading cached lines; `for_device`
+    # grows them on CPUs whose cache is larger (a 480 MiB L3 held the 128 MiB matvec probe
+    # and read it at 1.7x the DRAM rate).
     read_bytes: int = 256 * MIB
     matvec_weight_bytes: int = 128 * MIB
     matvec_in_features: int = 2048
@@ -49,7 +54,28 @@ class ProbeSizes:
         # A GPU streams 256 MiB in well under a millisecond: give it more to read and multiply.
         if device.startswith("cuda"):
             return cls(read_bytes=1024 * MIB, matvec_weight_bytes=512 * MIB, matmul_n=4096)
-        return cls()
+        return cls.for_cpu_cache(last_level_cache_bytes())
+
+    @classmethod
+    def for_cpu_cache(cls, cache_bytes: int | None) -> ProbeSizes:
+        """CPU sizes that stream from DRAM past a last-level cache of `cache_bytes`: each
+        buffer at least CACHE_MULTIPLE times the cache, never below the defaults."""
+        if not cache_bytes:
+            return cls()
+        least = -(-CACHE_MULTIPLE * cache_bytes // (64 * MIB)) * 64 * MIB  # rounded up to 64 MiB steps
+        return cls(
+            read_bytes=max(cls.read_bytes, least), matvec_weight_bytes=max(cls.matvec_weight_bytes, least)
+        )
+
+
+# A buffer twice the last-level cache leaves little of itself cached between repeats, while
+# one just over it can keep a share resident under the adaptive replacement of recent CPUs.
+CACHE_MULTIPLE = 2
+
+
+def last_level_cache_bytes(cache_dir: Path = SYS_CPU0 / "cache") -> int | None:
+    """The largest cache one core sees (its L3 slice, or L2 where there is no L3), bytes."""
+    return max((size for size in read_caches(cache_dir).values() if size), default=None)
 
 
 @dataclass
