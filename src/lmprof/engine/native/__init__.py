@@ -6,8 +6,9 @@ CPU (-march=native), then cached under `cache_root()/native/<key>` (or $LMPROF_N
 source, torch's version, the flags and the CPU, so a changed source, a torch upgrade or a
 different processor gets its own build, and a cached build loads in milliseconds.
 
-Ops land in `torch.ops.lmprof_native`: `decode_step` (a whole decode step) and `linear`
-(its matrix-vector product alone, for probes and kernel benchmarks).
+Ops land in `torch.ops.lmprof_native`: `decode_step` (a whole decode step), `linear` (its
+matrix-vector product alone, for probes and kernel benchmarks), `argmax_rows`, and
+`set_batch1_prefetch` (the per-CPU prefetch distance, set at load from tuning.py).
 """
 
 from __future__ import annotations
@@ -140,5 +141,9 @@ def load_native_ops() -> Any:
             f"lmprof: native kernels built in {time.perf_counter() - start_s:.0f} s ({folder})",
             file=sys.stderr,
         )
-    _LOADED["ops"] = torch.ops.lmprof_native
-    return _LOADED["ops"]
+    from lmprof.engine.native.tuning import batch1_prefetch_bytes
+
+    ops = torch.ops.lmprof_native
+    ops.set_batch1_prefetch(batch1_prefetch_bytes())
+    _LOADED["ops"] = ops
+    return ops

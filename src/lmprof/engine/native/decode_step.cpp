@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -382,6 +383,11 @@ TORCH_LIBRARY(lmprof_native, m) {
       "int n_heads, int n_kv_heads, float eps) -> Tensor");
   m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None, int tile_rows=0) -> Tensor");
   m.def("argmax_rows(Tensor logits) -> Tensor");
+  // No tensors to dispatch on: one kernel for every backend. Returns the previous distance.
+  m.def("set_batch1_prefetch(int bytes) -> int", [](int64_t bytes) {
+    TORCH_CHECK(bytes >= 0, "lmprof_native::set_batch1_prefetch: bytes must be >= 0, got ", bytes);
+    return std::exchange(lmprof_native::batch1_prefetch_bytes, bytes);
+  });
 }
 
 TORCH_LIBRARY_IMPL(lmprof_native, CPU, m) {
