@@ -1,12 +1,14 @@
-"""Batch-1 software prefetch distances side by side, in whole native decode steps.
+"""Software prefetch distances side by side, in whole native decode steps.
 
     python benchmarks/prefetch_distance.py [--model DIR] [--threads N] [--rounds 30]
-                                           [--distances 0,2048,4096,8192] [--int8 [--w8a8]]
+                                           [--distances 0,2048,4096,8192] [--int8 [--w8a8]] [--batch B]
 
 Fills the per-CPU table in src/lmprof/engine/native/tuning.py. One process loads the engine
 (native step, fused projections, huge pages where the kernel offers them) once; each round
-sets each distance with `lmprof_native::set_batch1_prefetch`, in an order that rotates by
-round, and generates `--new-tokens` tokens, keeping the median decode step. Before the
+sets each distance with `lmprof_native::set_prefetch`, in an order that rotates by
+round, and generates `--new-tokens` tokens for `--batch` sequences, keeping the median
+decode step. Distance 0 is kernels.h's default (no software prefetch at batch 1, the rows
+two ahead into L2 at batch > 1); any other prefetches that many bytes ahead into L1. Before the
 distances, a sum over 256 MiB (best of 3) reads the host's bandwidth of that moment.
 
 Printed per distance: the median weight bandwidth of its steps, its per-round ratio to
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lmprof.engine import EngineOptions, cost, load_hf_folder  # noqa: E402
 from lmprof.engine.native import load_native_ops  # noqa: E402
-from lmprof.engine.native.tuning import batch1_prefetch_bytes  # noqa: E402
+from lmprof.engine.native.tuning import prefetch_bytes  # noqa: E402
 from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages, huge_page_buffer  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--distances", default="0,2048,4096,8192", help="bytes ahead, comma-separated; 0 is the base"
     )
+    parser.add_argument("--batch", type=int, default=1, help="sequences decoded at once")
     parser.add_argument("--int8", action="store_true", help="int8 weight-only instead of fp32")
     parser.add_argument("--w8a8", action="store_true", help="with --int8: int8 activations too (W8A8)")
     args = parser.parse_args(argv)
@@ -68,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         distances = sorted({int(d) for d in args.distances.split(",")} | {0})
     except ValueError:
         parser.error(f"--distances takes whole numbers of bytes, comma-separated; got {args.distances!r}")
-    if min(distances) < 0 or args.rounds < 1 or args.new_tokens < 2:
-        parser.error("distances must be >= 0, --rounds >= 1 and --new-tokens >= 2")
+    if min(distances) < 0 or args.rounds < 1 or args.new_tokens < 2 or args.batch < 1:
+        parser.error("distances must be >= 0, --rounds >= 1, --new-tokens >= 2 and --batch >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ops = load_native_ops()
     buffer = huge_page_buffer(SUM_BYTES).view(torch.float32) if huge else torch.empty(SUM_BYTES // 4)
     buffer.fill_(1.0)
-    prompt = torch.arange(100, 132)[None]
+    prompt = torch.stack([torch.arange(100, 132).roll(b) for b in range(args.batch)])
     generate(model, prompt, 8)  # warm-up: first calls allocate
 
     sums: list[float] = []
@@ -100,16 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         sums.append(read_gbps(buffer))
         shift = round_index % len(distances)
         for distance in distances[shift:] + distances[:shift]:
-            ops.set_batch1_prefetch(distance)
+            ops.set_prefetch(distance)
             steps = generate(model, prompt, args.new_tokens).decode_step_s
             gbps[distance].append(weight_bytes / statistics.median(steps) / 1e9)
-    ops.set_batch1_prefetch(batch1_prefetch_bytes())
+    ops.set_prefetch(prefetch_bytes())
 
     kind = ("W8A8" if args.w8a8 else "int8") if args.int8 else "fp32"
     print(
-        f"batch-1 prefetch distances, {kind} native step ({weight_bytes / 1e6:.0f} MB, "
+        f"prefetch distances, {kind} native step at batch {args.batch} ({weight_bytes / 1e6:.0f} MB, "
         f"{'huge pages' if huge else '4 KiB pages'}), {torch.get_num_threads()} thread(s), {args.rounds} rounds "
-        f"of {args.new_tokens} tokens; this CPU's table entry: {batch1_prefetch_bytes()} bytes"
+        f"of {args.new_tokens} tokens; this CPU's table entry: {prefetch_bytes()} bytes"
     )
     fast = sorted(range(args.rounds), key=lambda i: sums[i])[args.rounds // 2 :]
 
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             to_base = statistics.median(gbps[d][i] / gbps[0][i] for i in rounds)
             to_sum = statistics.median(gbps[d][i] / sums[i] for i in rounds)
             print(
-                f"  {d:6d} bytes: {statistics.median(gbps[d][i] for i in rounds):5.1f} GB/s of weights, "
+                f"  {d:6d} bytes: {statistics.median(gbps[d][i] for i in rounds):5.1f} GB/s of weights a step, "
                 f"{to_base:.3f}x distance 0, {to_sum:.2f} of the sum"
             )
 

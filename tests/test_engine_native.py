@@ -19,7 +19,7 @@ from lmprof.ablation_plan import plan_rows
 from lmprof.engine import EngineOptions, decode_step, generate, load_hf_folder, new_decode_state, prefill
 from lmprof.engine import native as native_build
 from lmprof.engine.native import NativeKernelsUnavailable, cpu_has_w8a8, load_native_ops
-from lmprof.engine.native.tuning import batch1_prefetch_bytes
+from lmprof.engine.native.tuning import prefetch_bytes
 from lmprof.engine.native_decode import check_native_decode, layer_weights
 from lmprof.engine.quant import Int8Linear, quantize_per_channel
 from lmprof.errors import UsageError
@@ -246,9 +246,10 @@ def test_native_wide_heads_left_padded_batch_equals_one_by_one(wide_head_dirs, o
 
 
 @pytest.mark.parametrize("distance", [64, 4096, 1 << 20])  # a line, the Zen 5 entry, past any weight's end
-def test_batch1_prefetch_changes_no_product(ops, distance):
+@pytest.mark.parametrize("batch", [1, 8])  # where the default prefetches nothing, and the rows ahead
+def test_prefetch_changes_no_product(ops, distance, batch):
     generator = torch.Generator().manual_seed(distance)
-    x, weight = torch.randn(1, 576, generator=generator), torch.randn(37, 576, generator=generator)
+    x, weight = torch.randn(batch, 576, generator=generator), torch.randn(37, 576, generator=generator)
     w_int8, scales = quantize_per_channel(weight)
     calls = [lambda t=t: ops.linear(x, weight, None, None, t) for t in (1, 2, 3)]
     calls.append(lambda: ops.linear(x, w_int8, None, scales.float()))
@@ -256,21 +257,21 @@ def test_batch1_prefetch_changes_no_product(ops, distance):
         calls.append(
             lambda: ops.linear(x, w_int8, None, torch.cat([scales.float(), w_int8.sum(dim=1).float()]))
         )
-    previous = ops.set_batch1_prefetch(0)
+    previous = ops.set_prefetch(0)
     try:
         expected = [call() for call in calls]
-        ops.set_batch1_prefetch(distance)
+        ops.set_prefetch(distance)
         assert all(torch.equal(call(), want) for call, want in zip(calls, expected))
     finally:
-        ops.set_batch1_prefetch(previous)
+        ops.set_prefetch(previous)
     with pytest.raises(RuntimeError, match="must be >= 0"):
-        ops.set_batch1_prefetch(-1)
+        ops.set_prefetch(-1)
 
 
 def test_loading_the_kernels_sets_the_cpus_prefetch_distance(ops, lmprof_cache):
     # In a fresh process, as every run loads them: the environment's override reaches the kernels.
-    code = "from lmprof.engine.native import load_native_ops; print(load_native_ops().set_batch1_prefetch(0))"
-    env = dict(os.environ, LMPROF_BATCH1_PREFETCH_BYTES="1234", LMPROF_CACHE=str(lmprof_cache))
+    code = "from lmprof.engine.native import load_native_ops; print(load_native_ops().set_prefetch(0))"
+    env = dict(os.environ, LMPROF_PREFETCH_BYTES="1234", LMPROF_CACHE=str(lmprof_cache))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == "1234"
@@ -400,7 +401,7 @@ def test_profile_native_times_the_kernel_load_and_decodes_the_same_text(native_d
     names = [p.name for p in run.phases]
     assert "load_native_kernels" in names and names.index("load_native_kernels") < names.index("generate")
     load_phase = run.phases[names.index("load_native_kernels")]
-    assert load_phase.detail["batch1_prefetch_bytes"] == batch1_prefetch_bytes()  # what the kernels ran with
+    assert load_phase.detail["prefetch_bytes"] == prefetch_bytes()  # what the kernels ran with
     proc = run_cli(
         "profile", "tiny", "--engine", "lmprof", "--max-new-tokens", 6, "--out", tmp_path / "torch"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmprof.engine.native.tuning import ENV_PREFETCH, batch1_prefetch_bytes, cpu_vendor_family
+from lmprof.engine.native.tuning import ENV_PREFETCH, cpu_vendor_family, prefetch_bytes
 from lmprof.errors import UsageError
 
 
@@ -16,18 +16,18 @@ def cpuinfo(vendor: str, family: int) -> str:
 def test_the_table_prefetches_on_zen5_only(monkeypatch):
     monkeypatch.delenv(ENV_PREFETCH, raising=False)
     assert cpu_vendor_family(cpuinfo("AuthenticAMD", 26)) == ("AuthenticAMD", 26)
-    assert batch1_prefetch_bytes(cpuinfo("AuthenticAMD", 26)) == 4096  # Zen 5: measured to pay
-    assert batch1_prefetch_bytes(cpuinfo("AuthenticAMD", 25)) == 0  # Zen 3/4: measured to cost on Zen 4
-    assert batch1_prefetch_bytes(cpuinfo("GenuineIntel", 6)) == 0  # unmeasured
-    assert batch1_prefetch_bytes("Features\t: fp asimd\n") == 0  # no vendor or family (Arm)
+    assert prefetch_bytes(cpuinfo("AuthenticAMD", 26)) == 4096  # Zen 5: measured to pay
+    assert prefetch_bytes(cpuinfo("AuthenticAMD", 25)) == 0  # Zen 3/4: measured to cost on Zen 4
+    assert prefetch_bytes(cpuinfo("GenuineIntel", 6)) == 0  # unmeasured
+    assert prefetch_bytes("Features\t: fp asimd\n") == 0  # no vendor or family (Arm)
 
 
 def test_the_environment_overrides_the_table(monkeypatch):
     monkeypatch.setenv(ENV_PREFETCH, "0")
-    assert batch1_prefetch_bytes(cpuinfo("AuthenticAMD", 26)) == 0
+    assert prefetch_bytes(cpuinfo("AuthenticAMD", 26)) == 0
     monkeypatch.setenv(ENV_PREFETCH, "8192")
-    assert batch1_prefetch_bytes(cpuinfo("GenuineIntel", 6)) == 8192
+    assert prefetch_bytes(cpuinfo("GenuineIntel", 6)) == 8192
     for bad in ("-64", "4k", ""):
         monkeypatch.setenv(ENV_PREFETCH, bad)
         with pytest.raises(UsageError, match=ENV_PREFETCH):
-            batch1_prefetch_bytes(cpuinfo("AuthenticAMD", 26))
+            prefetch_bytes(cpuinfo("AuthenticAMD", 26))

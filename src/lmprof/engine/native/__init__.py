@@ -8,7 +8,7 @@ different processor gets its own build, and a cached build loads in milliseconds
 
 Ops land in `torch.ops.lmprof_native`: `decode_step` (a whole decode step), `linear` (its
 matrix-vector product alone, for probes and kernel benchmarks), `argmax_rows`, and
-`set_batch1_prefetch` (the per-CPU prefetch distance, set at load from tuning.py).
+`set_prefetch` (the per-CPU prefetch distance, set at load from tuning.py).
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def load_native_ops() -> Any:
             f"lmprof: native kernels built in {time.perf_counter() - start_s:.0f} s ({folder})",
             file=sys.stderr,
         )
-    from lmprof.engine.native.tuning import batch1_prefetch_bytes
+    from lmprof.engine.native.tuning import prefetch_bytes
 
     ops = torch.ops.lmprof_native
-    ops.set_batch1_prefetch(batch1_prefetch_bytes())
+    ops.set_prefetch(prefetch_bytes())
     _LOADED["ops"] = ops
     return ops

@@ -384,9 +384,9 @@ TORCH_LIBRARY(lmprof_native, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None, int tile_rows=0) -> Tensor");
   m.def("argmax_rows(Tensor logits) -> Tensor");
   // No tensors to dispatch on: one kernel for every backend. Returns the previous distance.
-  m.def("set_batch1_prefetch(int bytes) -> int", [](int64_t bytes) {
-    TORCH_CHECK(bytes >= 0, "lmprof_native::set_batch1_prefetch: bytes must be >= 0, got ", bytes);
-    return std::exchange(lmprof_native::batch1_prefetch_bytes, bytes);
+  m.def("set_prefetch(int bytes) -> int", [](int64_t bytes) {
+    TORCH_CHECK(bytes >= 0, "lmprof_native::set_prefetch: bytes must be >= 0, got ", bytes);
+    return std::exchange(lmprof_native::prefetch_bytes, bytes);
   });
 }
 

@@ -51,12 +51,14 @@ typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int8_t Int8Lanes __attribute__((vector_size(kLanes)));
 constexpr int64_t kPrefetchRowsAhead = 2;
 
-// How far ahead, in bytes, each weight stream of a batch-1 tile prefetches into L1 (0: none,
-// the hardware prefetcher alone). CPUs differ: on Zen 5 4 KiB ahead made the fp32 step
-// 1.06-1.09x and the int8 one 1.14x faster, where on Zen 4 a like prefetch (two rows ahead)
-// cost 8% at one thread (session 2). Set once per process, before any step, from tuning.py's per-CPU
-// table (benchmarks/prefetch_distance.py measures it); read-only while products run.
-inline int64_t batch1_prefetch_bytes = 0;
+// How far ahead, in bytes, each weight stream of every tile prefetches into L1; 0 keeps the
+// default: no software prefetch at batch 1 (the hardware prefetcher alone) and, at batch > 1,
+// the rows kPrefetchRowsAhead ahead into L2 (the W8A8 tiles: none). CPUs differ: on Zen 5 4 KiB
+// ahead made the fp32 step 1.03-1.15x faster at batch 1 and its batch-8 products 1.04-1.10x,
+// int8 1.06-1.12x, W8A8 1.21x at batch 1 and 1.5x at batch 8; on Zen 4 prefetching at batch 1
+// cost 8% at one thread (session 2). Set once per process, before any step, from tuning.py's
+// per-CPU table (benchmarks/prefetch_distance.py measures it); read-only while products run.
+inline int64_t prefetch_bytes = 0;
 
 inline Lanes load_lanes(const float* p) {
   Lanes v;
@@ -159,8 +161,8 @@ inline float dot(const T* __restrict a, const float* __restrict b, int64_t n) {
 //    two rows 1.3-2x the bandwidth of four adjacent rows read interleaved).
 //  - At batch > 1 each iteration prefetches the rows two ahead (into L2) at the same offset,
 //    so where the products rather than memory bound the step, memory keeps streaming under
-//    the arithmetic (measured: batch-8 steps 1.3x faster). At batch 1 it depends on the CPU
-//    (batch1_prefetch_bytes).
+//    the arithmetic (measured on Zen 4: batch-8 steps 1.3x faster). Where the CPU's table sets
+//    prefetch_bytes, every batch prefetches that far ahead into L1 instead.
 //  - LMPROF_PIN keeps each loaded weight vector in a register: without it GCC folds the load
 //    into every FMA that uses the vector, and the loop waits on load ports.
 //  - The accumulators must stay in registers: one array indexed by constants only, copied out
@@ -173,14 +175,14 @@ inline void dot_rows(const T* const w[R], const float* const x[N], int64_t K, fl
   Lanes acc[R * N] = {};  // acc[r * N + j]: weight row r against activation row j
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
-    if (N > 1 && (k * int64_t(sizeof(T))) % 64 == 0) {  // once per 64-byte line
+    if (N > 1 && prefetch_bytes == 0 && (k * int64_t(sizeof(T))) % 64 == 0) {  // once per 64-byte line
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + kPrefetchRowsAhead * K + k, 0, 2);
     }
-    if (N == 1 && batch1_prefetch_bytes > 0 && (k * int64_t(sizeof(T))) % 64 == 0) {
+    if (prefetch_bytes > 0 && (k * int64_t(sizeof(T))) % 64 == 0) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r)
-        __builtin_prefetch(reinterpret_cast<const char*>(w[r] + k) + batch1_prefetch_bytes, 0, 3);
+        __builtin_prefetch(reinterpret_cast<const char*>(w[r] + k) + prefetch_bytes, 0, 3);
     }
     Lanes wv[R];
 #pragma GCC unroll 4
@@ -365,9 +367,9 @@ inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb
   for (int j = 0; j < N; ++j) acc_a[j] = acc_b[j] = _mm512_setzero_si512();
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
-    if (N == 1 && batch1_prefetch_bytes > 0) {  // one 64-byte line a row per iteration
-      __builtin_prefetch(wa + k + batch1_prefetch_bytes, 0, 3);
-      __builtin_prefetch(wb + k + batch1_prefetch_bytes, 0, 3);
+    if (prefetch_bytes > 0) {  // one 64-byte line a row per iteration
+      __builtin_prefetch(wa + k + prefetch_bytes, 0, 3);
+      __builtin_prefetch(wb + k + prefetch_bytes, 0, 3);
     }
     const __m512i va = _mm512_loadu_si512(wa + k), vb = _mm512_loadu_si512(wb + k);
 #pragma GCC unroll 8
@@ -406,9 +408,9 @@ inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb
   const __m256i ones = _mm256_set1_epi16(1);
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    if (N == 1 && batch1_prefetch_bytes > 0 && k % 64 == 0) {
-      __builtin_prefetch(wa + k + batch1_prefetch_bytes, 0, 3);
-      __builtin_prefetch(wb + k + batch1_prefetch_bytes, 0, 3);
+    if (prefetch_bytes > 0 && k % 64 == 0) {
+      __builtin_prefetch(wa + k + prefetch_bytes, 0, 3);
+      __builtin_prefetch(wb + k + prefetch_bytes, 0, 3);
     }
     const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wa + k));
     const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + k));

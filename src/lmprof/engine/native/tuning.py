@@ -1,18 +1,20 @@
 """Per-CPU choices of the native kernels that no instruction-set flag decides, each measured.
 
-Batch-1 software prefetch (kernels.h, `batch1_prefetch_bytes`): how far ahead each weight
-stream asks for its lines. It paid on one CPU and cost on another, so the choice is a table
-keyed by vendor and family, filled from `benchmarks/prefetch_distance.py` (interleaved
-decode steps at each distance, in one process; benchmarks/RESULTS.md):
+Software prefetch (kernels.h, `prefetch_bytes`): how far ahead each weight stream of every
+tile asks for its lines, into L1. 0 keeps kernels.h's default (none at batch 1; the rows
+two ahead, into L2, at batch > 1). It paid on one CPU and cost on another, so the choice is
+a table keyed by vendor and family, filled from `benchmarks/prefetch_distance.py`
+(interleaved decode steps at each distance, in one process; benchmarks/RESULTS.md):
 
-- AMD family 26 (Zen 5), 2-core VM, 2026-12-02: 4096 bytes. fp32 step 1.06-1.08x at 2
-  threads, 1.09x at 1 thread; int8 1.14x (2 threads). 8192 bytes gained nothing.
-- AMD family 25 (Zen 3, Zen 4): none. On a Zen 4 prefetching the rows two ahead (4.6 KB
-  for the 576-wide rows) made the one-thread step 1.08x slower and the two-thread one 1.02x
-  faster (session 2); Zen 3 is unmeasured.
-- Everything else: none, until measured.
+- AMD family 26 (Zen 5), 2-core VM, 2026-12-02: 4096 bytes. Batch 1: fp32 step 1.03-1.15x at
+  2 threads, 1.09x at 1 thread; int8 1.06-1.12x; W8A8 1.21x. Batch 8 products: fp32
+  1.04-1.10x, int8 1.02x, W8A8 1.5x. 8192 bytes gained less or nothing.
+- AMD family 25 (Zen 3, Zen 4): the default. On a Zen 4 prefetching the rows two ahead at
+  batch 1 (4.6 KB for the 576-wide rows) made the one-thread step 1.08x slower and the
+  two-thread one 1.02x faster (session 2); Zen 3 is unmeasured.
+- Everything else: the default, until measured.
 
-$LMPROF_BATCH1_PREFETCH_BYTES overrides the table (0 turns it off), for measuring a new CPU.
+$LMPROF_PREFETCH_BYTES overrides the table (0 restores the default), for measuring a new CPU.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from pathlib import Path
 
 from lmprof.errors import UsageError
 
-ENV_PREFETCH = "LMPROF_BATCH1_PREFETCH_BYTES"
+ENV_PREFETCH = "LMPROF_PREFETCH_BYTES"
 # (vendor_id, cpu family) -> bytes ahead; see the module docstring for what each rests on.
-BATCH1_PREFETCH_BYTES = {("AuthenticAMD", 26): 4096}
+PREFETCH_BYTES = {("AuthenticAMD", 26): 4096}
 
 
 def cpu_vendor_family(cpuinfo: str) -> tuple[str, int] | None:
@@ -39,13 +41,13 @@ def cpu_vendor_family(cpuinfo: str) -> tuple[str, int] | None:
         return None
 
 
-def batch1_prefetch_bytes(cpuinfo: str | None = None) -> int:
-    """The batch-1 prefetch distance for this CPU: the environment's override, else the table."""
+def prefetch_bytes(cpuinfo: str | None = None) -> int:
+    """The prefetch distance for this CPU: the environment's override, else the table."""
     override = os.environ.get(ENV_PREFETCH)
     if override is not None:
         if not override.strip().isdigit():
             raise UsageError(
-                f"${ENV_PREFETCH} must be a whole number of bytes (0 for none), got {override!r}"
+                f"${ENV_PREFETCH} must be a whole number of bytes (0: the default), got {override!r}"
             )
         return int(override)
     if cpuinfo is None:
@@ -53,4 +55,4 @@ def batch1_prefetch_bytes(cpuinfo: str | None = None) -> int:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return 0
-    return BATCH1_PREFETCH_BYTES.get(cpu_vendor_family(cpuinfo) or ("", -1), 0)
+    return PREFETCH_BYTES.get(cpu_vendor_family(cpuinfo) or ("", -1), 0)
