@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from engine_models import MODEL_NAMES, hf_model, prompt, rel_err
+from rich.console import Console
 
 from lmprof.ablation_plan import plan_rows
 from lmprof.engine import EngineOptions, decode_step, generate, load_hf_folder, new_decode_state, prefill
@@ -24,6 +25,7 @@ from lmprof.engine.native_decode import check_native_decode, layer_weights
 from lmprof.engine.quant import Int8Linear, quantize_per_channel
 from lmprof.errors import UsageError
 from lmprof.record import load_run
+from lmprof.render.terminal import generation_table
 
 NATIVE = EngineOptions(native_decode=True)
 
@@ -402,6 +404,9 @@ def test_profile_native_times_the_kernel_load_and_decodes_the_same_text(native_d
     assert "load_native_kernels" in names and names.index("load_native_kernels") < names.index("generate")
     load_phase = run.phases[names.index("load_native_kernels")]
     assert load_phase.detail["prefetch_bytes"] == prefetch_bytes()  # what the kernels ran with
+    console = Console(record=True, width=200)
+    console.print(generation_table(run))
+    assert "software prefetch" in console.export_text()
     proc = run_cli(
         "profile", "tiny", "--engine", "lmprof", "--max-new-tokens", 6, "--out", tmp_path / "torch"
     )

@@ -114,6 +114,13 @@ def generation_table(run: Run) -> Table:
     if len(run.generations) > 1:
         which = "the untraced repeat" if any(x.traced for x in run.generations) else "the first"
         rows.append(("calls", f"{len(run.generations)} generation calls; shown: {which}"))
+    kernels = next((p for p in run.phases if p.name == "load_native_kernels"), None)
+    if kernels is not None and "prefetch_bytes" in kernels.detail:  # the per-CPU table's choice
+        ahead = kernels.detail["prefetch_bytes"]
+        prefetch = f"{fmt_bytes(ahead)} ahead" if ahead else "none at batch 1"
+        rows.append(
+            ("native kernels", f"software prefetch {prefetch} (per-CPU table; $LMPROF_PREFETCH_BYTES)")
+        )
     for k, v in rows:
         table.add_row(k, v)
     return table
