@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lmprof.engine import EngineOptions, load_hf_folder  # noqa: E402
 from lmprof.engine.native import load_native_ops  # noqa: E402
-from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages  # noqa: E402
+from lmprof.huge_pages import huge_pages_offered  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
 TILES = {"singles": 1, "pairs": 2, "triples": 3}
@@ -67,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="int8 weight-only matrices instead of fp32")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        check_huge_pages()
-        huge_pages = True
-    except HugePagesUnavailable:
-        huge_pages = False
+    huge_pages = huge_pages_offered()
     folder = args.model or resolve_model(None).path
     model = load_hf_folder(
         folder,

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lmprof.engine import EngineOptions, cost, load_hf_folder  # noqa: E402
 from lmprof.engine.native import load_native_ops  # noqa: E402
 from lmprof.engine.native.tuning import prefetch_bytes  # noqa: E402
-from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages, huge_page_buffer  # noqa: E402
+from lmprof.huge_pages import huge_page_buffer, huge_pages_offered  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
 # `lmprof.engine.generate` the attribute is the function; the module holds it.
@@ -75,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("distances must be >= 0, --rounds >= 1, --new-tokens >= 2 and --batch >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        check_huge_pages()
-        huge = True
-    except HugePagesUnavailable:
-        huge = False
+    huge = huge_pages_offered()
     folder = args.model or resolve_model(None).path
     options = EngineOptions(
         native_decode=True,

@@ -3,6 +3,7 @@ model's tensors (identity, ties, strides, values), the engine switch, and the re
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,7 @@ from lmprof.huge_pages import (
     check_huge_pages,
     huge_page_buffer,
     huge_page_bytes,
+    huge_pages_offered,
     move_to_huge_pages,
     thp_mode,
 )
@@ -50,6 +52,10 @@ def test_no_huge_pages_is_one_clear_error(tmp_path):
     with pytest.raises(HugePagesUnavailable, match="is missing"):
         check_huge_pages(tmp_path / "absent")
     assert issubclass(HugePagesUnavailable, UsageError)  # the CLI prints one line, exit 2
+    assert not huge_pages_offered(never) and not huge_pages_offered(tmp_path / "absent")
+    madvise = tmp_path / "madvise"
+    madvise.write_text("always [madvise] never\n")
+    assert huge_pages_offered(madvise) == hasattr(mmap, "MADV_HUGEPAGE")
 
 
 @needs_thp

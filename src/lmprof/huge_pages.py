@@ -57,6 +57,15 @@ def check_huge_pages(path: Path = THP_ENABLED) -> None:
         )
 
 
+def huge_pages_offered(path: Path = THP_ENABLED) -> bool:
+    """Whether check_huge_pages would pass: for benchmarks that use huge pages where offered."""
+    try:
+        check_huge_pages(path)
+    except HugePagesUnavailable:
+        return False
+    return True
+
+
 def check_huge_pages_on(device: str | torch.device, switch: str = "huge_pages") -> None:
     """Raise UsageError unless `switch` can put a model's weights on huge pages for `device`:
     a CPU model on a system that gives huge pages (HugePagesUnavailable otherwise)."""
