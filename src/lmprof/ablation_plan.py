@@ -223,3 +223,33 @@ def best_combination(
                 best = (score, list(chosen), merged)
     _, taken, merged = best
     return AblationRow(BEST, "best combination", "engine", merged, combines=[row.name for row in taken])
+
+
+def measured_best(
+    best: AblationRow,
+    rows: Sequence[AblationRow],
+    decode_tokens_per_s: Mapping[str, float | None],
+    best_rate: float | None,
+) -> tuple[AblationRow, str] | None:
+    """A replacement for `best` when one of the rows it was chosen from ran faster alone than
+    `best` ran in round 1 (best_rate): the product of one-switch speed-ups is an estimate, and
+    it can overrate a set (int8 on torch ops times the native step, against a measured W8A8
+    row). Returns (that row's switches as the best combination, why), or None to keep `best`."""
+    if best.skip_reason or len(best.combines) < 2 or not best_rate:
+        return None
+    candidates = [
+        row
+        for row in rows
+        if row.runner == "engine" and row.batch == 1 and row.options and row.skip_reason is None
+        and (decode_tokens_per_s.get(row.name) or 0.0) > best_rate
+    ]  # fmt: skip
+    if not candidates:
+        return None
+    fastest = max(candidates, key=lambda row: decode_tokens_per_s[row.name] or 0.0)
+    why = (
+        f"{' + '.join(best.combines)} ran {best_rate:.1f} tok/s in round 1, below the {fastest.name} row alone "
+        f"({decode_tokens_per_s[fastest.name]:.1f}): the best combination is {fastest.name}"
+    )
+    return AblationRow(
+        BEST, "best combination", "engine", dict(fastest.options), combines=[fastest.name]
+    ), why

@@ -28,6 +28,7 @@ from lmprof.ablation_plan import (
     REFERENCE,
     AblationRow,
     best_combination,
+    measured_best,
     plan_rows,
     select_rows,
 )
@@ -93,6 +94,7 @@ class AblationReport:
     figures: list[RowFigures]
     runs: dict[str, list[str]] = field(default_factory=dict)  # row -> run folders, one per round
     best_combines: list[str] = field(default_factory=list)  # rows whose switches the best row merges
+    best_note: str = ""  # why the best row is not the set first chosen (measured_best), if it is not
     system: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +150,7 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
     rows = select_rows(planned, req.only)
     want_best = not req.only or BEST in req.only
     best_combines: list[str] = []
+    best_note = ""
     prompt, prompt_source = _prompt_ids(resolved.path, req.prompt_tokens, config)
     batches = {1: [prompt], BATCH_ROW_SIZE: [prompt[k:] + prompt[:k] for k in range(BATCH_ROW_SIZE)]}
 
@@ -198,6 +201,16 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
             results[best.name] = RowResult(best.name, best.label, status, best.skip_reason)
             if status == "ran":
                 run_one(best, 1)
+                first = results[best.name].rounds[0] if results[best.name].rounds else None
+                swap = measured_best(best, planned, rates, first.decode_tokens_per_s if first else None)
+                if swap is not None:  # a row alone beat the estimated set: run that instead
+                    best, best_note = swap
+                    rows[-1] = best
+                    best_combines = list(best.combines)
+                    runs[best.name] = []
+                    results[best.name] = RowResult(best.name, best.label, "ran")
+                    shutil.rmtree(req.out / best.name, ignore_errors=True)
+                    run_one(best, 1)
 
     for row in rows:
         result = results[row.name]
@@ -227,6 +240,7 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
         figures=figures,
         runs=runs,
         best_combines=best_combines,
+        best_note=best_note,
         system=system,
     )
     req.out.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,8 @@ def _notes(report: AblationReport) -> list[str]:
         "engine fp32: the engine's defaults (static KV cache, SDPA attention, grouped GQA, unfused fp32 "
         "weights); each row below it changes one switch; best combination: of the switches that beat it "
         f"by {MIN_GAIN - 1:.0%} in round 1, the set that combines and whose speed-ups multiply to the most "
-        f"({' + '.join(report.best_combines) or 'none'}).",
+        f"({' + '.join(report.best_combines) or 'none'})."
+        + (f" {report.best_note}." if report.best_note else ""),
         "tok/s: decode tokens per second (batch rows count every sequence). ×base / ×prev: decode tok/s "
         "against the transformers row / the row above, the median of ratios taken within each round. "
         "peak: resident memory at its highest during the measured generate call (device memory on a GPU), "
