@@ -25,6 +25,7 @@ from lmprof.engine.native_decode import check_native_decode, layer_weights
 from lmprof.engine.quant import Int8Linear, quantize_per_channel
 from lmprof.errors import UsageError
 from lmprof.record import load_run
+from lmprof.render.html_tables import generation_html
 from lmprof.render.terminal import generation_table
 
 NATIVE = EngineOptions(native_decode=True)
@@ -407,6 +408,7 @@ def test_profile_native_times_the_kernel_load_and_decodes_the_same_text(native_d
     console = Console(record=True, width=200)
     console.print(generation_table(run))
     assert "software prefetch" in console.export_text()
+    assert "software prefetch" in generation_html(run)  # the HTML report says it too
     proc = run_cli(
         "profile", "tiny", "--engine", "lmprof", "--max-new-tokens", 6, "--out", tmp_path / "torch"
     )

@@ -11,6 +11,7 @@ from typing import Any
 from lmprof.analyze.phases import UNATTRIBUTED, phase_rows
 from lmprof.record import Run
 from lmprof.render.deep_view import PART_LABELS, collapse_layers
+from lmprof.render.engine_facts import native_kernels_fact
 from lmprof.render.html_charts import esc
 from lmprof.render.units import fmt_bytes, fmt_pct, fmt_rate, fmt_s
 
@@ -97,6 +98,9 @@ def generation_html(run: Run) -> str:
     if len(run.generations) > 1:
         which = "the untraced repeat" if any(x.traced for x in run.generations) else "the first"
         items.append(("calls", f"{len(run.generations)} generation calls; shown: {which}"))
+    kernels = native_kernels_fact(run)
+    if kernels:
+        items.append(("native kernels", kernels))
     return definition_list(items)
 
 

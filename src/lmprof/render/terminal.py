@@ -16,6 +16,7 @@ from rich.text import Text
 from lmprof.analyze.phases import UNATTRIBUTED, phase_rows, weight_paging
 from lmprof.record import STATUS_COMPLETE, Run
 from lmprof.render.deep_view import render_deep
+from lmprof.render.engine_facts import native_kernels_fact
 from lmprof.render.system_view import system_line
 from lmprof.render.units import fmt_bytes, fmt_count, fmt_pct, fmt_rate, fmt_s
 
@@ -114,13 +115,9 @@ def generation_table(run: Run) -> Table:
     if len(run.generations) > 1:
         which = "the untraced repeat" if any(x.traced for x in run.generations) else "the first"
         rows.append(("calls", f"{len(run.generations)} generation calls; shown: {which}"))
-    kernels = next((p for p in run.phases if p.name == "load_native_kernels"), None)
-    if kernels is not None and "prefetch_bytes" in kernels.detail:  # the per-CPU table's choice
-        ahead = kernels.detail["prefetch_bytes"]
-        prefetch = f"{fmt_bytes(ahead)} ahead" if ahead else "none at batch 1"
-        rows.append(
-            ("native kernels", f"software prefetch {prefetch} (per-CPU table; $LMPROF_PREFETCH_BYTES)")
-        )
+    kernels = native_kernels_fact(run)
+    if kernels:
+        rows.append(("native kernels", kernels))
     for k, v in rows:
         table.add_row(k, v)
     return table
