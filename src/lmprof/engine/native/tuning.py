@@ -8,7 +8,8 @@ a table keyed by vendor and family, filled from `benchmarks/prefetch_distance.py
 
 - AMD family 26 (Zen 5), 2-core VM, 2026-12-02: 4096 bytes. Batch 1: fp32 step 1.03-1.15x at
   2 threads, 1.09x at 1 thread; int8 1.06-1.12x; W8A8 1.21x. Batch 8 products: fp32
-  1.04-1.10x, int8 1.02x, W8A8 1.5x. 8192 bytes gained less or nothing.
+  1.04-1.10x, int8 1.02x, W8A8 1.5x. The gain follows the host's bandwidth of the moment
+  (1.01-1.02x in a slow phase, up to 1.23x in fast rounds); 8192 bytes cost 6% at 1 thread.
 - AMD family 25 (Zen 3, Zen 4): the default. On a Zen 4 prefetching the rows two ahead at
   batch 1 (4.6 KB for the 576-wide rows) made the one-thread step 1.08x slower and the
   two-thread one 1.02x faster (session 2); Zen 3 is unmeasured.
