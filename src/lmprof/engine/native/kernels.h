@@ -54,7 +54,7 @@ constexpr int64_t kPrefetchRowsAhead = 2;
 // How far ahead, in bytes, each weight stream of every tile prefetches into L1; 0 keeps the
 // default: no software prefetch at batch 1 (the hardware prefetcher alone) and, at batch > 1,
 // the rows kPrefetchRowsAhead ahead into L2 (the W8A8 tiles: none). CPUs differ: on Zen 5 4 KiB
-// ahead made the fp32 step 1.03-1.15x faster at batch 1 and its batch-8 products 1.04-1.10x,
+// ahead made the fp32 step 1.01-1.15x faster at batch 1 and its batch-8 products 1.04-1.10x,
 // int8 1.06-1.12x, W8A8 1.21x at batch 1 and 1.5x at batch 8; on Zen 4 prefetching at batch 1
 // cost 8% at one thread (session 2). Set once per process, before any step, from tuning.py's
 // per-CPU table (benchmarks/prefetch_distance.py measures it); read-only while products run.

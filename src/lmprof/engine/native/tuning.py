@@ -6,8 +6,8 @@ two ahead, into L2, at batch > 1). It paid on one CPU and cost on another, so th
 a table keyed by vendor and family, filled from `benchmarks/prefetch_distance.py`
 (interleaved decode steps at each distance, in one process; benchmarks/RESULTS.md):
 
-- AMD family 26 (Zen 5), 2-core VM, 2026-12-02: 4096 bytes. Batch 1: fp32 step 1.03-1.15x at
-  2 threads, 1.09x at 1 thread; int8 1.06-1.12x; W8A8 1.21x. Batch 8 products: fp32
+- AMD family 26 (Zen 5), 2-core VM, 2026-12-02: 4096 bytes. Batch 1: fp32 step 1.01-1.15x at
+  2 threads, 1.02-1.09x at 1 thread; int8 1.06-1.12x; W8A8 1.21x. Batch 8 products: fp32
   1.04-1.10x, int8 1.02x, W8A8 1.5x. The gain follows the host's bandwidth of the moment
   (1.01-1.02x in a slow phase, up to 1.23x in fast rounds); 8192 bytes cost 6% at 1 thread.
 - AMD family 25 (Zen 3, Zen 4): the default. On a Zen 4 prefetching the rows two ahead at
