@@ -173,16 +173,17 @@ template <int R, int N, typename T>
 inline void dot_rows(const T* const w[R], const float* const x[N], int64_t K, float out[R * N]) {
   static_assert(R * N <= 2 * kLanes, "dot_rows: more accumulators than two reductions take");
   Lanes acc[R * N] = {};  // acc[r * N + j]: weight row r against activation row j
+  const int64_t ahead = prefetch_bytes;  // one read per product: set before any step runs
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
-    if (N > 1 && prefetch_bytes == 0 && (k * int64_t(sizeof(T))) % 64 == 0) {  // once per 64-byte line
+    if ((k * int64_t(sizeof(T))) % 64 == 0) {  // once per 64-byte line
+      if (ahead > 0) {
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + kPrefetchRowsAhead * K + k, 0, 2);
-    }
-    if (prefetch_bytes > 0 && (k * int64_t(sizeof(T))) % 64 == 0) {
+        for (int r = 0; r < R; ++r) __builtin_prefetch(reinterpret_cast<const char*>(w[r] + k) + ahead, 0, 3);
+      } else if (N > 1) {
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r)
-        __builtin_prefetch(reinterpret_cast<const char*>(w[r] + k) + prefetch_bytes, 0, 3);
+        for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + kPrefetchRowsAhead * K + k, 0, 2);
+      }
     }
     Lanes wv[R];
 #pragma GCC unroll 4
@@ -365,11 +366,12 @@ inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb
                         int64_t K, int32_t out[2 * N]) {
   __m512i acc_a[N], acc_b[N];
   for (int j = 0; j < N; ++j) acc_a[j] = acc_b[j] = _mm512_setzero_si512();
+  const int64_t ahead = prefetch_bytes;  // one read per product: set before any step runs
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
-    if (prefetch_bytes > 0) {  // one 64-byte line a row per iteration
-      __builtin_prefetch(wa + k + prefetch_bytes, 0, 3);
-      __builtin_prefetch(wb + k + prefetch_bytes, 0, 3);
+    if (ahead > 0) {  // one 64-byte line a row per iteration
+      __builtin_prefetch(wa + k + ahead, 0, 3);
+      __builtin_prefetch(wb + k + ahead, 0, 3);
     }
     const __m512i va = _mm512_loadu_si512(wa + k), vb = _mm512_loadu_si512(wb + k);
 #pragma GCC unroll 8
@@ -406,11 +408,12 @@ inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb
   __m256i acc_a[N], acc_b[N];
   for (int j = 0; j < N; ++j) acc_a[j] = acc_b[j] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t ahead = prefetch_bytes;  // one read per product: set before any step runs
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    if (prefetch_bytes > 0 && k % 64 == 0) {
-      __builtin_prefetch(wa + k + prefetch_bytes, 0, 3);
-      __builtin_prefetch(wb + k + prefetch_bytes, 0, 3);
+    if (ahead > 0 && k % 64 == 0) {
+      __builtin_prefetch(wa + k + ahead, 0, 3);
+      __builtin_prefetch(wb + k + ahead, 0, 3);
     }
     const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wa + k));
     const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + k));
