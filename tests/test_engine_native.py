@@ -261,6 +261,7 @@ def test_prefetch_changes_no_product(ops, distance, batch):
             lambda: ops.linear(x, w_int8, None, torch.cat([scales.float(), w_int8.sum(dim=1).float()]))
         )
     previous = ops.set_prefetch(0)
+    assert ops.prefetch() == 0
     try:
         expected = [call() for call in calls]
         ops.set_prefetch(distance)

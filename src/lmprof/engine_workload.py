@@ -160,11 +160,8 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
             check_native_decode(model)
             # The first use on a machine compiles the C++ kernels: its own phase, never hidden
             # inside the first decode step.
-            from lmprof.engine.native.tuning import prefetch_bytes
-
             with session.phase("load_native_kernels", cached_build=is_built()) as h:
-                load_native_ops()
-                h.note(prefetch_bytes=prefetch_bytes())
+                h.note(prefetch_bytes=load_native_ops().prefetch())  # as the kernels hold it
     return model
 
 

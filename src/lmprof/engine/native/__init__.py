@@ -8,7 +8,7 @@ different processor gets its own build, and a cached build loads in milliseconds
 
 Ops land in `torch.ops.lmprof_native`: `decode_step` (a whole decode step), `linear` (its
 matrix-vector product alone, for probes and kernel benchmarks), `argmax_rows`, and
-`set_prefetch` (the per-CPU prefetch distance, set at load from tuning.py).
+`set_prefetch` and `prefetch` (the per-CPU prefetch distance, set at load from tuning.py).
 """
 
 from __future__ import annotations

@@ -388,6 +388,7 @@ TORCH_LIBRARY(lmprof_native, m) {
     TORCH_CHECK(bytes >= 0, "lmprof_native::set_prefetch: bytes must be >= 0, got ", bytes);
     return std::exchange(lmprof_native::prefetch_bytes, bytes);
   });
+  m.def("prefetch() -> int", []() { return lmprof_native::prefetch_bytes; });  // what the kernels hold
 }
 
 TORCH_LIBRARY_IMPL(lmprof_native, CPU, m) {
