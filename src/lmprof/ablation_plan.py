@@ -168,6 +168,11 @@ def _switch_groups(options: Mapping[str, Any]) -> set[str]:
     return {WEIGHT_FORMAT if key in WEIGHT_FORMAT_KEYS else key for key in options}
 
 
+def _switch_rows(rows: Sequence[AblationRow]) -> list[AblationRow]:
+    """The rows a best combination is made of: engine switches at batch 1 that can run."""
+    return [r for r in rows if r.runner == "engine" and r.batch == 1 and r.options and r.skip_reason is None]
+
+
 def best_combination(
     rows: Sequence[AblationRow],
     decode_tokens_per_s: Mapping[str, float | None],
@@ -185,12 +190,8 @@ def best_combination(
     ref_rate = decode_tokens_per_s.get(reference)
     winners = [
         row
-        for row in rows
-        if row.runner == "engine"
-        and row.name != reference
-        and row.batch == 1
-        and row.options
-        and row.skip_reason is None
+        for row in _switch_rows(rows)
+        if row.name != reference
         and ref_rate
         and (decode_tokens_per_s.get(row.name) or 0.0) >= min_gain * ref_rate
     ]
@@ -237,12 +238,7 @@ def measured_best(
     row). Returns (that row's switches as the best combination, why), or None to keep `best`."""
     if best.skip_reason or len(best.combines) < 2 or not best_rate:
         return None
-    candidates = [
-        row
-        for row in rows
-        if row.runner == "engine" and row.batch == 1 and row.options and row.skip_reason is None
-        and (decode_tokens_per_s.get(row.name) or 0.0) > best_rate
-    ]  # fmt: skip
+    candidates = [row for row in _switch_rows(rows) if (decode_tokens_per_s.get(row.name) or 0.0) > best_rate]
     if not candidates:
         return None
     fastest = max(candidates, key=lambda row: decode_tokens_per_s[row.name] or 0.0)
