@@ -126,15 +126,35 @@ def test_native_argmax_rows_is_torch_argmax(ops, vocab):
     assert ops.argmax_rows(logits).tolist() == logits.argmax(-1).tolist()
 
 
-def test_native_greedy_sampling_uses_the_native_argmax(model_dirs, ops, monkeypatch):
+def test_native_greedy_sampling_uses_the_native_picks(model_dirs, ops, monkeypatch):
     calls = []
-    real = ops.argmax_rows
-    monkeypatch.setattr(
-        ops, "argmax_rows", lambda logits: calls.append(logits.shape) or real(logits), raising=False
-    )
+    for name in ("argmax_rows", "pick_greedy"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(
+            ops, name, lambda *a, _n=name, _r=real: calls.append((_n, a[0].shape)) or _r(*a), raising=False
+        )
     result = generate(load_hf_folder(model_dirs["qwen2"], NATIVE), prompt(5, batch=2), max_new_tokens=4)
-    assert calls == [(2, 96)] * 4  # the prefill's pick and three decode steps'
+    # the prefill's pick, then three decode steps' picks with padding and the eos check
+    assert calls == [("argmax_rows", (2, 96))] + [("pick_greedy", (2, 96))] * 3
     assert result.tokens.shape == (2, 4)
+
+
+def test_native_pick_greedy_is_the_torch_loops_pick(ops):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=generator)
+    logits[1] = 1.0  # all tied: the first
+    logits[2, 7] = float("nan")
+    eos = torch.tensor([int(logits[3].argmax()), int(logits[4].argmax())])
+    before = torch.tensor([False, False, False, False, True, True])  # rows 4 and 5 had finished
+    expected_tokens = torch.where(before, 9, logits.argmax(-1))
+    expected_finished = before | torch.isin(expected_tokens, eos)
+    finished = before.clone()
+    tokens = ops.pick_greedy(logits, finished, eos, 9)
+    assert tokens.tolist() == expected_tokens.tolist()
+    assert finished.tolist() == expected_finished.tolist() == [False, False, False, True, True, True]
+    assert ops.pick_greedy(logits, finished, torch.empty(0, dtype=torch.long), 9)[:3].tolist() == (
+        logits[:3].argmax(-1).tolist()
+    )  # no eos: nothing more finishes
 
 
 def _needs_w8a8():
@@ -421,7 +441,9 @@ def test_profile_native_deep_views_see_inside_the_native_step(native_deep_run):
     deep = native_deep_run.deep
     ops = {o["name"] for o in deep.operators["decode"]}
     assert {"lmprof_native::decode_step", "lmprof_native::matvec", "lmprof_native::attention"} <= ops
-    assert "lmprof_native::argmax_rows" in ops and "aten::argmax" not in ops  # greedy picks, natively
+    assert "lmprof_native::pick_greedy" in ops and "aten::argmax" not in ops  # greedy picks, natively
+    # The native call embeds, rotates and claims the slot itself: no torch op of the step's own.
+    assert not {"aten::embedding", "aten::cos", "aten::cumsum", "aten::isin", "aten::where"} & ops
     modules = {m["path"] for m in deep.modules["decode"]}
     assert {"layers.0.attention", "layers.0.mlp.down_proj", "lm_head"} <= modules
     per_step = deep.step_breakdown["decode"]["per_step_s"]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lmprof.engine.kv_cache import GrowingKVCache, KVCache, StaticKVCache
 from lmprof.engine.model import Transformer, causal_mask
-from lmprof.engine.native_decode import NativeStep, check_native_decode, head_scales, layer_weights
+from lmprof.engine.native_decode import NativeInputs, NativeStep, check_native_decode, native_inputs
 from lmprof.engine.options import EngineOptions
 from lmprof.errors import UsageError
 
@@ -34,8 +34,8 @@ class DecodeState:
     next_position: Tensor  # [B] rope position of each row's next token
     length: int = 0  # slots used so far
     tokens: Tensor | None = None  # [B, length] every token so far; kept only without a cache
-    # What a native decode step reads (layer tensors, head scales), gathered at its first step.
-    native_weights: tuple[list[Tensor], Tensor] | None = None
+    # What a native decode step reads (weights, embedding, rope tables), gathered at its first step.
+    native: NativeInputs | None = None
 
     @property
     def is_static(self) -> bool:
@@ -137,16 +137,26 @@ def compiled_decode_forward(model: Transformer) -> Callable[..., Tensor]:
     return compiled
 
 
-def _native_decode_forward(
-    model: Transformer, state: DecodeState, tokens: Tensor, positions: Tensor
-) -> Tensor:
+def prepare_native_decode(model: Transformer, state: DecodeState) -> None:
+    """Check the model and gather what the native steps read (weights, rope tables), once per
+    generation; run_steps does it before the first step's timing starts."""
+    if state.native is None:
+        check_native_decode(model)
+        state.native = native_inputs(model, state.key_valid.shape[1])
+
+
+def _native_decode_forward(model: Transformer, state: DecodeState, tokens: Tensor) -> Tensor:
+    # The native call claims the slot itself (marks it valid, advances each row's position by
+    # one, as _claim_slots does for one valid token a row): no torch op runs outside it.
     if not state.is_static:
         raise UsageError("native_decode needs kv_cache='static'")
-    if state.native_weights is None:
-        check_native_decode(model)
-        state.native_weights = layer_weights(model), head_scales(model)
-    step = NativeStep(*state.native_weights, state.key_valid, state.length - 1)
-    return model(tokens, positions, cache=state.cache, native=step)[:, -1]  # [B, V]
+    capacity = state.key_valid.shape[1]
+    if state.length + 1 > capacity:
+        raise UsageError(f"static KV cache full: {state.length} + 1 > {capacity} slots")
+    prepare_native_decode(model, state)
+    step = NativeStep(state.native, state.key_valid, state.next_position, state.length)
+    state.length += 1
+    return model(tokens[:, None], cache=state.cache, native=step)[:, -1]  # [B, V]
 
 
 def decode_step(
@@ -155,12 +165,12 @@ def decode_step(
     """One new token per row: tokens [B] -> next-token logits [B, V].
 
     compiled: the torch.compile'd step; native: one call into lmprof's C++ decode kernels."""
+    if native and state.cache is not None:
+        return _native_decode_forward(model, state, tokens)
     tokens = tokens[:, None]  # [B, 1]
     slots, positions = _claim_slots(state, torch.ones_like(tokens, dtype=torch.bool))
     if state.cache is None:
         return _forward_without_cache(model, state, tokens)
-    if native:
-        return _native_decode_forward(model, state, tokens, positions)
     forward = compiled_decode_forward(model) if compiled else _decode_forward
     return forward(model, tokens, positions, slots, state.key_valid, state.cache)
 
@@ -188,6 +198,16 @@ def sample(
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _native_pick(options: EngineOptions, temperature: float, device: torch.device) -> Callable | None:
+    """lmprof_native::pick_greedy where a decode step's pick can run natively (greedy, CPU,
+    native_decode), else None."""
+    if not options.native_decode or temperature > 0 or device.type != "cpu":
+        return None
+    from lmprof.engine.native import load_native_ops
+
+    return load_native_ops().pick_greedy
 
 
 class StepTimer:
@@ -318,6 +338,9 @@ def run_steps(
         finished = torch.isin(next_tokens, eos)
         timer.stop()
     out = [next_tokens]
+    native_pick = _native_pick(options, temperature, next_tokens.device)
+    if options.native_decode and max_new_tokens > 1:
+        prepare_native_decode(model, state)
     if max_new_tokens > 1:
         with decode_scope():
             for step in range(1, max_new_tokens):
@@ -329,9 +352,12 @@ def run_steps(
                 logits = decode_step(
                     model, state, next_tokens, compiled=options.compile_decode, native=options.native_decode
                 )
-                next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
-                next_tokens = torch.where(finished, pad_token_id, next_tokens)
-                finished = finished | torch.isin(next_tokens, eos)
+                if native_pick:  # argmax, padding for finished rows and the eos check: one op
+                    next_tokens = native_pick(logits, finished, eos, pad_token_id)
+                else:
+                    next_tokens = sample(logits, temperature, top_k, generator, native=options.native_decode)
+                    next_tokens = torch.where(finished, pad_token_id, next_tokens)
+                    finished = finished | torch.isin(next_tokens, eos)
                 timer.stop()
                 out.append(next_tokens)
     return torch.stack(out, dim=1), finished

@@ -261,8 +261,11 @@ class Transformer(nn.Module):
         Without `positions`/`mask`, the tokens are one unpadded sequence starting at position 0.
         With a cache, pass the rope positions [B, T], the cache `slots` [T] and the mask
         [B, 1, T, S] over every slot the cache returns. With `native` (one new token per row,
-        a static cache), the blocks, norm and head run as one call into lmprof's C++ kernels.
+        a static cache), the whole step runs as one call into lmprof's C++ kernels, which reads
+        the rows' positions and marks their slot from the NativeStep (positions, mask unused).
         """
+        if native is not None:  # embedding, rope positions and every layer in one native call
+            return native.run(self, tokens, cache)  # [B, 1, V]
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
@@ -273,8 +276,6 @@ class Transformer(nn.Module):
             mask = causal_mask(slots, torch.ones(B, T, dtype=torch.bool, device=tokens.device))
         x = self.embed_tokens(tokens).to(self.dtype)  # [B, T, D]
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)  # [B, 1, T, hd]
-        if native is not None:
-            return native.run(self, x, cos, sin, cache)  # [B, 1, V]
         for block in self.layers:
             x = block(x, cos, sin, mask, cache, slots)
         if last_only:

@@ -3,8 +3,10 @@
 The switch `EngineOptions(native_decode=True)` replaces the ~50 torch ops per layer of a
 decode step (batch 1 or more, one new token per row) with one call into lmprof's C++ kernels
 (lmprof/engine/native), reading the same tensors the Python model holds: no copy of the
-weights (float32, or int8 with `int8=True`), the same static KV cache. Prefill stays on
-torch, whose GEMMs suit many rows.
+weights (float32, or int8 with `int8=True`), the same static KV cache. The call takes the
+token ids, not embeddings: it looks them up, reads the rope angles from tables made once per
+generation (NativeInputs) and claims its cache slot, so no torch op runs between two native
+steps but the pick. Prefill stays on torch, whose GEMMs suit many rows.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lmprof.engine.kv_cache import StaticKVCache
-from lmprof.engine.quant import Int8Linear
+from lmprof.engine.quant import Int8Embedding, Int8Linear
 from lmprof.errors import UsageError
 
 _EMPTY = torch.empty(0)
@@ -100,34 +102,64 @@ def layer_weights(model: torch.nn.Module) -> list[Tensor]:
 
 
 @dataclass
-class NativeStep:
-    """What one native decode call needs beyond the embeddings and rotary angles."""
+class NativeInputs:
+    """What every native step of one generation reads, gathered at its first step."""
 
-    weights: list[Tensor]  # layer_weights(model), gathered once per generation
+    weights: list[Tensor]  # layer_weights(model)
     head_scales: Tensor  # lm_head's fp32 scales when it is int8, else empty
-    key_valid: Tensor  # [B, capacity] bool
+    embedding: Tensor  # [V, D] float32, or the tied head's int8 table
+    embedding_scales: Tensor  # that int8 table's fp32 scales [V], else empty
+    rope_cos: Tensor  # [capacity, hd]: rope_cos_sin at every position the cache can hold
+    rope_sin: Tensor
+
+
+def native_inputs(model: torch.nn.Module, capacity: int) -> NativeInputs:
+    """The tensors a native step reads; the rope tables come from the torch path's own
+    rope_cos_sin, so both paths rotate by the same angles."""
+    from lmprof.engine.model import rope_cos_sin
+
+    embed = model.embed_tokens
+    if isinstance(embed, Int8Embedding):
+        head = embed.head[0]
+        embedding, embedding_scales = head.weight, native_scales(head)
+    else:
+        embedding, embedding_scales = embed.weight, _EMPTY
+    positions = torch.arange(capacity, device=model.inv_freq.device)[None]  # [1, capacity]
+    cos, sin = rope_cos_sin(model.inv_freq, positions, torch.float32)  # [1, 1, capacity, hd]
+    return NativeInputs(
+        layer_weights(model), head_scales(model), embedding, embedding_scales, cos[0, 0], sin[0, 0]
+    )
+
+
+@dataclass
+class NativeStep:
+    """One native decode call: the generation's inputs and the rows' state the call advances."""
+
+    inputs: NativeInputs
+    key_valid: Tensor  # [B, capacity] bool; the call marks `slot` valid
+    positions: Tensor  # [B] int64 rope position of each row's token; the call adds one
     slot: int  # the cache slot every row writes this step
 
-    def run(
-        self, model: torch.nn.Module, x: Tensor, cos: Tensor, sin: Tensor, cache: StaticKVCache
-    ) -> Tensor:
-        """x: [B, 1, D] embeddings, cos/sin: [B, 1, 1, hd] -> logits [B, 1, V]."""
+    def run(self, model: torch.nn.Module, tokens: Tensor, cache: StaticKVCache) -> Tensor:
+        """tokens: [B, 1] -> logits [B, 1, V]: embedding, rope, every layer, norm and head."""
         from lmprof.engine.native import load_native_ops
 
-        B = x.shape[0]
-        config = model.config
+        config, inputs = model.config, self.inputs
         logits = load_native_ops().decode_step(
-            x.reshape(B, -1),
-            cos.reshape(B, -1).contiguous(),
-            sin.reshape(B, -1).contiguous(),
+            tokens.reshape(-1),
+            inputs.embedding,
+            inputs.embedding_scales,
+            self.positions,
+            inputs.rope_cos,
+            inputs.rope_sin,
             self.key_valid,
             self.slot,
-            self.weights,
+            inputs.weights,
             cache.keys,
             cache.values,
             model.norm.weight,
             model.lm_head.weight,
-            self.head_scales,
+            inputs.head_scales,
             config.n_heads,
             config.n_kv_heads,
             config.rms_norm_eps,

@@ -7,7 +7,8 @@ source, torch's version, the flags and the CPU, so a changed source, a torch upg
 different processor gets its own build, and a cached build loads in milliseconds.
 
 Ops land in `torch.ops.lmprof_native`: `decode_step` (a whole decode step), `linear` (its
-matrix-vector product alone, for probes and kernel benchmarks), `argmax_rows`, and
+matrix-vector product alone, for probes and kernel benchmarks), `argmax_rows` (the prefill's
+greedy pick), `pick_greedy` (a decode step's: argmax, padding and the eos check), and
 `set_prefetch` and `prefetch` (the per-CPU prefetch distance, set at load from tuning.py).
 """
 

@@ -197,13 +197,50 @@ void project(int tid, int threads, const float* in, int64_t B, const std::vector
   }
 }
 
-at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, const at::Tensor& sin,
-                       const at::Tensor& key_valid, int64_t slot, at::TensorList weights, at::TensorList k_cache,
+// The rows' embeddings [B, D]: rows of a float32 table, or of the tied head's int8 table times
+// its per-row scales (what Int8Embedding computes in float32).
+at::Tensor embed(const at::Tensor& token_ids, const at::Tensor& table, const at::Tensor& scales) {
+  TORCH_CHECK(token_ids.dim() == 1 && token_ids.scalar_type() == at::kLong, "lmprof_native: tokens must be int64 [B]");
+  const at::Tensor tokens = token_ids.contiguous();  // a column of a [B, T] batch is strided
+  TORCH_CHECK(table.dim() == 2 && table.is_contiguous() &&
+                  (table.scalar_type() == at::kFloat || table.scalar_type() == at::kChar),
+              "lmprof_native: the embedding table must be contiguous float32 or int8 [V, D]");
+  const bool i8 = table.scalar_type() == at::kChar;
+  const int64_t B = tokens.size(0), V = table.size(0), D = table.size(1);
+  TORCH_CHECK(!i8 || (scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() >= V),
+              "lmprof_native: an int8 embedding table needs float32 scales [V]");
+  at::Tensor x = at::empty({B, D}, tokens.options().dtype(at::kFloat));
+  const int64_t* ids = tokens.data_ptr<int64_t>();
+  float* out = x.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t id = ids[b];
+    TORCH_CHECK(id >= 0 && id < V, "lmprof_native: token ", id, " outside the vocabulary (", V, ")");
+    if (i8) {
+      const int8_t* row = table.data_ptr<int8_t>() + id * D;
+      const float scale = scales.data_ptr<float>()[id];
+      for (int64_t d = 0; d < D; ++d) out[b * D + d] = static_cast<float>(row[d]) * scale;
+    } else {
+      const float* row = table.data_ptr<float>() + id * D;
+      std::copy(row, row + D, out + b * D);
+    }
+  }
+  return x;
+}
+
+// One new token per row: tokens [B] at rope positions [B] (rows of the rope_cos/rope_sin
+// tables [rows, head_dim]) write cache slot `slot`. The step marks that slot valid in
+// key_valid and advances every row's position by one, as generate.py's _claim_slots does for
+// the torch path, so Python runs no op of its own between steps.
+at::Tensor decode_step(const at::Tensor& tokens, const at::Tensor& embedding, const at::Tensor& embedding_scales,
+                       at::Tensor& positions, const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+                       at::Tensor& key_valid, int64_t slot, at::TensorList weights, at::TensorList k_cache,
                        at::TensorList v_cache, const at::Tensor& final_norm, const at::Tensor& lm_head,
                        const at::Tensor& lm_head_scales, int64_t n_heads, int64_t n_kv_heads, double eps_d) {
-  TORCH_CHECK(embeddings.dim() == 2 && embeddings.scalar_type() == at::kFloat,
-              "lmprof_native: embeddings must be float32 [B, D]");
-  const int64_t B = embeddings.size(0), D = embeddings.size(1);
+  TORCH_CHECK(embedding.dim() == 2, "lmprof_native: the embedding table must be [V, D]");
+  const int64_t B = tokens.numel(), D = embedding.size(1);
+  TORCH_CHECK(positions.dim() == 1 && positions.scalar_type() == at::kLong && positions.is_contiguous() &&
+                  positions.size(0) == B,
+              "lmprof_native: positions must be int64 [B]");
   const int64_t L = static_cast<int64_t>(k_cache.size());
   TORCH_CHECK(L > 0 && static_cast<int64_t>(v_cache.size()) == L &&
                   static_cast<int64_t>(weights.size()) == L * kSlotsPerLayer,
@@ -217,8 +254,15 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
   TORCH_CHECK(key_valid.scalar_type() == at::kBool && key_valid.is_contiguous() && key_valid.size(0) == B &&
                   key_valid.size(1) == capacity,
               "lmprof_native: key_valid must be bool [B, capacity]");
-  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == B * hd && sin.numel() == B * hd,
-              "lmprof_native: cos and sin must be contiguous [B, head_dim]");
+  TORCH_CHECK(rope_cos.dim() == 2 && rope_cos.scalar_type() == at::kFloat && rope_cos.is_contiguous() &&
+                  rope_cos.size(1) == hd && rope_sin.sizes() == rope_cos.sizes() &&
+                  rope_sin.scalar_type() == at::kFloat && rope_sin.is_contiguous(),
+              "lmprof_native: rope_cos and rope_sin must be contiguous float32 [positions, head_dim]");
+  int64_t* positionp = positions.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(positionp[b] >= 0 && positionp[b] < rope_cos.size(0), "lmprof_native: position ", positionp[b],
+                " outside the rope tables (", rope_cos.size(0), " rows)");
+  }
   const int64_t q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
   const int64_t qkv_dim = q_dim + 2 * kv_dim;
   const float eps = static_cast<float>(eps_d);
@@ -254,7 +298,13 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
   const std::vector<Projection> head{{matrix(lm_head, at::Tensor(), lm_head_scales, D, "lm_head"), "lm_head"}};
   const int64_t V = head[0].m.N;
 
-  at::Tensor x = embeddings.contiguous().clone();  // the residual stream [B, D]
+  at::Tensor x;  // the residual stream [B, D]
+  {
+    RECORD_USER_SCOPE("module:embed_tokens");
+    x = embed(tokens, embedding, embedding_scales);
+  }
+  bool* validp = key_valid.data_ptr<bool>();
+  for (int64_t b = 0; b < B; ++b) validp[b * capacity + slot] = true;  // the step's own key
   const auto opts = x.options();
   at::Tensor normed = at::empty({B, D}, opts), qkv = at::empty({B, qkv_dim}, opts);
   at::Tensor attn = at::empty({B, q_dim}, opts), gate_up = at::empty({B, 2 * I}, opts);
@@ -262,9 +312,6 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
   float *xp = x.data_ptr<float>(), *np = normed.data_ptr<float>(), *qkvp = qkv.data_ptr<float>();
   float *attnp = attn.data_ptr<float>(), *gup = gate_up.data_ptr<float>(), *actp = act.data_ptr<float>();
   float* logitsp = logits.data_ptr<float>();
-  const float* cosp = cos.data_ptr<float>();
-  const float* sinp = sin.data_ptr<float>();
-  const bool* validp = key_valid.data_ptr<bool>();
   const lmprof_native::AttentionShape shape{B, n_heads, n_kv_heads, hd, capacity, slot, qkv_dim};
   // torch.set_num_threads sets OpenMP's thread count, so this region runs on torch's own
   // pool with torch's intra-op thread count (one libgomp in the process).
@@ -294,8 +341,10 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
           const auto [begin, end] = share(B, 1, tid, team);
           for (int64_t b = begin; b < end; ++b) {
             float* row = qkvp + b * qkv_dim;
-            lmprof_native::rope(row, n_heads, hd, cosp + b * hd, sinp + b * hd);
-            lmprof_native::rope(row + q_dim, n_kv_heads, hd, cosp + b * hd, sinp + b * hd);
+            const float* cosp = rope_cos.data_ptr<float>() + positionp[b] * hd;
+            const float* sinp = rope_sin.data_ptr<float>() + positionp[b] * hd;
+            lmprof_native::rope(row, n_heads, hd, cosp, sinp);
+            lmprof_native::rope(row + q_dim, n_kv_heads, hd, cosp, sinp);
             for (int64_t g = 0; g < n_kv_heads; ++g) {
               const int64_t at_slot = ((b * n_kv_heads + g) * capacity + slot) * hd;
               std::copy(row + q_dim + g * hd, row + q_dim + (g + 1) * hd, plan.k_cache + at_slot);
@@ -332,6 +381,7 @@ at::Tensor decode_step(const at::Tensor& embeddings, const at::Tensor& cos, cons
     norm_stage("norm", final_norm_p);
     project(tid, team, np, B, head, logitsp, V, false, quantized);
   }
+  for (int64_t b = 0; b < B; ++b) ++positionp[b];
   return logits;
 }
 
@@ -374,15 +424,47 @@ at::Tensor argmax_rows(const at::Tensor& logits) {
   return tokens;
 }
 
+// One decode step's greedy pick in one op, for generate.py's loop: tokens [B] = the argmax of
+// each row (argmax_rows' rule), or pad_token_id for a row already finished; then a row whose
+// token is in eos [n] (int64) finishes. Four torch ops (argmax, where, isin, or) did this; each
+// cost tens of microseconds between steps, with the caches just flushed by the weights.
+at::Tensor pick_greedy(const at::Tensor& logits, at::Tensor& finished, const at::Tensor& eos, int64_t pad_token_id) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.is_contiguous(),
+              "lmprof_native::pick_greedy: logits must be contiguous float32 [B, V]");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V > 0, "lmprof_native::pick_greedy: logits have no columns");
+  TORCH_CHECK(finished.dim() == 1 && finished.size(0) == B && finished.scalar_type() == at::kBool &&
+                  finished.is_contiguous(),
+              "lmprof_native::pick_greedy: finished must be bool [B]");
+  TORCH_CHECK(eos.dim() == 1 && eos.scalar_type() == at::kLong && eos.is_contiguous(),
+              "lmprof_native::pick_greedy: eos must be int64 [n]");
+  at::Tensor tokens = at::empty({B}, logits.options().dtype(at::kLong));
+  const float* x = logits.data_ptr<float>();
+  int64_t* out = tokens.data_ptr<int64_t>();
+  bool* done = finished.data_ptr<bool>();
+  const int64_t* stop = eos.data_ptr<int64_t>();
+  const int64_t n_stop = eos.numel();
+  RECORD_FUNCTION("lmprof_native::pick_greedy", c10::ArrayRef<const c10::IValue>{});
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      out[b] = done[b] ? pad_token_id : lmprof_native::argmax(x + b * V, V);
+      done[b] = done[b] || std::find(stop, stop + n_stop, out[b]) != stop + n_stop;
+    }
+  });
+  return tokens;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lmprof_native, m) {
   m.def(
-      "decode_step(Tensor embeddings, Tensor cos, Tensor sin, Tensor key_valid, int slot, Tensor[] weights, "
+      "decode_step(Tensor tokens, Tensor embedding, Tensor embedding_scales, Tensor(c!) positions, "
+      "Tensor rope_cos, Tensor rope_sin, Tensor(d!) key_valid, int slot, Tensor[] weights, "
       "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor final_norm, Tensor lm_head, Tensor lm_head_scales, "
       "int n_heads, int n_kv_heads, float eps) -> Tensor");
   m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None, int tile_rows=0) -> Tensor");
   m.def("argmax_rows(Tensor logits) -> Tensor");
+  m.def("pick_greedy(Tensor logits, Tensor(a!) finished, Tensor eos, int pad_token_id) -> Tensor");
   // No tensors to dispatch on: one kernel for every backend. Returns the previous distance.
   m.def("set_prefetch(int bytes) -> int", [](int64_t bytes) {
     TORCH_CHECK(bytes >= 0, "lmprof_native::set_prefetch: bytes must be >= 0, got ", bytes);
@@ -395,4 +477,5 @@ TORCH_LIBRARY_IMPL(lmprof_native, CPU, m) {
   m.impl("decode_step", &decode_step);
   m.impl("linear", &linear);
   m.impl("argmax_rows", &argmax_rows);
+  m.impl("pick_greedy", &pick_greedy);
 }
