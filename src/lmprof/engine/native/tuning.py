@@ -10,9 +10,11 @@ a table keyed by vendor and family, filled from `benchmarks/prefetch_distance.py
   2 threads, 1.02-1.09x at 1 thread; int8 1.06-1.12x; W8A8 1.21x. Batch 8 products: fp32
   1.04-1.10x, int8 1.02x, W8A8 1.5x. The gain follows the host's bandwidth of the moment
   (1.01-1.02x in a slow phase, up to 1.23x in fast rounds); 8192 bytes cost 6% at 1 thread.
-- AMD family 25 (Zen 3, Zen 4): the default. On a Zen 4 prefetching the rows two ahead at
-  batch 1 (4.6 KB for the 576-wide rows) made the one-thread step 1.08x slower and the
-  two-thread one 1.02x faster (session 2); Zen 3 is unmeasured.
+- AMD family 25 (Zen 3, Zen 4): the default. On a Zen 3 (model 1, 2-core VM, 2026-12-03) every
+  distance cost: fp32 step 0.91x (2048 bytes), 0.94x (4096, 8192) at 2 threads, 0.96x (1024)
+  and 0.91x (4096) at 1 thread; int8 1.02-1.03x, within the rounds' spread. On a Zen 4
+  prefetching the rows two ahead at batch 1 (4.6 KB for the 576-wide rows) made the one-thread
+  step 1.08x slower and the two-thread one 1.02x faster (session 2).
 - Everything else: the default, until measured.
 
 $LMPROF_PREFETCH_BYTES overrides the table (0 restores the default), for measuring a new CPU.
