@@ -94,6 +94,7 @@ def test_kernels_compute_right_without_avx512(tmp_path, march):
             "-O2",
             march,
             "-fopenmp",
+            "-fno-trapping-math",  # as the extension builds (native/__init__.py's CFLAGS)
             "-Wno-psabi",
             "-Wno-unknown-pragmas",
             f"-I{SOURCE.parent}",
@@ -133,7 +134,7 @@ def test_kernels_build_for_avx512_vnni_where_this_cpu_cannot_run_them(tmp_path):
     source = tmp_path / "check.cpp"
     source.write_text(CHECK + W8A8_USE)
     build = subprocess.run(
-        [compiler, "-O2", "-march=icelake-server", "-fopenmp", "-Wno-psabi", "-Wno-unknown-pragmas",
+        [compiler, "-O2", "-march=icelake-server", "-fopenmp", "-fno-trapping-math", "-Wno-psabi", "-Wno-unknown-pragmas",
          f"-I{SOURCE.parent}", "-c", str(source), "-o", str(tmp_path / "check.o")],
         capture_output=True,
         text=True,

@@ -26,7 +26,10 @@ from typing import Any
 from lmprof.errors import UsageError
 
 SOURCE = Path(__file__).with_name("decode_step.cpp")
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-Wno-unknown-pragmas"]
+# -fno-trapping-math: without it GCC 12 vectorizes no loop with a float comparison or a clamp
+# in it (fast_exp's): SiLU over [8, 1536] took 63 us a layer, 26 us with it. It changes no
+# result, only lets the compiler ignore floating-point exception flags, which nothing reads.
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-Wno-unknown-pragmas"]
 # Linking libgomp by its soname reuses the copy torch already loaded: one OpenMP thread pool.
 LDFLAGS = ["-fopenmp"]
 

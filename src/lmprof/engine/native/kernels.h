@@ -536,7 +536,8 @@ inline int64_t argmax(const float* x, int64_t n) {
   return best_index;
 }
 
-// e^x in a form the compiler vectorizes (std::exp stays a scalar call without -ffast-math):
+// e^x in a form the compiler vectorizes (std::exp stays a scalar call without -ffast-math; the
+// clamp needs -fno-trapping-math, which the extension is built with):
 // x = n ln2 + r with |r| <= ln2/2, e^r by Cephes' expf polynomial, 2^n built in the exponent
 // bits. Within 2 ulp of std::exp for x in [-87, 88]; inputs are clamped to that range.
 // n is rounded by adding and subtracting 1.5 * 2^23 (exact for |n| < 2^22), not std::floor:
