@@ -7,8 +7,11 @@ Fills the per-CPU table in src/lmprof/engine/native/tuning.py. One process loads
 (native step, fused projections, huge pages where the kernel offers them) once; each round
 sets each distance with `lmprof_native::set_prefetch`, in an order that rotates by
 round, and generates `--new-tokens` tokens for `--batch` sequences, keeping the median
-decode step. Distance 0 is kernels.h's default (no software prefetch at batch 1, the rows
-two ahead into L2 at batch > 1); any other prefetches that many bytes ahead into L1. Before the
+decode step. Each distance is set for narrow and wide tiles alike, so it is the distance of
+whichever tiles `--batch` runs (batch 1-2: narrow, the table's first number; 4 and up on AVX2,
+8 and up on AVX-512: wide, its second). Distance 0 is kernels.h's default (no software
+prefetch at batch 1, the rows two ahead into L2 at batch > 1); any other prefetches that many
+bytes ahead into L1. Before the
 distances, a sum over 256 MiB (best of 3) reads the host's bandwidth of that moment.
 
 Printed per distance: the median weight bandwidth of its steps, its per-round ratio to
@@ -99,16 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         sums.append(read_gbps(buffer))
         shift = round_index % len(distances)
         for distance in distances[shift:] + distances[:shift]:
-            ops.set_prefetch(distance)
+            ops.set_prefetch(distance, distance)  # narrow and wide: whichever tiles this batch runs
             steps = generate(model, prompt, args.new_tokens).decode_step_s
             gbps[distance].append(weight_bytes / statistics.median(steps) / 1e9)
-    ops.set_prefetch(prefetch_bytes())
+    ops.set_prefetch(*prefetch_bytes())
 
     kind = ("W8A8" if args.w8a8 else "int8") if args.int8 else "fp32"
     print(
         f"prefetch distances, {kind} native step at batch {args.batch} ({weight_bytes / 1e6:.0f} MB, "
         f"{'huge pages' if huge else '4 KiB pages'}), {torch.get_num_threads()} thread(s), {args.rounds} rounds "
-        f"of {args.new_tokens} tokens; this CPU's table entry: {prefetch_bytes()} bytes"
+        f"of {args.new_tokens} tokens; this CPU's table entry: {tuple(prefetch_bytes())} bytes (narrow, wide)"
     )
     fast = sorted(range(args.rounds), key=lambda i: sums[i])[args.rounds // 2 :]
 

@@ -269,7 +269,7 @@ def test_native_wide_heads_left_padded_batch_equals_one_by_one(wide_head_dirs, o
 
 
 @pytest.mark.parametrize("distance", [64, 4096, 1 << 20])  # a line, the Zen 5 entry, past any weight's end
-@pytest.mark.parametrize("batch", [1, 8])  # where the default prefetches nothing, and the rows ahead
+@pytest.mark.parametrize("batch", [1, 8])  # narrow tiles (the default: none) and wide (the rows ahead)
 def test_prefetch_changes_no_product(ops, distance, batch):
     generator = torch.Generator().manual_seed(distance)
     x, weight = torch.randn(batch, 576, generator=generator), torch.randn(37, 576, generator=generator)
@@ -280,25 +280,26 @@ def test_prefetch_changes_no_product(ops, distance, batch):
         calls.append(
             lambda: ops.linear(x, w_int8, None, torch.cat([scales.float(), w_int8.sum(dim=1).float()]))
         )
-    previous = ops.set_prefetch(0)
-    assert ops.prefetch() == 0
+    previous = ops.set_prefetch(0, 0)
+    assert ops.prefetch() == [0, 0]
     try:
         expected = [call() for call in calls]
-        ops.set_prefetch(distance)
-        assert all(torch.equal(call(), want) for call, want in zip(calls, expected))
+        for narrow, wide in [(distance, distance), (distance, 0), (0, distance)]:
+            assert ops.set_prefetch(narrow, wide) is not None and ops.prefetch() == [narrow, wide]
+            assert all(torch.equal(call(), want) for call, want in zip(calls, expected))
     finally:
-        ops.set_prefetch(previous)
+        ops.set_prefetch(*previous)
     with pytest.raises(RuntimeError, match="must be >= 0"):
-        ops.set_prefetch(-1)
+        ops.set_prefetch(-1, 0)
 
 
-def test_loading_the_kernels_sets_the_cpus_prefetch_distance(ops, lmprof_cache):
+def test_loading_the_kernels_sets_the_cpus_prefetch_distances(ops, lmprof_cache):
     # In a fresh process, as every run loads them: the environment's override reaches the kernels.
-    code = "from lmprof.engine.native import load_native_ops; print(load_native_ops().set_prefetch(0))"
-    env = dict(os.environ, LMPROF_PREFETCH_BYTES="1234", LMPROF_CACHE=str(lmprof_cache))
+    code = "from lmprof.engine.native import load_native_ops; print(*load_native_ops().prefetch())"
+    env = dict(os.environ, LMPROF_PREFETCH_BYTES="1234,4321", LMPROF_CACHE=str(lmprof_cache))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[-1] == "1234"
+    assert proc.stdout.split()[-2:] == ["1234", "4321"]
 
 
 def test_native_int8_linear_is_the_dequantized_product(ops):
@@ -425,7 +426,7 @@ def test_profile_native_times_the_kernel_load_and_decodes_the_same_text(native_d
     names = [p.name for p in run.phases]
     assert "load_native_kernels" in names and names.index("load_native_kernels") < names.index("generate")
     load_phase = run.phases[names.index("load_native_kernels")]
-    assert load_phase.detail["prefetch_bytes"] == prefetch_bytes()  # what the kernels ran with
+    assert load_phase.detail["prefetch_bytes"] == list(prefetch_bytes())  # what the kernels ran with
     console = Console(record=True, width=200)
     console.print(generation_table(run))
     assert "software prefetch" in console.export_text()

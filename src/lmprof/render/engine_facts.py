@@ -13,5 +13,13 @@ def native_kernels_fact(run: Run) -> str | None:
     if kernels is None or "prefetch_bytes" not in kernels.detail:
         return None
     ahead = kernels.detail["prefetch_bytes"]
-    prefetch = f"{fmt_bytes(ahead)} ahead" if ahead else "none at batch 1"
+    narrow, wide = (ahead, ahead) if isinstance(ahead, int) else ahead  # one number before 2026-12-03
+
+    def words(distance: int, default: str) -> str:
+        return f"{fmt_bytes(distance)} ahead" if distance else default
+
+    if narrow == wide:
+        prefetch = words(narrow, "none at batch 1, the rows ahead at batch > 1")
+    else:
+        prefetch = f"{words(narrow, 'none')} at batch 1-2, {words(wide, 'the rows ahead')} at batch >= 4"
     return f"software prefetch {prefetch} (per-CPU table; $LMPROF_PREFETCH_BYTES)"

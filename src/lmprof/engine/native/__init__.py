@@ -9,7 +9,8 @@ different processor gets its own build, and a cached build loads in milliseconds
 Ops land in `torch.ops.lmprof_native`: `decode_step` (a whole decode step), `linear` (its
 matrix-vector product alone, for probes and kernel benchmarks), `argmax_rows` (the prefill's
 greedy pick), `pick_greedy` (a decode step's: argmax, padding and the eos check), and
-`set_prefetch` and `prefetch` (the per-CPU prefetch distance, set at load from tuning.py).
+`set_prefetch` and `prefetch` (the per-CPU prefetch distances of narrow and wide tiles, set at
+load from tuning.py).
 """
 
 from __future__ import annotations
@@ -148,6 +149,6 @@ def load_native_ops() -> Any:
     from lmprof.engine.native.tuning import prefetch_bytes
 
     ops = torch.ops.lmprof_native
-    ops.set_prefetch(prefetch_bytes())
+    ops.set_prefetch(*prefetch_bytes())
     _LOADED["ops"] = ops
     return ops

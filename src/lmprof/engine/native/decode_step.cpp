@@ -465,12 +465,17 @@ TORCH_LIBRARY(lmprof_native, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias=None, Tensor? scales=None, int tile_rows=0) -> Tensor");
   m.def("argmax_rows(Tensor logits) -> Tensor");
   m.def("pick_greedy(Tensor logits, Tensor(a!) finished, Tensor eos, int pad_token_id) -> Tensor");
-  // No tensors to dispatch on: one kernel for every backend. Returns the previous distance.
-  m.def("set_prefetch(int bytes) -> int", [](int64_t bytes) {
-    TORCH_CHECK(bytes >= 0, "lmprof_native::set_prefetch: bytes must be >= 0, got ", bytes);
-    return std::exchange(lmprof_native::prefetch_bytes, bytes);
+  // No tensors to dispatch on: one kernel for every backend. Sets the distances of narrow and
+  // wide tiles (kernels.h, prefetch_bytes); returns the previous pair.
+  m.def("set_prefetch(int bytes, int wide_bytes) -> int[]", [](int64_t bytes, int64_t wide_bytes) {
+    TORCH_CHECK(bytes >= 0 && wide_bytes >= 0, "lmprof_native::set_prefetch: distances must be >= 0, got ", bytes,
+                " and ", wide_bytes);
+    return std::vector<int64_t>{std::exchange(lmprof_native::prefetch_bytes, bytes),
+                                std::exchange(lmprof_native::prefetch_bytes_wide, wide_bytes)};
   });
-  m.def("prefetch() -> int", []() { return lmprof_native::prefetch_bytes; });  // what the kernels hold
+  m.def("prefetch() -> int[]", []() {  // what the kernels hold
+    return std::vector<int64_t>{lmprof_native::prefetch_bytes, lmprof_native::prefetch_bytes_wide};
+  });
 }
 
 TORCH_LIBRARY_IMPL(lmprof_native, CPU, m) {

@@ -51,14 +51,25 @@ typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int8_t Int8Lanes __attribute__((vector_size(kLanes)));
 constexpr int64_t kPrefetchRowsAhead = 2;
 
-// How far ahead, in bytes, each weight stream of every tile prefetches into L1; 0 keeps the
+// How far ahead, in bytes, each weight stream of a tile prefetches into L1; 0 keeps the
 // default: no software prefetch at batch 1 (the hardware prefetcher alone) and, at batch > 1,
-// the rows kPrefetchRowsAhead ahead into L2 (the W8A8 tiles: none). CPUs differ: on Zen 5 4 KiB
-// ahead made the fp32 step 1.01-1.15x faster at batch 1 and its batch-8 products 1.04-1.10x,
-// int8 1.06-1.12x, W8A8 1.21x at batch 1 and 1.5x at batch 8; on Zen 4 prefetching at batch 1
-// cost 8% at one thread (session 2). Set once per process, before any step, from tuning.py's
-// per-CPU table (benchmarks/prefetch_distance.py measures it); read-only while products run.
-inline int64_t prefetch_bytes = 0;
+// the rows kPrefetchRowsAhead ahead into L2 (the W8A8 tiles: none). Two distances, because a
+// tile of a few activation rows waits on memory and a tile of kWideTileRows or more on its
+// arithmetic, and CPUs differ in which one a prefetch helps: on Zen 5 4 KiB ahead made the fp32
+// step 1.01-1.15x faster at batch 1 and its batch-8 products 1.04-1.10x, int8 1.06-1.12x, W8A8
+// 1.21x at batch 1 and 1.5x at batch 8; on Zen 3 2 KiB ahead cost 2-9% at batch 1 and 2 but
+// made batch 4 and 8 1.05-1.13x faster; on Zen 4 prefetching at batch 1 cost 8% at one thread
+// (session 2). Set once per process, before any step, from tuning.py's per-CPU table
+// (benchmarks/prefetch_distance.py measures it); read-only while products run.
+inline int64_t prefetch_bytes = 0;  // tiles of fewer than kWideTileRows activation rows
+inline int64_t prefetch_bytes_wide = 0;  // tiles of kWideTileRows or more
+constexpr int kWideTileRows = 4;
+
+// The distance a tile of N activation rows prefetches at (see prefetch_bytes).
+template <int N>
+inline int64_t prefetch_distance() {
+  return N >= kWideTileRows ? prefetch_bytes_wide : prefetch_bytes;
+}
 
 inline Lanes load_lanes(const float* p) {
   Lanes v;
@@ -173,7 +184,7 @@ template <int R, int N, typename T>
 inline void dot_rows(const T* const w[R], const float* const x[N], int64_t K, float out[R * N]) {
   static_assert(R * N <= 2 * kLanes, "dot_rows: more accumulators than two reductions take");
   Lanes acc[R * N] = {};  // acc[r * N + j]: weight row r against activation row j
-  const int64_t ahead = prefetch_bytes;  // one read per product: set before any step runs
+  const int64_t ahead = prefetch_distance<N>();  // one read per product: set before any step runs
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
     if ((k * int64_t(sizeof(T))) % 64 == 0) {  // once per 64-byte line
@@ -366,7 +377,7 @@ inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb
                         int64_t K, int32_t out[2 * N]) {
   __m512i acc_a[N], acc_b[N];
   for (int j = 0; j < N; ++j) acc_a[j] = acc_b[j] = _mm512_setzero_si512();
-  const int64_t ahead = prefetch_bytes;  // one read per product: set before any step runs
+  const int64_t ahead = prefetch_distance<N>();  // one read per product: set before any step runs
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
     if (ahead > 0) {  // one 64-byte line a row per iteration
@@ -408,7 +419,7 @@ inline void dot2xN_w8a8(const int8_t* __restrict wa, const int8_t* __restrict wb
   __m256i acc_a[N], acc_b[N];
   for (int j = 0; j < N; ++j) acc_a[j] = acc_b[j] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
-  const int64_t ahead = prefetch_bytes;  // one read per product: set before any step runs
+  const int64_t ahead = prefetch_distance<N>();  // one read per product: set before any step runs
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     if (ahead > 0 && k % 64 == 0) {
