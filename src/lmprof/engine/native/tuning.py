@@ -18,7 +18,7 @@ a table keyed by vendor, family and model, filled from `benchmarks/prefetch_dist
   0.94x (4096, 8192) at 2 threads, 0.96x (1024) and 0.91x (4096) at 1 thread; int8 1.02-1.03x,
   within the rounds' spread; batch 2 0.98x at 2048. At batch 8 2048 bytes made the step 1.13x
   faster at 1 thread (1024: 1.07x, 4096: 1.11x) and 1.05x at 2 threads; at batch 4 1.11x and
-  1.07x.
+  1.07x; batch 8 at 1 thread, int8 1.07x and W8A8 1.14x.
 - Other AMD family 25 (Zen 4): the default. Prefetching the rows two ahead at batch 1 (4.6 KB
   for the 576-wide rows) made the one-thread step 1.08x slower and the two-thread one 1.02x
   faster (session 2); wide tiles are unmeasured.
