@@ -231,6 +231,11 @@ def test_table_shows_figures_and_what_was_not_measured():
     assert "20.0 GB/s" in text and "busy" not in text
     assert "62%" in text  # the teacher-forced agreement, where a row has one
     assert "Busy rounds (other processes took over a quarter of the CPUs): transformers (round 1)." in text
+    assert "Only 1 round:" in text and "--rounds 3 or more" in text  # one round is a rough figure
+    report.request["rounds"] = 3
+    console = Console(width=100, record=True, color_system=None)
+    console.print(render_ablation(report))
+    assert "Only" not in console.export_text()
 
 
 # --- end to end --------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ def not_measured(report: AblationReport) -> list[str]:
     return [f"{fig.label}: {fig.status}, {fig.reason}" for fig in report.figures if fig.status != "ran"]
 
 
+FEW_ROUNDS = 3  # below this, a row's median is one or two rounds, and hosts move that much
+
+
 def _notes(report: AblationReport) -> list[str]:
     req = report.request
     rounds = req.get("rounds")
@@ -87,6 +90,12 @@ def _notes(report: AblationReport) -> list[str]:
         "replaced the fp32 weights, those pages can stay mapped though unused (clean: the kernel may drop "
         "them); ablation.json has the file-backed part.",
     ]
+    if isinstance(rounds, int) and rounds < FEW_ROUNDS:
+        notes.append(
+            f"Only {rounds} round{'s' if rounds != 1 else ''}: on shared 2-core hosts one round of a row has "
+            "differed from the next by 15% to 2× (benchmarks/RESULTS.md), so read these ratios as rough; "
+            f"compare rows with --rounds {FEW_ROUNDS} or more."
+        )
     if report.read_bandwidth_gbps:
         reference = next((f for f in report.figures if f.name == REFERENCE and f.floor_s), None)
         floor = f" (fp32 floor {fmt_s(reference.floor_s)} per step)" if reference else ""
