@@ -8,8 +8,8 @@ Fills the per-CPU table in src/lmprof/engine/native/tuning.py. One process loads
 sets each distance with `lmprof_native::set_prefetch`, in an order that rotates by
 round, and generates `--new-tokens` tokens for `--batch` sequences, keeping the median
 decode step. Each distance is set for narrow and wide tiles alike, so it is the distance of
-whichever tiles `--batch` runs (batch 1-2: narrow, the table's first number; 4 and up on AVX2,
-8 and up on AVX-512: wide, its second). Distance 0 is kernels.h's default (no software
+whichever tiles `--batch` runs (batch 1-3: narrow, the table's first number; 4 and up: wide,
+its second). Distance 0 is kernels.h's default (no software
 prefetch at batch 1, the rows two ahead into L2 at batch > 1); any other prefetches that many
 bytes ahead into L1. Before the
 distances, a sum over 256 MiB (best of 3) reads the host's bandwidth of that moment.

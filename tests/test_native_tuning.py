@@ -40,7 +40,7 @@ def test_the_environment_overrides_the_table(monkeypatch):
 @pytest.mark.parametrize(
     ("noted", "words"),
     [
-        ([0, 2048], "software prefetch none at batch 1-2, 2.0 KiB ahead at batch >= 4"),
+        ([0, 2048], "software prefetch none at batch 1-3, 2.0 KiB ahead at batch >= 4"),
         ([4096, 4096], "software prefetch 4.0 KiB ahead"),
         ([0, 0], "software prefetch none at batch 1, the rows ahead at batch > 1"),
         (4096, "software prefetch 4.0 KiB ahead"),  # a Run saved when one distance served both

@@ -161,7 +161,7 @@ def load_engine_model(session: ProfileSession, folder: Path, options: Any, devic
             # The first use on a machine compiles the C++ kernels: its own phase, never hidden
             # inside the first decode step.
             with session.phase("load_native_kernels", cached_build=is_built()) as h:
-                # as the kernels hold them: [narrow tiles (batch 1-2), wide tiles (batch >= 4)]
+                # as the kernels hold them: [narrow tiles (batch 1-3), wide tiles (batch >= 4)]
                 h.note(prefetch_bytes=list(load_native_ops().prefetch()))
     return model
 

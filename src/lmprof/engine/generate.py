@@ -64,6 +64,13 @@ def new_decode_state(model: Transformer, batch: int, capacity: int, kv_cache: st
     )
 
 
+def _check_capacity(state: DecodeState, new_tokens: int) -> None:
+    """Raise UsageError unless the static cache has room for `new_tokens` more slots."""
+    capacity = state.key_valid.shape[1]
+    if state.length + new_tokens > capacity:
+        raise UsageError(f"static KV cache full: {state.length} + {new_tokens} > {capacity} slots")
+
+
 def _claim_slots(state: DecodeState, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Reserve cache slots for T new tokens; returns (slots [T], rope positions [B, T])."""
     T = valid.shape[1]
@@ -71,8 +78,7 @@ def _claim_slots(state: DecodeState, valid: Tensor) -> tuple[Tensor, Tensor]:
     positions = (state.next_position[:, None] + valid.long().cumsum(dim=1) - 1).clamp(min=0)
     state.next_position = state.next_position + valid.sum(dim=1)
     if state.is_static:
-        if state.length + T > state.key_valid.shape[1]:
-            raise UsageError(f"static KV cache full: {state.length} + {T} > {state.key_valid.shape[1]} slots")
+        _check_capacity(state, T)
         state.key_valid[:, state.length : state.length + T] = valid
     else:
         state.key_valid = torch.cat([state.key_valid, valid], dim=1)
@@ -150,9 +156,7 @@ def _native_decode_forward(model: Transformer, state: DecodeState, tokens: Tenso
     # one, as _claim_slots does for one valid token a row): no torch op runs outside it.
     if not state.is_static:
         raise UsageError("native_decode needs kv_cache='static'")
-    capacity = state.key_valid.shape[1]
-    if state.length + 1 > capacity:
-        raise UsageError(f"static KV cache full: {state.length} + 1 > {capacity} slots")
+    _check_capacity(state, 1)
     prepare_native_decode(model, state)
     step = NativeStep(state.native, state.key_valid, state.next_position, state.length)
     state.length += 1
@@ -338,10 +342,10 @@ def run_steps(
         finished = torch.isin(next_tokens, eos)
         timer.stop()
     out = [next_tokens]
-    native_pick = _native_pick(options, temperature, next_tokens.device)
-    if options.native_decode and max_new_tokens > 1:
-        prepare_native_decode(model, state)
     if max_new_tokens > 1:
+        native_pick = _native_pick(options, temperature, next_tokens.device)
+        if options.native_decode:
+            prepare_native_decode(model, state)
         with decode_scope():
             for step in range(1, max_new_tokens):
                 if bool(finished.all()):

@@ -108,7 +108,7 @@ class NativeInputs:
     weights: list[Tensor]  # layer_weights(model)
     head_scales: Tensor  # lm_head's fp32 scales when it is int8, else empty
     embedding: Tensor  # [V, D] float32, or the tied head's int8 table
-    embedding_scales: Tensor  # that int8 table's fp32 scales [V], else empty
+    embedding_scales: Tensor  # that int8 table's fp32 scales first ([V], or W8A8's [2V]), else empty
     rope_cos: Tensor  # [capacity, hd]: rope_cos_sin at every position the cache can hold
     rope_sin: Tensor
 
@@ -118,16 +118,16 @@ def native_inputs(model: torch.nn.Module, capacity: int) -> NativeInputs:
     rope_cos_sin, so both paths rotate by the same angles."""
     from lmprof.engine.model import rope_cos_sin
 
+    lm_head_scales = head_scales(model)
     embed = model.embed_tokens
-    if isinstance(embed, Int8Embedding):
-        head = embed.head[0]
-        embedding, embedding_scales = head.weight, native_scales(head)
+    if isinstance(embed, Int8Embedding):  # the tied head's table: its scales come first in head_scales
+        embedding, embedding_scales = embed.head[0].weight, lm_head_scales
     else:
         embedding, embedding_scales = embed.weight, _EMPTY
     positions = torch.arange(capacity, device=model.inv_freq.device)[None]  # [1, capacity]
     cos, sin = rope_cos_sin(model.inv_freq, positions, torch.float32)  # [1, 1, capacity, hd]
     return NativeInputs(
-        layer_weights(model), head_scales(model), embedding, embedding_scales, cos[0, 0], sin[0, 0]
+        layer_weights(model), lm_head_scales, embedding, embedding_scales, cos[0, 0], sin[0, 0]
     )
 
 

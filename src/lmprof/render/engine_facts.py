@@ -21,5 +21,5 @@ def native_kernels_fact(run: Run) -> str | None:
     if narrow == wide:
         prefetch = words(narrow, "none at batch 1, the rows ahead at batch > 1")
     else:
-        prefetch = f"{words(narrow, 'none')} at batch 1-2, {words(wide, 'the rows ahead')} at batch >= 4"
+        prefetch = f"{words(narrow, 'none')} at batch 1-3, {words(wide, 'the rows ahead')} at batch >= 4"
     return f"software prefetch {prefetch} (per-CPU table; $LMPROF_PREFETCH_BYTES)"

@@ -198,7 +198,8 @@ void project(int tid, int threads, const float* in, int64_t B, const std::vector
 }
 
 // The rows' embeddings [B, D]: rows of a float32 table, or of the tied head's int8 table times
-// its per-row scales (what Int8Embedding computes in float32).
+// its per-row scales (what Int8Embedding computes in float32). The scales are the head's: [V],
+// or for W8A8 [2V] with the row sums after them.
 at::Tensor embed(const at::Tensor& token_ids, const at::Tensor& table, const at::Tensor& scales) {
   TORCH_CHECK(token_ids.dim() == 1 && token_ids.scalar_type() == at::kLong, "lmprof_native: tokens must be int64 [B]");
   const at::Tensor tokens = token_ids.contiguous();  // a column of a [B, T] batch is strided

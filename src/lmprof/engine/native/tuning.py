@@ -2,7 +2,7 @@
 
 Software prefetch (kernels.h, `prefetch_bytes`): how far ahead each weight stream of a tile
 asks for its lines, into L1, as two distances: for narrow tiles (fewer than 4 activation rows:
-batch 1 and 2, where the step waits on memory) and for wide ones (4 or more: batch 4 and up,
+batch 1-3, where the step waits on memory) and for wide ones (4 or more: batch 4 and up,
 where it waits on its arithmetic). 0 keeps kernels.h's default (none at batch 1; the rows two
 ahead, into L2, at batch > 1). A prefetch paid on one CPU and cost on another, so the choice is
 a table keyed by vendor, family and model, filled from `benchmarks/prefetch_distance.py`
@@ -47,7 +47,7 @@ class CpuId(NamedTuple):
 
 
 class Prefetch(NamedTuple):
-    """Bytes ahead for narrow tiles (batch 1-2) and wide ones (batch >= 4); 0: the default."""
+    """Bytes ahead for narrow tiles (batch 1-3) and wide ones (batch >= 4); 0: the default."""
 
     narrow: int
     wide: int
