@@ -101,13 +101,17 @@ def test_native_linear_matches_f_linear(ops, batch, out_features, tile_rows):
     assert rel_err(ops.linear(x, weight, tile_rows=tile_rows), F.linear(x, weight)) < 1e-5
 
 
+# 100 = 6 x 16 + 4: whole iterations of the k_steps() unroll, then single floats; 120 = 64 +
+# 3 x 16 + 8 (3 x 32 + 3 x 8 with AVX2): single vector steps after the unrolled ones. Batch 9
+# ends in a one-row tile, which takes 4 (pairs, singles) or 2 (triples) steps an iteration.
+@pytest.mark.parametrize("in_features", [100, 120])
 @pytest.mark.parametrize("tile_rows", [1, 2, 3])
-def test_native_linear_reads_a_row_length_off_the_vector_width(ops, tile_rows):
+def test_native_linear_reads_a_row_length_off_the_vector_width(ops, tile_rows, in_features):
     generator = torch.Generator().manual_seed(3)
     x, weight = (
-        torch.randn(9, 100, generator=generator),
-        torch.randn(40, 100, generator=generator),
-    )  # 100 = 6 x 16 + 4
+        torch.randn(9, in_features, generator=generator),
+        torch.randn(40, in_features, generator=generator),
+    )
     assert rel_err(ops.linear(x, weight, tile_rows=tile_rows), F.linear(x, weight)) < 1e-5
     w_int8, scales = quantize_per_channel(weight)
     dequantized = w_int8.float() * scales.float()[:, None]
