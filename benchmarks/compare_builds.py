@@ -103,9 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     commit = resolved.stdout.strip()
     with tempfile.TemporaryDirectory(prefix="lmprof-compare-") as scratch:
         tree = Path(scratch) / "tree"
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), commit], check=True
+        added = subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), commit],
+            capture_output=True,
+            text=True,
         )
+        if added.returncode != 0:
+            why = (added.stderr.strip().splitlines() or ["no message"])[-1]
+            print(f"error: could not check out {args.rev} into a worktree: {why}", file=sys.stderr)
+            return 2
         try:
             trees = {args.rev: tree / "src", "this checkout": REPO / "src"}
             kind = "int8" if args.int8 else "fp32"
