@@ -199,7 +199,7 @@ inline void dot_rows(const T* const w[R], const float* const x[N], int64_t K, fl
   constexpr int U = k_steps<R, N>();
   Lanes acc[U][R * N] = {};  // acc[u][r * N + j]: weight row r against activation row j, step u
   const int64_t ahead = prefetch_distance<N>();  // one read per product: set before any step runs
-  // One kLanes step at k into accumulator set u.
+  // One kLanes step at k, into the accumulator set `into`.
   auto step = [&](int64_t k, Lanes(&into)[R * N]) __attribute__((always_inline)) {
     if ((k * int64_t(sizeof(T))) % 64 == 0) {  // once per 64-byte line
       if (ahead > 0) {
