@@ -161,10 +161,22 @@ def test_folder_without_weights(run_cli, tiny_model, tmp_path):
 def test_interrupt_saves_an_incomplete_run(lmprof_cache, tiny_model, tmp_path):
     out = tmp_path / "cut"
     env = dict(os.environ, LMPROF_CACHE=str(lmprof_cache))
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &`
+    # in a script) inherits it ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmprof", "profile", "tiny", "--max-new-tokens", "100000", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
+    try:
+        _interrupt_once_decoding(proc, out)
+    finally:
+        if proc.poll() is None:  # a failed check must not leave 100000 tokens decoding
+            proc.kill()
+            proc.wait()
+
+
+def _interrupt_once_decoding(proc: subprocess.Popen, out) -> None:
     # Interrupt only once decode is under way. A fixed sleep was not enough: under a loaded
     # test run the first SIGINT landed while torch was still importing, and the saved run
     # had no decode phase. transformers warns once when decoding passes the tiny model's
