@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(src: Path, args: argparse.Namespace) -> float:
-    """Median decode step (seconds) of the lmprof under `src`; runs in the child process."""
-    sys.path.insert(0, str(src))
+    """Median decode step (seconds) of the lmprof under `src`; runs in the child process,
+    whose PYTHONPATH (run_child) puts `src` ahead of the installed lmprof."""
     import importlib
 
     import torch
