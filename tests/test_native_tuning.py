@@ -20,7 +20,9 @@ def test_the_table_prefetches_where_it_was_measured_to_pay(monkeypatch):
     assert prefetch_bytes(cpuinfo("AuthenticAMD", 25, 1)) == Prefetch(0, 2048)  # Zen 3 (Milan): wide tiles
     assert prefetch_bytes(cpuinfo("AuthenticAMD", 25, 0x21)) == Prefetch(0, 2048)  # Zen 3 (Vermeer)
     assert prefetch_bytes(cpuinfo("AuthenticAMD", 25, 0x11)) == Prefetch(0, 0)  # Zen 4: cost at batch 1
+    assert prefetch_bytes(cpuinfo("GenuineIntel", 6, 0xCF)) == Prefetch(2048, 2048)  # Emerald Rapids
     assert prefetch_bytes(cpuinfo("GenuineIntel", 6)) == Prefetch(0, 0)  # unmeasured
+    assert prefetch_bytes(cpuinfo("GenuineIntel", 6, 0x8F)) == Prefetch(0, 0)  # Sapphire Rapids: unmeasured
     assert prefetch_bytes("Features\t: fp asimd\n") == Prefetch(0, 0)  # no vendor or family (Arm)
 
 
