@@ -3,6 +3,7 @@ table, and a small real ablation of the tiny preset end to end."""
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from lmprof.analyze.ablation import (
     summarize_rows,
     token_agreement,
 )
+from lmprof.cli.report_console import report_console
 from lmprof.collect.hardware_probes import MIB, HardwareProbes, ProbeResult, ProbeSizes
 from lmprof.errors import UsageError
 from lmprof.probe_cache import cache_path, machine_key, save_probes
@@ -236,6 +238,34 @@ def test_table_shows_figures_and_what_was_not_measured():
     console = Console(width=100, record=True, color_system=None)
     console.print(render_ablation(report))
     assert "Only" not in console.export_text()
+
+
+def test_the_table_printed_to_a_file_keeps_every_figure(capsys, monkeypatch):
+    # Off a terminal rich draws 80 columns and cuts no-wrap cells to "…"; the CLI's console must not.
+    for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    label = "int8 weights + activations (native)"
+    rows = [
+        RowResult("transformers", "transformers fp32", "ran", rounds=[rf(29.6)], decode_weight_bytes=400),
+        RowResult("engine", "engine fp32", "ran", rounds=[rf(33.3)], decode_weight_bytes=400),
+        RowResult("w8a8", label, "ran", rounds=[replace(rf(245.25), forced_agreement=0.984)]),
+    ]
+    report = AblationReport(
+        created_at="2026-12-05T00:00:00+00:00", model="smollm2-135m-instruct", model_path="/m", threads=2,
+        request={"rounds": 3, "prompt_tokens": 32, "max_new_tokens": 64, "warmup_tokens": 4, "out": "OUT"},
+        prompt_source="tokenized prose", read_bandwidth_gbps=34.4, probes={"threads": 2, "cache_file": "c.json"},
+        load_avg_start=[0.2, 0, 0], load_avg_end=[0.3, 0, 0], rows=rows,
+        figures=summarize_rows(rows, "transformers", "engine", 1000.0), system={"cpu": {"logical_cores": 2}},
+    )  # fmt: skip
+    rendered = render_ablation(report)
+    assert Console(file=io.StringIO(), width=80).measure(rendered).maximum == 80  # wider than a file's 80
+    report_console(rendered).print(rendered)
+    out = capsys.readouterr().out
+    assert "…" not in out
+    row = next(line for line in out.splitlines() if line.startswith(label))
+    assert "245" in row and "8.29×" in row and "7.36×" in row and "98%" in row
+    monkeypatch.setenv("COLUMNS", "80")  # a width the user asked for is kept
+    assert report_console(rendered).width == 80
 
 
 # --- end to end --------------------------------------------------------------------------------

@@ -8,9 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from lmprof.cli.outcome import check_writable, default_run_dir
+from lmprof.cli.report_console import report_console
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
-        Console().print(render_ablation(report))
+        rendered = render_ablation(report)
+        report_console(rendered).print(rendered)
     return 0

@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from lmprof.analyze.compare import FIGURES, compare
 from lmprof.analyze.thresholds import breaches, check_thresholds, parse_thresholds
+from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 from lmprof.record import write_atomic
 from lmprof.render.compare_cells import fmt_check
@@ -70,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.markdown == "-":
         sys.stdout.write(render_comparison_markdown(comparison, checks))
     else:
-        console = Console()
-        console.print(render_comparison(comparison, checks))
+        rendered = render_comparison(comparison, checks)
+        console = report_console(rendered)
+        console.print(rendered)
         for label, path in (("markdown", args.markdown), ("HTML", args.html)):
             if path:
                 console.print(f"{label} comparison written to {path}", highlight=False)

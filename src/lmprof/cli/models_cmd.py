@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from lmprof.cli.report_console import report_console
 from lmprof.render.units import fmt_count
 
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             "trained" if m.trained else "random",
             "yes" if is_builtin_cached(m.name) else "no",
         )
-    console = Console()
+    console = report_console(table)
     console.print(table)
     for m in models:
         console.print(f"[bold]{m.name}[/bold]: {m.description}")

@@ -11,8 +11,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from rich.console import Console
-
+from lmprof.cli.report_console import report_console
 from lmprof.errors import LmprofError, ModelNotFoundError, UsageError
 from lmprof.record import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
 from lmprof.render.exports import write_exports
@@ -84,7 +83,8 @@ def run_profiled(
     if as_json:
         print(run.to_json())
     else:
-        Console(stderr=False).print(render_run(run, out))
+        rendered = render_run(run, out)
+        report_console(rendered).print(rendered)
     if status == STATUS_INCOMPLETE:
         print(f"lmprof: interrupted; the partial run was saved to {out}/run.json", file=sys.stderr)
     elif status == STATUS_FAILED:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 
 
@@ -49,6 +50,7 @@ def run_repeats(argv: list[str], repeat: int, out: Path, as_json: bool) -> int:
     from lmprof.run_group import load_run_group
 
     table = spread_table(load_run_group(out))
+    console = report_console(table, stderr=as_json)
     console.print(table)
     console.print(f"{repeat} runs saved under {out}; compare with: lmprof compare {out} OTHER_RUNS")
     return 0

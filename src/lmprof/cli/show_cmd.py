@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
+from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 from lmprof.record import load_run
 from lmprof.render.html_report import write_html_report
@@ -42,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.functions:
         if record.deep is None or not record.deep.python:
             raise UsageError(f"'{args.run_dir}' has no Python function profile: profile with --deep")
-        Console().print(render_python_table(record.deep.python, sort_by=args.functions, limit=args.limit))
+        rendered = render_python_table(record.deep.python, sort_by=args.functions, limit=args.limit)
+        report_console(rendered).print(rendered)
     else:
-        Console().print(render_run(record, args.run_dir))
+        rendered = render_run(record, args.run_dir)
+        report_console(rendered).print(rendered)
     return 0

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
-
+from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 
 
@@ -58,10 +57,12 @@ def run(args: argparse.Namespace) -> int:
             }
         print(json.dumps(info, indent=1))
         return 0
-    console = Console()
-    console.print(render_system(info))
+    rendered = [render_system(info)]
     if probes is not None:
         from lmprof.render.probes_view import render_probes
 
-        console.print(render_probes(probes, cache_file, from_cache))
+        rendered.append(render_probes(probes, cache_file, from_cache))
+    console = report_console(*rendered)
+    for part in rendered:
+        console.print(part)
     return 0
