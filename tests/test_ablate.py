@@ -202,6 +202,17 @@ def test_row_round_trips_through_a_job_file():
 # --- the table ---------------------------------------------------------------------------------
 
 
+def report_of(rows: list[RowResult], rounds: int) -> AblationReport:
+    """A report of hand-built rows: transformers the baseline, engine the reference, 20 GB/s read."""
+    return AblationReport(
+        created_at="2026-11-25T00:00:00+00:00", model="tiny", model_path="/m", threads=2,
+        request={"rounds": rounds, "prompt_tokens": 32, "max_new_tokens": 4, "warmup_tokens": 4, "out": "OUT"},
+        prompt_source="tokenized prose", read_bandwidth_gbps=20.0, probes={"threads": 2, "cache_file": "c.json"},
+        load_avg_start=[0.5, 0, 0], load_avg_end=[0.7, 0, 0], rows=rows,
+        figures=summarize_rows(rows, "transformers", "engine", 1000.0), system={"cpu": {"logical_cores": 2}},
+    )  # fmt: skip
+
+
 def test_table_shows_figures_and_what_was_not_measured():
     rows = [
         RowResult(
@@ -216,13 +227,7 @@ def test_table_shows_figures_and_what_was_not_measured():
         RowResult("int4", "int4 weights", "skipped", "the engine has no int4 path"),
         RowResult("int8", "int8 weight-only", "failed", "RuntimeError: boom"),
     ]
-    report = AblationReport(
-        created_at="2026-11-25T00:00:00+00:00", model="tiny", model_path="/m", threads=2,
-        request={"rounds": 1, "prompt_tokens": 32, "max_new_tokens": 4, "warmup_tokens": 4, "out": "OUT"},
-        prompt_source="tokenized prose", read_bandwidth_gbps=20.0, probes={"threads": 2, "cache_file": "c.json"},
-        load_avg_start=[0.5, 0, 0], load_avg_end=[0.7, 0, 0], rows=rows,
-        figures=summarize_rows(rows, "transformers", "engine", 1000.0), system={"cpu": {"logical_cores": 2}},
-    )  # fmt: skip
+    report = report_of(rows, rounds=1)
     report = AblationReport.from_dict(json.loads(json.dumps(report.to_dict())))  # as read from ablation.json
     console = Console(width=100, record=True, color_system=None)
     console.print(render_ablation(report))
@@ -250,14 +255,7 @@ def test_the_table_printed_to_a_file_keeps_every_figure(capsys, monkeypatch):
         RowResult("engine", "engine fp32", "ran", rounds=[rf(33.3)], decode_weight_bytes=400),
         RowResult("w8a8", label, "ran", rounds=[replace(rf(245.25), forced_agreement=0.984)]),
     ]
-    report = AblationReport(
-        created_at="2026-12-05T00:00:00+00:00", model="smollm2-135m-instruct", model_path="/m", threads=2,
-        request={"rounds": 3, "prompt_tokens": 32, "max_new_tokens": 64, "warmup_tokens": 4, "out": "OUT"},
-        prompt_source="tokenized prose", read_bandwidth_gbps=34.4, probes={"threads": 2, "cache_file": "c.json"},
-        load_avg_start=[0.2, 0, 0], load_avg_end=[0.3, 0, 0], rows=rows,
-        figures=summarize_rows(rows, "transformers", "engine", 1000.0), system={"cpu": {"logical_cores": 2}},
-    )  # fmt: skip
-    rendered = render_ablation(report)
+    rendered = render_ablation(report_of(rows, rounds=3))
     assert Console(file=io.StringIO(), width=80).measure(rendered).maximum == 80  # wider than a file's 80
     report_console(rendered).print(rendered)
     out = capsys.readouterr().out
