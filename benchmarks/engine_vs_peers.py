@@ -14,6 +14,8 @@ from the model's own tokenizer), 128 new tokens, greedy, no early stop:
                          projections, column-major weights: the fastest torch-only fp32 path)
   llama.cpp f32          llama-cpp-python on an f32 GGUF of the same weights (skipped when
                          llama_cpp is not importable; the GGUF is made by gguf_f32.py)
+  llama.cpp q8_0         the same on a q8_0 GGUF of those weights (`gguf_f32.py --type q8_0`):
+                         llama.cpp's int8, beside the engine's (no target)
   engine int8            int8 weight-only, native decode step
   engine int8 torch ops  int8 weight-only through torch's int8 kernel (bf16 activations)
   engine int8 W8A8       int8 weights and, in the native step, activations quantized per row
@@ -41,7 +43,9 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -92,6 +96,8 @@ COMPARISONS = {  # what the native step and huge pages buy (no target)
     "native / torch ops, int8": ("engine int8", "engine int8 torch ops"),
     "int8 torch ops / engine fp32 torch ops": ("engine int8 torch ops", "engine fp32 torch ops"),
     "W8A8 / int8 weight-only, native": ("engine int8 W8A8", "engine int8"),
+    "engine int8 / llama.cpp q8_0": ("engine int8", "llama.cpp q8_0"),
+    "engine W8A8 / llama.cpp q8_0": ("engine int8 W8A8", "llama.cpp q8_0"),
 }
 FLOOR_SHARE_TARGET = 0.75
 AGREEMENT_TARGET = 0.90
@@ -146,18 +152,61 @@ def engine_contender(model, prompts: torch.Tensor, step_s: list[float] | None = 
     return run
 
 
-def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> tuple[Contender | None, str]:
-    """llama.cpp's own decode loop over an f32 GGUF, or (None, why not)."""
+# A child that loads a GGUF with llama.cpp's defaults and decodes a few tokens: whether its
+# extra buffer types (weights repacked for AMX and the like) run on this CPU at all.
+EXTRA_BUFFERS_CHECK = """
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_threads=1, n_ctx=64, verbose=False)
+llm.eval(llm.tokenize(b"The quick brown fox"))
+"""
+
+
+def llama_cpp_extra_buffers_fail(gguf: Path) -> str | None:
+    """Why llama.cpp's default (extra buffer types on) cannot decode `gguf` here, or None.
+    Seen on an Emerald Rapids VM: llama.cpp 0.3.36 repacks q8_0 for AMX, and its first tilezero
+    raised SIGILL, killing the process; with the extra buffer types off it ran."""
+    child = subprocess.run(
+        [sys.executable, "-c", EXTRA_BUFFERS_CHECK, str(gguf)], capture_output=True, text=True, timeout=300
+    )
+    if child.returncode == 0:
+        return None
+    if child.returncode < 0:
+        return f"died with {signal.Signals(-child.returncode).name}"
+    return (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1]
+
+
+def llama_cpp_contender(
+    gguf: Path | None, kind: str, prompt: list[int], threads: int, reference: Callable[[], list[int]]
+) -> tuple[Contender | None, Callable[[], float] | None, str]:
+    """llama.cpp's own decode loop over a GGUF of `kind` (f32, q8_0), its teacher-forced agreement
+    with `reference()`'s tokens, or (None, None, why not)."""
     try:
         import llama_cpp
+        import llama_cpp.llama_cpp as llama_low
     except ImportError:
-        return None, "llama_cpp (llama-cpp-python) is not importable here"
+        return None, None, "llama_cpp (llama-cpp-python) is not importable here"
     if gguf is None or not gguf.is_file():
-        return (
-            None,
-            f"no f32 GGUF at {gguf}: make one with `python benchmarks/gguf_f32.py {gguf}` (or pass --gguf)",
-        )
-    llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_ctx=512, n_batch=512, verbose=False)
+        make = "" if kind == "f32" else f" --type {kind}"
+        option = "--gguf" if kind == "f32" else f"--gguf-{kind.replace('_', '')}"
+        return None, None, (
+            f"no {kind} GGUF at {gguf}: make one with `python benchmarks/gguf_f32.py {gguf}{make}` (or pass {option})"
+        )  # fmt: skip
+    note = f"llama-cpp-python {llama_cpp.__version__}"
+    defaults = llama_low.llama_model_default_params
+    failed = llama_cpp_extra_buffers_fail(gguf)
+    if failed is not None:
+        note += f", extra buffer types off (with them on, a decode {failed})"
+
+        def without_extra_buffers():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_low.llama_model_default_params = without_extra_buffers  # Llama() reads its params here
+    try:
+        llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_ctx=512, n_batch=512, verbose=False)
+    finally:
+        llama_low.llama_model_default_params = defaults
     n_vocab = llm.n_vocab()
 
     def last_logits() -> np.ndarray:
@@ -177,7 +226,17 @@ def llama_cpp_contender(gguf: Path | None, prompt: list[int], threads: int) -> t
             llm.eval([token])
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]), tokens
 
-    return run, f"llama-cpp-python {llama_cpp.__version__}"
+    def forced() -> float:
+        tokens = reference()
+        llm.reset()
+        llm.eval(prompt)
+        predicted = [int(last_logits().argmax())]
+        for token in tokens[:-1]:  # fed the reference's own context, as teacher_forced_agreement
+            llm.eval([token])
+            predicted.append(int(last_logits().argmax()))
+        return token_agreement(predicted, tokens)
+
+    return run, forced, note
 
 
 STEAL_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -246,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="f32 GGUF of the same weights, for llama.cpp (default: CACHE/smollm2-135m-f32.gguf, made by gguf_f32.py)",
     )
+    parser.add_argument(
+        "--gguf-q8",
+        type=Path,
+        default=None,
+        help="q8_0 GGUF of the same weights (default: CACHE/smollm2-135m-q8_0.gguf, made by gguf_f32.py --type q8_0)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
     folder = args.model or resolve_model(None).path
@@ -285,21 +350,29 @@ def main(argv: list[str] | None = None) -> int:
         "engine fp32 4K pages": engine_contender(fp32_4k, prompt),
         "engine fp32 torch ops": engine_contender(fp32_torch, prompt),
     }
+    tokens: dict[str, list[int]] = {}
+
+    def fp32_tokens() -> list[int]:  # the agreement's reference, once the rounds have run
+        return tokens["engine fp32"]
+
     gguf = args.gguf or cache_root() / "smollm2-135m-f32.gguf"
-    llama, llama_note = llama_cpp_contender(gguf, ids, threads)
+    llama, _, llama_note = llama_cpp_contender(gguf, "f32", ids, threads, fp32_tokens)
     if llama is not None:
         contenders["llama.cpp f32"] = llama
     contenders["engine int8"] = engine_contender(int8, prompt)
     contenders["engine int8 torch ops"] = engine_contender(int8_torch, prompt)
     if w8a8 is not None:
         contenders["engine int8 W8A8"] = engine_contender(w8a8, prompt)
+    gguf_q8 = args.gguf_q8 or cache_root() / "smollm2-135m-q8_0.gguf"
+    llama_q8, llama_q8_forced, llama_q8_note = llama_cpp_contender(gguf_q8, "q8_0", ids, threads, fp32_tokens)
+    if llama_q8 is not None:
+        contenders["llama.cpp q8_0"] = llama_q8
     contenders[f"engine fp32 batch {args.batch}"] = engine_contender(fp32, batch)
 
     for run in contenders.values():  # warm-up: first calls allocate and pick kernels
         run(8)
     engine_step_times.clear()
     rates: dict[str, list[float]] = {name: [] for name in contenders}
-    tokens: dict[str, list[int]] = {}
     round_read_gbps: list[float] = []
     round_steal: list[float | None] = []
     times_start = psutil.cpu_times()
@@ -374,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"engine rows but '4K pages': {huge_note}")
     if llama is None:
         print(f"llama.cpp f32: skipped ({llama_note})")
+    print(
+        f"llama.cpp q8_0: {'skipped (' if llama_q8 is None else ''}{llama_q8_note}{')' if llama_q8 is None else ''}"
+    )
     print(f"{'contender':<32}{'decode tok/s (median)':>24}   all rounds")
     for name, values in rates.items():
         print(f"{name:<32}{statistics.median(values):>24.1f}   {', '.join(f'{v:.1f}' for v in values)}")
@@ -400,6 +476,16 @@ def main(argv: list[str] | None = None) -> int:
         f"  {'int8 greedy agreement with fp32':<38} {agreement:6.1%}   (teacher-forced; target >= 90%)  {verdict}"
     )
     print(f"    free-running: {free_running:.1%} of positions equal, the first {prefix} tokens identical")
+    if llama_q8_forced is not None:
+        q8_agreement = llama_q8_forced()
+        q8_free = token_agreement(tokens["llama.cpp q8_0"], tokens["engine fp32"])
+        q8_prefix = common_prefix_tokens(tokens["llama.cpp q8_0"], tokens["engine fp32"])
+        print(
+            f"  {'llama.cpp q8_0 agreement with fp32':<38} {q8_agreement:6.1%}   (teacher-forced; no target)"
+        )
+        print(f"    free-running: {q8_free:.1%} of positions equal, the first {q8_prefix} tokens identical")
+    else:
+        q8_agreement = q8_free = None
     if w8a8_agreement is None:
         print("  W8A8: skipped (this CPU has neither AVX2 nor AVX512-VNNI)")
     else:
@@ -422,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             "best_step_floor_share": best_step_floor_share, "engine_fp32_step_ms": step_ms,
             "int8_agreement": agreement, "int8_free_running_agreement": free_running, "int8_common_prefix": prefix,
             "w8a8_agreement": w8a8_agreement, "steal_share": run_steal, "engine_fp32_round_steal": round_steal,
-            "llama_cpp": llama_note, "huge_pages": huge_note, "system": system,
+            "llama_cpp": llama_note, "llama_cpp_q8_0": llama_q8_note, "llama_cpp_q8_0_agreement": q8_agreement,
+            "llama_cpp_q8_0_free_running_agreement": q8_free, "huge_pages": huge_note, "system": system,
         }, indent=1))  # fmt: skip
     return 0
 

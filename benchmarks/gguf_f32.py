@@ -1,6 +1,6 @@
-"""Write an f32 GGUF of lmprof's default model (SmolLM2-135M-Instruct) for llama.cpp.
+"""Write an f32 (or q8_0) GGUF of lmprof's default model (SmolLM2-135M-Instruct) for llama.cpp.
 
-    python benchmarks/gguf_f32.py OUT.gguf
+    python benchmarks/gguf_f32.py OUT.gguf [--type f32|q8_0]
 
 benchmarks/engine_vs_peers.py measures llama.cpp (llama-cpp-python) next to lmprof's
 engine. For that row to compare like with like, llama.cpp must run the very weights the
@@ -11,6 +11,11 @@ back with every tensor dequantized to float32. Names, shapes and layout are kept
 are (the GGUF's layout is already llama.cpp's, nothing is permuted); all metadata,
 tokenizer included, is copied, except that general.file_type says F32 and the
 quantization version is dropped. The file is written to a temporary name and renamed.
+
+With `--type q8_0` every matrix is written as llama.cpp's q8_0 (blocks of 32 int8 values with
+one fp16 scale), quantized by gguf-py from those float32 values, and the vectors (the norms)
+stay float32, as `llama-quantize ... Q8_0` leaves them: llama.cpp's int8 beside the engine's
+int8 (one scale per output row), both from the same float32 weights.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, Keys, LlamaFileType
-from gguf.quants import dequantize
+from gguf import (
+    GGML_QUANT_SIZES,
+    GGMLQuantizationType,
+    GGUFReader,
+    GGUFValueType,
+    GGUFWriter,
+    Keys,
+    LlamaFileType,
+)
+from gguf.quants import dequantize, quant_shape_to_byte_shape, quantize
 
 from lmprof.errors import LmprofError
 from lmprof.models.default_model import (
@@ -43,8 +56,23 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def write_f32(source: Path, target: Path) -> tuple[int, int]:
-    """Write `source` GGUF to `target` with every tensor as float32; return (tensors, bytes)."""
+# --type: the file type general.file_type records, and the type of each matrix (vectors stay F32).
+FILE_TYPES = {
+    "f32": (LlamaFileType.ALL_F32, GGMLQuantizationType.F32),
+    "q8_0": (LlamaFileType.MOSTLY_Q8_0, GGMLQuantizationType.Q8_0),
+}
+
+
+def _stored_type(shape: tuple[int, ...], matrix_type: GGMLQuantizationType) -> GGMLQuantizationType:
+    """F32 for vectors and for rows that do not fill whole quantization blocks; else matrix_type."""
+    block = GGML_QUANT_SIZES[matrix_type][0]
+    return matrix_type if len(shape) == 2 and shape[-1] % block == 0 else GGMLQuantizationType.F32
+
+
+def write_gguf(source: Path, target: Path, kind: str = "f32") -> tuple[int, int]:
+    """Write `source` GGUF to `target` with every tensor dequantized to float32 and, for `kind`
+    q8_0, every matrix quantized again to q8_0; return (tensors, bytes of tensor data)."""
+    file_type, matrix_type = FILE_TYPES[kind]
     reader = GGUFReader(source)
     architecture = reader.fields[Keys.General.ARCHITECTURE].contents()
     writer = GGUFWriter(target, architecture)  # writes general.architecture itself
@@ -57,21 +85,27 @@ def write_f32(source: Path, target: Path) -> tuple[int, int]:
         ):
             continue
         if field.name == Keys.General.FILE_TYPE:
-            writer.add_key_value(field.name, int(LlamaFileType.ALL_F32), GGUFValueType.UINT32)
+            writer.add_key_value(field.name, int(file_type), GGUFValueType.UINT32)
             continue
         value_type = field.types[0]
         sub_type = field.types[-1] if value_type == GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
     if Keys.General.FILE_TYPE not in reader.fields:
-        writer.add_file_type(int(LlamaFileType.ALL_F32))
+        writer.add_file_type(int(file_type))
 
     # numpy shape of the dequantized tensor: GGUF's dimensions, reversed.
     shapes = [tuple(int(n) for n in reversed(tensor.shape.tolist())) for tensor in reader.tensors]
     for tensor, shape in zip(reader.tensors, shapes):
-        nbytes = int(np.prod(shape)) * 4
-        writer.add_tensor_info(
-            tensor.name, shape, np.dtype(np.float32), nbytes, raw_dtype=GGMLQuantizationType.F32
-        )
+        stored = _stored_type(shape, matrix_type)
+        if stored == GGMLQuantizationType.F32:
+            writer.add_tensor_info(
+                tensor.name, shape, np.dtype(np.float32), int(np.prod(shape)) * 4, raw_dtype=stored
+            )
+        else:
+            byte_shape = quant_shape_to_byte_shape(shape, stored)
+            writer.add_tensor_info(
+                tensor.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=stored
+            )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -80,6 +114,9 @@ def write_f32(source: Path, target: Path) -> tuple[int, int]:
     count = len(reader.tensors)
     for index, (tensor, shape) in enumerate(zip(reader.tensors, shapes), start=1):
         weights = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False).reshape(shape)
+        stored = _stored_type(shape, matrix_type)
+        if stored != GGMLQuantizationType.F32:
+            weights = quantize(np.ascontiguousarray(weights), stored)
         writer.write_tensor_data(np.ascontiguousarray(weights), tensor_endianess=reader.endianess)
         total += weights.nbytes
         if index % 30 == 0 or index == count:
@@ -90,7 +127,10 @@ def write_f32(source: Path, target: Path) -> tuple[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="where to write the f32 GGUF (e.g. smollm2-135m-f32.gguf)")
+    parser.add_argument("out", type=Path, help="where to write the GGUF (e.g. smollm2-135m-f32.gguf)")
+    parser.add_argument(
+        "--type", choices=sorted(FILE_TYPES), default="f32", help="f32 (default), or q8_0 matrices"
+    )
     args = parser.parse_args()
     out: Path = args.out.expanduser().resolve()
     if out.is_dir():
@@ -116,8 +156,10 @@ def main() -> int:
             handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
             os.close(handle)
             temporary = Path(name)
-            _progress(f"dequantizing to float32 -> {out}")
-            count, total = write_f32(source, temporary)
+            _progress(
+                f"dequantizing to float32{' and quantizing to q8_0' if args.type == 'q8_0' else ''} -> {out}"
+            )
+            count, total = write_gguf(source, temporary, args.type)
         umask = os.umask(0)
         os.umask(umask)
         temporary.chmod(0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
