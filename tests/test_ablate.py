@@ -245,6 +245,26 @@ def test_table_shows_figures_and_what_was_not_measured():
     assert "Only" not in console.export_text()
 
 
+def test_a_switch_that_outran_the_best_combination_is_said():  # from every round's rates
+    def row(name: str, rates: list[float]) -> RowResult:
+        return RowResult(name, name, "ran", rounds=[rf(rate) for rate in rates], decode_weight_bytes=400)
+
+    base = [row("transformers", [28.3, 29.6, 29.9]), row("engine", [31.8, 33.3, 33.5])]
+    switches = [row("w8a8", [197.2, 244.7, 273.5]), row("huge-pages", [36.3, 34.8, 35.3])]
+    slower = row(BEST, [265.9, 215.4, 176.2])  # round 1 chose it; rounds 2 and 3 ran w8a8 alone faster
+
+    def notes(best: RowResult) -> str:
+        report = report_of([*base, *switches, best], rounds=3)
+        report.best_combines = ["w8a8", "huge-pages"]
+        console = Console(width=200, record=True, color_system=None)
+        console.print(render_ablation(report))
+        return " ".join(console.export_text().split())  # the notes wrap
+
+    assert "the w8a8 row alone ran 1.14× the best combination" in notes(slower)
+    assert "adding huge-pages bought nothing measurable" in notes(slower)
+    assert "alone ran" not in notes(row(BEST, [265.9, 260.0, 280.0]))
+
+
 def test_the_table_printed_to_a_file_keeps_every_figure(capsys, monkeypatch):
     # Off a terminal rich draws 80 columns and cuts no-wrap cells to "…"; the CLI's console must not.
     for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):

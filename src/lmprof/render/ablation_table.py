@@ -11,8 +11,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lmprof.ablation_plan import BASELINE, MIN_GAIN, REFERENCE
+from lmprof.ablation_plan import BASELINE, BEST, MIN_GAIN, REFERENCE
 from lmprof.ablation_runner import AblationReport
+from lmprof.analyze.ablation import faster_alone
 from lmprof.render.units import fmt_bytes, fmt_s
 
 
@@ -68,6 +69,18 @@ def not_measured(report: AblationReport) -> list[str]:
     return [f"{fig.label}: {fig.status}, {fig.reason}" for fig in report.figures if fig.status != "ran"]
 
 
+def _outrun_note(report: AblationReport) -> str:
+    outrun = faster_alone(report.rows, BEST, report.best_combines)
+    if outrun is None:
+        return ""
+    name, ratio = outrun
+    others = " + ".join(n for n in report.best_combines if n != name)
+    return (
+        f" Over the rounds, the {name} row alone ran {ratio:.2f}× the best combination (median of per-round "
+        f"ratios): adding {others} bought nothing measurable on this host."
+    )
+
+
 FEW_ROUNDS = 3  # below this, a row's median is one or two rounds, and hosts move that much
 
 
@@ -82,7 +95,8 @@ def _notes(report: AblationReport) -> list[str]:
         "weights); each row below it changes one switch; best combination: of the switches that beat it "
         f"by {MIN_GAIN - 1:.0%} in round 1, the set that combines and whose speed-ups multiply to the most "
         f"({' + '.join(report.best_combines) or 'none'})."
-        + (f" {report.best_note}." if report.best_note else ""),
+        + (f" {report.best_note}." if report.best_note else "")
+        + _outrun_note(report),
         "tok/s: decode tokens per second (batch rows count every sequence). ×base / ×prev: decode tok/s "
         "against the transformers row / the row above, the median of ratios taken within each round. "
         "peak: resident memory at its highest during the measured generate call (device memory on a GPU), "
