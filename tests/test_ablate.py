@@ -18,6 +18,7 @@ from lmprof.analyze.ablation import (
     RoundFigures,
     RowResult,
     common_prefix_tokens,
+    faster_alone,
     floor_share,
     floor_step_s,
     paired_speedup,
@@ -263,12 +264,21 @@ def test_a_switch_that_outran_the_best_combination_is_said():  # from every roun
     assert "the w8a8 row alone ran 1.14× the best combination" in notes(slower)
     assert "adding huge-pages bought nothing measurable" in notes(slower)
     assert "alone ran" not in notes(row(BEST, [265.9, 260.0, 280.0]))
+    assert "alone ran" not in notes(row(BEST, [265.9, 235.0, 260.0]))  # 1.04×: within the 10% of noise
 
 
-def test_the_table_printed_to_a_file_keeps_every_figure(capsys, monkeypatch):
+def test_faster_alone_skips_what_cannot_be_compared():
+    switch = RowResult("w8a8", "w8a8", "ran", rounds=[rf(250.0), rf(250.0)])
+    best = RowResult(BEST, "best", "ran", rounds=[rf(200.0), rf(200.0)])
+    assert faster_alone([switch, best], BEST, ["w8a8", "huge-pages"], 1.1) == ("w8a8", 1.25)
+    assert faster_alone([switch, best], BEST, ["w8a8"], 1.1) is None  # the best is that one switch
+    assert faster_alone([switch, replace(best, status="failed")], BEST, ["w8a8", "huge-pages"], 1.1) is None
+    no_rounds = RowResult("w8a8", "w8a8", "ran", rounds=[None, None])
+    assert faster_alone([no_rounds, best], BEST, ["w8a8", "huge-pages"], 1.1) is None
+
+
+def test_the_table_printed_to_a_file_keeps_every_figure(no_terminal, capsys):
     # Off a terminal rich draws 80 columns and cuts no-wrap cells to "…"; the CLI's console must not.
-    for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        monkeypatch.delenv(name, raising=False)
     label = "int8 weights + activations (native)"
     rows = [
         RowResult("transformers", "transformers fp32", "ran", rounds=[rf(29.6)], decode_weight_bytes=400),
@@ -276,14 +286,14 @@ def test_the_table_printed_to_a_file_keeps_every_figure(capsys, monkeypatch):
         RowResult("w8a8", label, "ran", rounds=[replace(rf(245.25), forced_agreement=0.984)]),
     ]
     rendered = render_ablation(report_of(rows, rounds=3))
-    assert Console(file=io.StringIO(), width=80).measure(rendered).maximum == 80  # wider than a file's 80
+    at_80 = Console(file=io.StringIO(), width=80, color_system=None)
+    at_80.print(rendered)
+    assert "…" in at_80.file.getvalue()  # rich's 80 columns would cut this table
     report_console(rendered).print(rendered)
     out = capsys.readouterr().out
     assert "…" not in out
     row = next(line for line in out.splitlines() if line.startswith(label))
     assert "245" in row and "8.29×" in row and "7.36×" in row and "98%" in row
-    monkeypatch.setenv("COLUMNS", "80")  # a width the user asked for is kept
-    assert report_console(rendered).width == 80
 
 
 # --- end to end --------------------------------------------------------------------------------

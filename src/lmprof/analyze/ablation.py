@@ -201,11 +201,13 @@ def summarize_rows(
     return figures
 
 
-def faster_alone(rows: Sequence[RowResult], best: str, combines: Sequence[str]) -> tuple[str, float] | None:
+def faster_alone(
+    rows: Sequence[RowResult], best: str, combines: Sequence[str], min_ratio: float
+) -> tuple[str, float] | None:
     """The switch of the best combination whose own row outran the combination over the rounds
-    both ran, and the median of its per-round ratios to it (> 1), or None. The combination is
-    chosen in round 1 from one-switch speed-ups; on a noisy host a switch added to a winner can
-    buy nothing, and the later rounds then show the winner alone level with it or ahead."""
+    both ran, and the median of its per-round ratios to it (at least min_ratio), or None. The
+    combination is chosen in round 1 from one-switch speed-ups; on a noisy host a switch added
+    to a winner can buy nothing, and the later rounds then show the winner alone ahead."""
     by_name = {row.name: row for row in rows}
     combined = by_name.get(best)
     if combined is None or combined.status != "ran" or len(combines) < 2:
@@ -215,7 +217,7 @@ def faster_alone(rows: Sequence[RowResult], best: str, combines: Sequence[str]) 
         for name in combines
         if name in by_name and by_name[name].status == "ran"
         for ratio in [paired_speedup(_rates(by_name[name]), _rates(combined))]
-        if ratio is not None and ratio > 1.0
+        if ratio is not None and ratio >= min_ratio
     ]
     if not ratios:
         return None

@@ -3,8 +3,9 @@
 Where stdout is a file or a pipe (`lmprof ablate > table.txt`, CI logs), rich renders at 80
 columns, and a table wider than that has its no-wrap cells cut to "…": an ablation of every
 row printed "71.8…" for a TTFT and "1.…" for a speed-up, so the figures were lost. Off a
-terminal nobody reads at a fixed width, so the console takes the widest table's natural
-width there. On a terminal, or where $COLUMNS is set, the width the user has is kept.
+terminal nobody reads at a fixed width, so the console takes the width the widest table needs
+there: its no-wrap columns whole, its wrapping columns at their narrowest (a wrapped cell loses
+nothing). On a terminal, or where $COLUMNS is set, the width the user has is kept.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from rich.console import Console, Group, RenderableType
-from rich.measure import Measurement
+from rich.console import Console, ConsoleOptions, RenderableType
 from rich.table import Table
 
 # Only for measuring: wider than any table lmprof draws.
@@ -21,21 +21,47 @@ _MEASURE_WIDTH = 10_000
 
 
 def _tables(renderable: RenderableType) -> Iterator[Table]:
+    """Every table in a renderable: inside Groups and Columns (.renderables) and inside Panels,
+    Padding and Align (.renderable)."""
     if isinstance(renderable, Table):
         yield renderable
-    elif isinstance(renderable, Group):
-        for child in renderable.renderables:
-            yield from _tables(child)
+        return
+    for child in getattr(renderable, "renderables", None) or ():
+        yield from _tables(child)
+    inner = getattr(renderable, "renderable", None)
+    if inner is not None:
+        yield from _tables(inner)
+
+
+def _needed_width(console: Console, options: ConsoleOptions, table: Table) -> int:
+    # rich's own per-column measure (padding included); its public measure of a whole table
+    # lets no-wrap columns shrink to an ellipsis, which is what must not happen here.
+    widths = [
+        measured.maximum if column.no_wrap else measured.minimum
+        for column in table.columns
+        for measured in [table._measure_column(console, options, column)]
+    ]
+    return sum(widths) + table._extra_width
+
+
+def _on_a_terminal(console: Console) -> bool:
+    # Not console.is_terminal: rich says True for any stream where $FORCE_COLOR or
+    # $TTY_COMPATIBLE is set, as CI systems often do for their logs.
+    try:
+        return console.file.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def report_console(*renderables: RenderableType, stderr: bool = False) -> Console:
     """A Console for printing `renderables`, wide enough off a terminal for their tables."""
     console = Console(stderr=stderr)
-    if console.is_terminal or "COLUMNS" in os.environ:
+    if _on_a_terminal(console) or os.environ.get("COLUMNS", "").strip().isdigit():
         return console
     options = console.options.update_width(_MEASURE_WIDTH)
-    widest = max(
-        (Measurement.get(console, options, table).maximum for r in renderables for table in _tables(r)),
+    # + 4: a panel around a table adds its border and padding (rich's defaults).
+    needed = max(
+        (_needed_width(console, options, table) + 4 for r in renderables for table in _tables(r)),
         default=0,
     )
-    return console if widest <= console.width else Console(stderr=stderr, width=widest)
+    return console if needed <= console.width else Console(stderr=stderr, width=needed)

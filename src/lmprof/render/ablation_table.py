@@ -70,7 +70,7 @@ def not_measured(report: AblationReport) -> list[str]:
 
 
 def _outrun_note(report: AblationReport) -> str:
-    outrun = faster_alone(report.rows, BEST, report.best_combines)
+    outrun = faster_alone(report.rows, BEST, report.best_combines, MIN_GAIN)
     if outrun is None:
         return ""
     name, ratio = outrun
