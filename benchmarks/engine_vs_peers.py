@@ -43,21 +43,20 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import psutil
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from llama_cpp_peer import llama_cpp_contender  # noqa: E402  (beside this script)
 
 from lmprof.ablation_runner import PROMPT_TEXT  # noqa: E402
 from lmprof.analyze.ablation import common_prefix_tokens, paired_speedup, token_agreement  # noqa: E402
@@ -150,93 +149,6 @@ def engine_contender(model, prompts: torch.Tensor, step_s: list[float] | None = 
         return result.decode_tokens_per_s, result.tokens[0].tolist()
 
     return run
-
-
-# A child that loads a GGUF with llama.cpp's defaults and decodes a few tokens: whether its
-# extra buffer types (weights repacked for AMX and the like) run on this CPU at all.
-EXTRA_BUFFERS_CHECK = """
-import sys, llama_cpp
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_threads=1, n_ctx=64, verbose=False)
-llm.eval(llm.tokenize(b"The quick brown fox"))
-"""
-
-
-def llama_cpp_extra_buffers_fail(gguf: Path) -> str | None:
-    """Why llama.cpp's default (extra buffer types on) cannot decode `gguf` here, or None.
-    Seen on an Emerald Rapids VM: llama.cpp 0.3.36 repacks q8_0 for AMX, and its first tilezero
-    raised SIGILL, killing the process; with the extra buffer types off it ran."""
-    child = subprocess.run(
-        [sys.executable, "-c", EXTRA_BUFFERS_CHECK, str(gguf)], capture_output=True, text=True, timeout=300
-    )
-    if child.returncode == 0:
-        return None
-    if child.returncode < 0:
-        return f"died with {signal.Signals(-child.returncode).name}"
-    return (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1]
-
-
-def llama_cpp_contender(
-    gguf: Path | None, kind: str, prompt: list[int], threads: int, reference: Callable[[], list[int]]
-) -> tuple[Contender | None, Callable[[], float] | None, str]:
-    """llama.cpp's own decode loop over a GGUF of `kind` (f32, q8_0), its teacher-forced agreement
-    with `reference()`'s tokens, or (None, None, why not)."""
-    try:
-        import llama_cpp
-        import llama_cpp.llama_cpp as llama_low
-    except ImportError:
-        return None, None, "llama_cpp (llama-cpp-python) is not importable here"
-    if gguf is None or not gguf.is_file():
-        make = "" if kind == "f32" else f" --type {kind}"
-        option = "--gguf" if kind == "f32" else f"--gguf-{kind.replace('_', '')}"
-        return None, None, (
-            f"no {kind} GGUF at {gguf}: make one with `python benchmarks/gguf_f32.py {gguf}{make}` (or pass {option})"
-        )  # fmt: skip
-    note = f"llama-cpp-python {llama_cpp.__version__}"
-    defaults = llama_low.llama_model_default_params
-    failed = llama_cpp_extra_buffers_fail(gguf)
-    if failed is not None:
-        note += f", extra buffer types off (with them on, a decode {failed})"
-
-        def without_extra_buffers():
-            params = defaults()
-            params.use_extra_bufts = False
-            return params
-
-        llama_low.llama_model_default_params = without_extra_buffers  # Llama() reads its params here
-    try:
-        llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_ctx=512, n_batch=512, verbose=False)
-    finally:
-        llama_low.llama_model_default_params = defaults
-    n_vocab = llm.n_vocab()
-
-    def last_logits() -> np.ndarray:
-        # Llama.eval fills llm.scores only with logits_all=True (0.3.36); read the context's own
-        # logits of the last evaluated position instead of paying for every position's.
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-
-    def run(new_tokens: int) -> tuple[float, list[int]]:
-        llm.reset()
-        llm.eval(prompt)
-        tokens: list[int] = []
-        stamps: list[float] = []
-        for _ in range(new_tokens):
-            token = int(last_logits().argmax())  # greedy
-            stamps.append(time.perf_counter())
-            tokens.append(token)
-            llm.eval([token])
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0]), tokens
-
-    def forced() -> float:
-        tokens = reference()
-        llm.reset()
-        llm.eval(prompt)
-        predicted = [int(last_logits().argmax())]
-        for token in tokens[:-1]:  # fed the reference's own context, as teacher_forced_agreement
-            llm.eval([token])
-            predicted.append(int(last_logits().argmax()))
-        return token_agreement(predicted, tokens)
-
-    return run, forced, note
 
 
 STEAL_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -445,11 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         f"and of the same probes in the rounds ({max(round_read_gbps):.1f})"
     )
     print(f"engine rows but '4K pages': {huge_note}")
-    if llama is None:
-        print(f"llama.cpp f32: skipped ({llama_note})")
-    print(
-        f"llama.cpp q8_0: {'skipped (' if llama_q8 is None else ''}{llama_q8_note}{')' if llama_q8 is None else ''}"
-    )
+    for label, contender, note in (("f32", llama, llama_note), ("q8_0", llama_q8, llama_q8_note)):
+        print(
+            f"llama.cpp {label}: {note}" if contender is not None else f"llama.cpp {label}: skipped ({note})"
+        )
     print(f"{'contender':<32}{'decode tok/s (median)':>24}   all rounds")
     for name, values in rates.items():
         print(f"{name:<32}{statistics.median(values):>24.1f}   {', '.join(f'{v:.1f}' for v in values)}")
