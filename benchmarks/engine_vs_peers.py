@@ -15,7 +15,8 @@ from the model's own tokenizer), 128 new tokens, greedy, no early stop:
   llama.cpp f32          llama-cpp-python on an f32 GGUF of the same weights (skipped when
                          llama_cpp is not importable; the GGUF is made by gguf_f32.py)
   llama.cpp q8_0         the same on a q8_0 GGUF of those weights (`gguf_f32.py --type q8_0`):
-                         llama.cpp's int8, beside the engine's (no target)
+                         llama.cpp's int8, whose products quantize the activations too (in
+                         blocks of 32), beside the engine's int8 and W8A8 (no target)
   engine int8            int8 weight-only, native decode step
   engine int8 torch ops  int8 weight-only through torch's int8 kernel (bf16 activations)
   engine int8 W8A8       int8 weights and, in the native step, activations quantized per row

@@ -14,8 +14,9 @@ quantization version is dropped. The file is written to a temporary name and ren
 
 With `--type q8_0` every matrix is written as llama.cpp's q8_0 (blocks of 32 int8 values with
 one fp16 scale), quantized by gguf-py from those float32 values, and the vectors (the norms)
-stay float32, as `llama-quantize ... Q8_0` leaves them: llama.cpp's int8 beside the engine's
-int8 (one scale per output row), both from the same float32 weights.
+stay float32, as `llama-quantize ... Q8_0` leaves them: llama.cpp's int8 (whose products also
+quantize the activations, in blocks of 32) beside the engine's int8 weight-only and W8A8 (one
+scale per weight row, and per activation row), all from the same float32 weights.
 """
 
 from __future__ import annotations

@@ -20,9 +20,11 @@ a table keyed by vendor, family and model, filled from `benchmarks/prefetch_dist
   faster at 1 thread (1024: 1.07x, 4096: 1.11x) and 1.05x at 2 threads; at batch 4 1.11x and
   1.07x; batch 8 at 1 thread, int8 1.07x and W8A8 1.14x.
 - Intel family 6 model 207 (0xCF, Emerald Rapids Xeon), 2-core VM, 2026-12-05: 2048 bytes for
-  both. Batch 1 fp32: 1.077x at 2 threads (30 rounds; 4096: 1.068x), 1.041x at 1 thread (20
-  rounds; 4096: 1.035x); int8 1.076x at 2 threads and 1.62x at 1 thread; W8A8 level (1.008x).
-  Batch 8: fp32 1.043x at 1 thread and 1.038x at 2, W8A8 1.21x at 2.
+  both; no distance lost anywhere it was measured. Batch 1 fp32: 1.077x at 2 threads (30
+  rounds; 4096: 1.068x), 1.041x at 1 thread (20 rounds; 4096: 1.035x; 1.008x over an earlier 8);
+  int8 1.076x at 2 threads and 1.62x at 1 (its 135 MB partly stay in the 300 MiB L3 from one
+  step to the next, so the prefetch finds more lines near); W8A8 level at 2 threads (1.008x),
+  1.19x at 1. Batch 8: fp32 1.043x at 1 thread and 1.038x at 2, W8A8 1.21x at 2.
 - Other AMD family 25 (Zen 4): the default. Prefetching the rows two ahead at batch 1 (4.6 KB
   for the 576-wide rows) made the one-thread step 1.08x slower and the two-thread one 1.02x
   faster (session 2); wide tiles are unmeasured.
