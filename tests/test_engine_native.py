@@ -417,7 +417,7 @@ def test_ablation_plan_has_the_native_row_or_says_why_not():
 def native_deep_run(tmp_path_factory, lmprof_cache, ops):
     out = tmp_path_factory.mktemp("native") / "run"
     command = [sys.executable, "-m", "lmprof", "profile", "tiny", "--engine", "lmprof", "--native", "--deep",
-               "--python-profiler", "none", "--max-new-tokens", "6", "--out", str(out)]  # fmt: skip
+               "--device", "cpu", "--python-profiler", "none", "--max-new-tokens", "6", "--out", str(out)]  # fmt: skip
     env = dict(os.environ, LMPROF_CACHE=str(lmprof_cache))
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -463,7 +463,7 @@ def test_profile_native_deep_views_see_inside_the_native_step(native_deep_run):
     "args,message",
     [
         (["--native"], "--engine lmprof"),
-        (["--engine", "lmprof", "--native", "--dtype", "bfloat16"], "native_decode"),
+        (["--engine", "lmprof", "--native", "--device", "cpu", "--dtype", "bfloat16"], "native_decode"),
         (["--int8"], "--engine lmprof"),
         (["--engine", "lmprof", "--int8", "--int8-activations"], "add --int8 --native"),
     ],
@@ -480,7 +480,7 @@ def test_profile_w8a8_runs_and_records_the_switch(run_cli, tmp_path, ops):
     _needs_w8a8()
     out = tmp_path / "run"
     proc = run_cli(
-        "profile", "tiny", "--engine", "lmprof", "--native", "--int8", "--int8-activations",
+        "profile", "tiny", "--engine", "lmprof", "--native", "--int8", "--int8-activations", "--device", "cpu",
         "--max-new-tokens", 4, "--out", out,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -65,3 +65,11 @@ def test_deep_on_cuda(run_cli, tmp_path):
     assert sum(device["parts"].values()) == device["measured_bytes"]
     kernel_stacks = [s for s in deep.flame("time").stacks if s[-1].startswith("kernel:")]
     assert kernel_stacks and any(f.startswith("module:") for f in kernel_stacks[0])
+
+
+def test_native_on_cuda_is_refused_before_loading(run_cli, tmp_path):
+    proc = run_cli(
+        "profile", "tiny", "--engine", "lmprof", "--native", "--device", "cuda", "--out", tmp_path / "r"
+    )
+    assert proc.returncode == 2 and "add --device cpu" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -148,8 +148,9 @@ def test_read_probe_says_why_it_skipped(monkeypatch):
 def test_profile_with_huge_pages_records_what_the_kernel_granted(run_cli, tmp_path):
     out = tmp_path / "run"
     proc = run_cli(
-        "profile", "tiny", "--engine", "lmprof", "--huge-pages", "--max-new-tokens", 4, "--out", out
-    )
+        "profile", "tiny", "--engine", "lmprof", "--huge-pages", "--device", "cpu", "--max-new-tokens", 4,
+        "--out", out,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     run = load_run(out)
     assert run.status == "complete" and run.model["engine_options"]["huge_pages"] is True

@@ -90,3 +90,15 @@ def test_interrupt_marks_the_run_incomplete():
         with lmprof.profile() as run:
             raise KeyboardInterrupt
     assert run.run.status == "incomplete"
+
+
+def test_the_model_record_follows_a_move_after_loading(tiny_model):
+    # A pipeline moves the model to the GPU after from_pretrained described it on the CPU; the
+    # Run must say where it ran. The meta device stands in for a GPU on a CPU-only machine.
+    with lmprof.profile() as run:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        assert run.run.model["device"] == "cpu"
+        model.to("meta")
+    assert run.run.model["device"] == "meta"
+    move = next(p for p in run.run.phases if p.name == "to_device")
+    assert move.payload_bytes > 0

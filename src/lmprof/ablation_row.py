@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     job = RowJob.from_dict(json.loads(Path(args[0]).read_text(encoding="utf-8")))
     session = ProfileSession(
+        # The row's own device: left to "auto", a CPU row on a GPU host would open a CUDA context
+        # and synchronize at each phase in its transformers baseline only.
+        device=job.device,
         command=["lmprof", "ablate", "--row", job.row.name, "--round", str(job.round_index)],
         settings={
             "ablation_row": job.row.to_dict(),

@@ -55,6 +55,10 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
         from lmprof.huge_pages import check_huge_pages_on
 
         check_huge_pages_on(device, "--huge-pages")
+    if options.native_decode and device != "cpu":  # before loading and copying the weights there
+        raise UsageError(
+            f"--native runs the decode step in CPU kernels; add --device cpu (the device is {device})"
+        )
     session.run.settings.update(
         resolved_device=device,
         resolved_dtype=dtype,

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,7 @@ class ProfileSession:
             self._clock, self._origin_s, self.device, on_boundary=self.sampler.sample_once
         )
         self.pipeline_call_start_s: float | None = None
+        self._profiled_model: weakref.ref | None = None  # the model run.model describes
         self.run = Run(
             run_id=uuid.uuid4().hex[:12],
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -246,6 +248,14 @@ class ProfileSession:
         if self.run.model is not None:
             return  # the first model loaded is the one profiled
         self.run.model = describe_model(model, name)
+        self._profiled_model = weakref.ref(model)
+
+    def observe_move(self, module: Any) -> None:
+        """After `module.to(...)`: where the profiled model lives now. A pipeline (or the
+        script) moves it to the GPU after from_pretrained, which saw it on the CPU."""
+        profiled = self._profiled_model() if self._profiled_model is not None else None
+        if module is profiled and self.run.model is not None:
+            self.run.model["device"] = str(getattr(module, "device", "cpu"))
 
     def add_generation(self, gen: Generation) -> None:
         self.run.generations.append(gen)

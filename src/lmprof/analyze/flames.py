@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from lmprof.analyze.trace_tree import Node, all_nodes, innermost_at
-from lmprof.collect.torch_trace import Span
+from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, Span
 from lmprof.record import Phase
 from lmprof.record_deep import FlameGraph, TraceEvent
 
@@ -54,7 +54,7 @@ def frame_of(node: Node) -> str:
         return "module:" + (node.module_path or "")
     if s.cat == "python_function":
         return "py:" + s.name
-    if s.cat == "cuda_runtime":
+    if s.cat in LAUNCH_CATEGORIES:
         return "cuda:" + s.name
     return "op:" + s.name
 
@@ -73,7 +73,9 @@ def time_flame(
         index = chains.index_at(node.span.start_s)
         stack = chains.chain(index) or [UNATTRIBUTED_FRAME]
         frames = _frames(node)
-        kernels = launches.get(node.span.args.get("correlation")) if node.span.cat == "cuda_runtime" else None
+        kernels = (
+            launches.get(node.span.args.get("correlation")) if node.span.cat in LAUNCH_CATEGORIES else None
+        )
         if kernels:
             frames = frames + ["kernel:" + kernels[0].name]
         traced[index][tuple(stack + frames)] += node.self_s
@@ -114,7 +116,7 @@ def device_flame(
     chains = PhaseChains(phases)
     weights: dict[tuple[str, ...], float] = defaultdict(float)
     for node in all_nodes(roots):
-        if node.span.cat != "cuda_runtime":
+        if node.span.cat not in LAUNCH_CATEGORIES:
             continue
         for k in launches.get(node.span.args.get("correlation"), []):
             stack = chains.chain_at(node.span.start_s) + _frames(node) + ["kernel:" + k.name]
@@ -157,7 +159,7 @@ def trace_events(roots: list[Node], spans: list[Span], cap: int = 20000) -> list
     for node in all_nodes(roots):
         if node.span.cat == "python_function":
             continue  # too many for a timeline; the flame graph has them
-        cat = "module" if node.is_module else ("launch" if node.span.cat == "cuda_runtime" else "op")
+        cat = "module" if node.is_module else ("launch" if node.span.cat in LAUNCH_CATEGORIES else "op")
         out.append(
             TraceEvent(
                 frame_of(node).split(":", 1)[1], cat, node.span.start_s, node.span.dur_s, "cpu main thread"

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from lmprof.analyze.trace_tree import Node, all_nodes
-from lmprof.collect.torch_trace import Span
+from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, Span
 
 COPY_OPS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous"}
 DTYPE_BYTES = {
@@ -45,7 +45,7 @@ def kernels_by_launch(spans: list[Span]) -> dict[Any, list[Span]]:
 
 
 def _device_s(node: Node, launches: dict[Any, list[Span]]) -> float:
-    if node.span.cat != "cuda_runtime":
+    if node.span.cat not in LAUNCH_CATEGORIES:
         return 0.0
     return sum(k.dur_s for k in launches.get(node.span.args.get("correlation"), []))
 
@@ -170,7 +170,7 @@ def _part_of_op(node: Node) -> str:
 
 def _part_of(node: Node) -> str:
     """Which step part a node's own (self) time belongs to."""
-    if node.span.cat == "cpu_op" or node.span.cat == "cuda_runtime":
+    if node.span.cat == "cpu_op" or node.span.cat in LAUNCH_CATEGORIES:
         return _part_of_op(node)
     if any(a.span.cat == "cpu_op" for a in node.ancestors()):
         # A module range opened inside an operator (lmprof's native decode step opens the

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from lmprof.collect.torch_trace import MODULE_PREFIX, Span
+from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, MODULE_PREFIX, Span
 
-HOST_CATEGORIES = {"cpu_op", "user_annotation", "python_function", "cuda_runtime"}
+HOST_CATEGORIES = {"cpu_op", "user_annotation", "python_function", *LAUNCH_CATEGORIES}
 HOOK_FILE = "lmprof/collect/torch_trace.py"
 EPS_S = 1e-9
 

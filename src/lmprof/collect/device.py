@@ -58,6 +58,10 @@ class CudaDevice:
 
         self._torch = torch
         self.name = f"cuda:{self.index}"
+        # reset_peak_memory_stats, unlike the allocator's readers, raises on a device whose CUDA
+        # state is not initialized yet ("Invalid device argument ... did you call init?"), and a
+        # window may open before the workload's first CUDA op.
+        torch.cuda.init()
         try:
             import pynvml
 
@@ -81,6 +85,15 @@ class CudaDevice:
 
     def synchronize(self) -> None:
         self._torch.cuda.synchronize(self.index)
+
+    def record_event(self) -> Any:
+        """A timing event recorded now on this device's current stream. Event.record() with no
+        stream records on the current device's, which is cuda:0 unless set: on cuda:1 a step's
+        events would time an idle stream of another GPU."""
+        cuda = self._torch.cuda
+        event = cuda.Event(enable_timing=True)
+        event.record(cuda.current_stream(self.index))
+        return event
 
     def read(self) -> DeviceReading:
         cuda = self._torch.cuda

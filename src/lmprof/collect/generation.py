@@ -58,11 +58,7 @@ class GenerationWatcher:
         if self._on_step is not None:
             self._on_step(len(self._step_start_s))
         if self._device.is_cuda:
-            import torch
-
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._events.append(event)
+            self._events.append(self._device.record_event())
         n = len(self._step_start_s)
         if self._measure_kv:
             # transformers 5 passes the cache as `cache`; 4.x as `past_key_values`
@@ -93,10 +89,7 @@ class GenerationWatcher:
         step_s = [b - a for a, b in zip(boundaries, boundaries[1:])]
         timing = "host_clock"
         if self._events:
-            import torch
-
-            end_event = torch.cuda.Event(enable_timing=True)
-            end_event.record()
+            end_event = self._device.record_event()
             end_event.synchronize()
             marks = self._events + [end_event]
             step_s = [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:])]

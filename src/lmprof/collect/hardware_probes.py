@@ -170,12 +170,13 @@ def op_timer(
     each repeat's own time). CPU: the host clock around the op, which returns when done.
     """
     if device.startswith("cuda"):
+        stream = torch.cuda.current_stream(torch.device(device))  # device's own, not cuda:0's
 
         def time_cuda(op: Callable[[], Any]) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             op()
-            end.record()
+            end.record(stream)
             end.synchronize()
             return start.elapsed_time(end) / 1e3
 

@@ -180,7 +180,7 @@ class Instrumentation:
         return wrapper
 
     def _wrap_to_device(self, func: Callable) -> Callable:
-        phases = self._session.phases
+        session = self._session
 
         @functools.wraps(func)
         def wrapper(module: Any, *args: Any, **kwargs: Any) -> Any:
@@ -188,9 +188,11 @@ class Instrumentation:
             moving = _bytes_not_on(module, target) if target is not None else 0
             if not moving:
                 return func(module, *args, **kwargs)
-            with phases.phase("to_device", target=str(target)) as handle:
+            with session.phases.phase("to_device", target=str(target)) as handle:
                 handle.add_payload(moving)
-                return func(module, *args, **kwargs)
+                moved = func(module, *args, **kwargs)
+            session.observe_move(module)
+            return moved
 
         return wrapper
 

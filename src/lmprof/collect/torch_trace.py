@@ -211,6 +211,11 @@ class TorchTraceCollector:
         )
 
 
+# Host calls that launch device work, and carry the correlation id of what they launched: the
+# CUDA runtime's (cudaLaunchKernel, cudaMemcpyAsync) and the driver's (cuLaunchKernel: Triton's
+# kernels from torch.compile launch there, and so do some libraries' kernels). Kineto files them
+# under these two categories; keeping only the first lost every driver-launched kernel.
+LAUNCH_CATEGORIES = frozenset({"cuda_runtime", "cuda_driver"})
 KEPT_CATEGORIES = {
     "step_marker",
     "cpu_op",
@@ -219,7 +224,7 @@ KEPT_CATEGORIES = {
     "kernel",
     "gpu_memcpy",
     "gpu_memset",
-    "cuda_runtime",
+    *LAUNCH_CATEGORIES,
 }
 
 

@@ -219,6 +219,7 @@ class StepTimer:
 
     def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
         self.cuda = device.type == "cuda"
+        self.device = device
         self.clock = clock
         self._host: list[float] = []
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
@@ -226,24 +227,28 @@ class StepTimer:
 
     def start(self) -> None:
         if self.cuda:
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
+            self._start = self._event()
         else:
             self._start = self.clock()
 
     def stop(self) -> None:
         if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._events.append((self._start, end))
+            self._events.append((self._start, self._event()))
         else:
             self._host.append(self.clock() - self._start)
 
     def durations_s(self) -> list[float]:
         if not self.cuda:
             return list(self._host)
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(self.device)
         return [start.elapsed_time(end) / 1000.0 for start, end in self._events]
+
+    def _event(self) -> torch.cuda.Event:
+        # On the model's device's stream: Event.record() alone records on the current device's
+        # (cuda:0 unless set), and would time an idle GPU for a model on cuda:1.
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
 
 
 @dataclass
