@@ -33,13 +33,20 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: f"stream of {device}")
     monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: "init" in calls)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(f"synchronize {device}"))
     return calls
 
 
-def test_the_device_initializes_cuda_and_records_on_its_own_stream(fake_cuda):
+def test_the_device_initializes_cuda_before_a_window_and_records_on_its_own_stream(fake_cuda):
     device = CudaDevice(index=1)
-    assert fake_cuda == ["init"]  # before any window resets peak stats
+    assert fake_cuda == []  # not at construction: --device cuda without a GPU gets its one line first
+    device.open_window()
+    device.open_window()
+    assert fake_cuda == ["init", "reset", "reset"]  # once, before the first reset of peak stats
     assert device.record_event().stream == "stream of 1"
 
 

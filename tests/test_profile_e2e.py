@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from lmprof.record import load_run, validate_run_dict
 
@@ -131,6 +132,15 @@ def test_bad_input_one_line_exit_2_nothing_written(run_cli, tmp_path, args, mess
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "lmprof-runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
+@pytest.mark.parametrize("engine", [[], ["--engine", "lmprof"]])
+def test_cuda_without_a_gpu_is_one_line(run_cli, tmp_path, engine):
+    proc = run_cli("profile", "tiny", *engine, "--device", "cuda", "--out", tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr
+    assert "torch sees no GPU; use --device cpu" in proc.stderr and "Traceback" not in proc.stderr
+    assert "AssertionError" not in proc.stderr
 
 
 def test_debug_shows_the_traceback(run_cli, tmp_path):

@@ -58,10 +58,6 @@ class CudaDevice:
 
         self._torch = torch
         self.name = f"cuda:{self.index}"
-        # reset_peak_memory_stats, unlike the allocator's readers, raises on a device whose CUDA
-        # state is not initialized yet ("Invalid device argument ... did you call init?"), and a
-        # window may open before the workload's first CUDA op.
-        torch.cuda.init()
         try:
             import pynvml
 
@@ -108,6 +104,13 @@ class CudaDevice:
     # Exact nested peaks: see the module docstring.
     def open_window(self) -> None:
         cuda = self._torch.cuda
+        if not cuda.is_initialized():
+            # reset_peak_memory_stats, unlike the allocator's readers, raises on a device whose
+            # CUDA state is not initialized yet ("Invalid device argument ... did you call
+            # init?"), and a window may open before the workload's first CUDA op. Not at
+            # construction: there it would raise before `--device cuda` on a machine with no GPU
+            # gets its one-line error.
+            cuda.init()
         if self._window_peaks:
             self._window_peaks[-1] = max(self._window_peaks[-1], cuda.max_memory_allocated(self.index))
         cuda.reset_peak_memory_stats(self.index)
