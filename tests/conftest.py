@@ -76,8 +76,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def no_terminal(monkeypatch):
-    """stdout is no terminal and rich finds no terminal size on any stream: it draws 80 columns."""
+def no_terminal(monkeypatch, capsys):
+    """stdout is no terminal (captured, even under `pytest -s`) and rich finds no terminal size
+    on any stream: it draws 80 columns."""
     for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         monkeypatch.delenv(name, raising=False)
 

@@ -51,6 +51,18 @@ def test_wrapping_columns_wrap_instead_of_widening(no_terminal):
     assert 80 < report_console(table).width < 140
 
 
+def test_a_long_word_in_a_wrapping_column_is_not_cut(no_terminal, capsys):
+    # Wider than 80 with every column at its narrowest: rich then shrinks the widest wrapping
+    # column first, past its longest word, and cuts that word, unless the console leaves room.
+    table = Table("stage", "where", "what", "bytes")
+    table.columns[0].no_wrap = table.columns[3].no_wrap = True
+    table.add_row("decode step 3 of 16, layer 29 of 30", "model.layers.*.mlp.down_proj",
+                  "aten::to float32 -> bfloat16 " * 4, "1,234,567,890 B")  # fmt: skip
+    table.add_row("prefill", "lm_head", "copy " * 30, "12 B")
+    out = printed(table, capsys)
+    assert "…" not in out and "model.layers.*.mlp.down_proj" in out
+
+
 def test_the_users_width_is_kept(no_terminal, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     assert report_console(wide_table()).width == 80
