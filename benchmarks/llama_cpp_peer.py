@@ -28,14 +28,19 @@ from lmprof.analyze.ablation import token_agreement
 Contender = Callable[[int], tuple[float, list[int]]]  # new tokens -> (decode tokens/s, tokens)
 CHILD_TIMEOUT_S = 300
 
-# The child: load the GGUF (argv[1]) with or without the extra buffer types (argv[2]) and
-# decode a few tokens.
+# The child: load the GGUF (argv[1]) with or without the extra buffer types (argv[2]) on the
+# contender's threads (argv[3]; llama.cpp's worker threads are where the SIGILL came), then
+# evaluate a prompt and two single-token decode steps, the two paths the contender takes.
 DECODE_CHECK = """
 import sys
-sys.path[:0] = [sys.argv[3], sys.argv[3] + "/../src"]
+from pathlib import Path
+here = Path(sys.argv[4])
+sys.path[:0] = [str(here), str(here.parent / "src")]
 from llama_cpp_peer import load
-llm = load(sys.argv[1], threads=1, extra_buffers=sys.argv[2] == "on")
+llm = load(sys.argv[1], threads=int(sys.argv[3]), extra_buffers=sys.argv[2] == "on")
 llm.eval(llm.tokenize(b"The quick brown fox"))
+llm.eval([1])
+llm.eval([2])
 """
 
 
@@ -48,7 +53,7 @@ def _model_params(extra_buffers: bool):
 
     defaults = low.llama_model_default_params
     if not extra_buffers:
-        if "use_extra_bufts" not in dict(defaults()._fields_):
+        if not any(field[0] == "use_extra_bufts" for field in defaults()._fields_):
             raise RuntimeError(f"this llama-cpp-python has no use_extra_bufts ({low.__file__})")
 
         def without_extra_buffers():
@@ -70,18 +75,23 @@ def load(gguf: str, threads: int, extra_buffers: bool = True):
         return llama_cpp.Llama(model_path=gguf, n_threads=threads, n_ctx=512, n_batch=512, verbose=False)
 
 
-def _decode_fails(gguf: Path, extra_buffers: bool) -> str | None:
-    """Why a child cannot load `gguf` and decode with llama.cpp, or None where it can."""
+def _decode_fails(gguf: Path, threads: int, extra_buffers: bool) -> str | None:
+    """How a child that loads `gguf` and decodes with llama.cpp failed ("died with SIGILL",
+    "failed: ..."), or None where it decoded."""
+    here = str(Path(__file__).resolve().parent)
     args = [
         sys.executable,
         "-c",
         DECODE_CHECK,
         str(gguf),
         "on" if extra_buffers else "off",
-        str(Path(__file__).parent),
+        str(threads),
+        here,
     ]
     try:
-        child = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        child = subprocess.run(
+            args, capture_output=True, text=True, errors="replace", timeout=CHILD_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         return f"did not finish in {CHILD_TIMEOUT_S} s"
     if child.returncode == 0:
@@ -91,7 +101,7 @@ def _decode_fails(gguf: Path, extra_buffers: bool) -> str | None:
             return f"died with {signal.Signals(-child.returncode).name}"
         except ValueError:
             return f"died with signal {-child.returncode}"
-    return (child.stderr.strip().splitlines() or [f"exited {child.returncode}"])[-1]
+    return "failed: " + (child.stderr.strip().splitlines() or [f"exit {child.returncode}"])[-1]
 
 
 def llama_cpp_contender(
@@ -109,9 +119,9 @@ def llama_cpp_contender(
         return None, None, f"no {kind} GGUF at {gguf}: make one with `python benchmarks/gguf_f32.py {gguf}{make}` (or pass {option})"  # fmt: skip
     note = f"llama-cpp-python {llama_cpp.__version__}"
     extra_buffers = True
-    failed = _decode_fails(gguf, extra_buffers=True)
+    failed = _decode_fails(gguf, threads, extra_buffers=True)
     if failed is not None:
-        still = _decode_fails(gguf, extra_buffers=False)
+        still = _decode_fails(gguf, threads, extra_buffers=False)
         if still is not None:
             return None, None, f"{note} cannot decode {gguf.name} here: {failed}; with its extra buffer types off: {still}"  # fmt: skip
         extra_buffers = False

@@ -491,3 +491,21 @@ def test_profile_w8a8_runs_and_records_the_switch(run_cli, tmp_path, ops):
         and run.model["engine_options"]["int8"] is True
     )
     assert "W8A8" in run.model["weights"]
+
+
+def test_native_on_a_gpu_is_refused_before_the_model_is_resolved(monkeypatch):
+    # On a GPU host --device auto picks CUDA; the refusal must come before a download or a load.
+    import lmprof.models
+    import lmprof.workload
+    from lmprof.engine_workload import run_engine_profile
+    from lmprof.session import ProfileSession
+    from lmprof.workload import ProfileRequest
+
+    def resolved(*args, **kwargs):
+        raise AssertionError("the model was resolved before the device was refused")
+
+    monkeypatch.setattr(lmprof.workload, "choose_device", lambda requested: "cuda:0")
+    monkeypatch.setattr(lmprof.models, "resolve_model", resolved)
+    request = ProfileRequest(model="tiny", engine="lmprof", native=True, max_new_tokens=2)
+    with pytest.raises(UsageError, match="add --device cpu"):
+        run_engine_profile(ProfileSession(instrument=False), request)

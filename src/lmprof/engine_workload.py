@@ -39,7 +39,9 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
     from lmprof.collect.system import collect_cpu
     from lmprof.engine import EngineOptions, eos_token_ids
 
-    device, resolved = prepare_and_resolve(session, req)
+    device, resolved = prepare_and_resolve(
+        session, req, check_device=lambda device: check_cpu_switches(req, device)
+    )
     dtype, dtype_reason = engine_dtype(
         req.dtype, device, bool(collect_cpu().get("native_bf16")), resolved.path
     )
@@ -51,14 +53,6 @@ def run_engine_profile(session: ProfileSession, req: ProfileRequest) -> None:
         int8=req.int8,
         int8_activations=req.int8_activations,
     )
-    if options.huge_pages:
-        from lmprof.huge_pages import check_huge_pages_on
-
-        check_huge_pages_on(device, "--huge-pages")
-    if options.native_decode and device != "cpu":  # before loading and copying the weights there
-        raise UsageError(
-            f"--native runs the decode step in CPU kernels; add --device cpu (the device is {device})"
-        )
     session.run.settings.update(
         resolved_device=device,
         resolved_dtype=dtype,
@@ -110,6 +104,18 @@ def import_engine_frameworks(session: ProfileSession, device: str = "auto") -> N
     if device != "cpu" and torch.cuda.is_available():
         with session.phase("install_hooks"):
             session.install_instrumentation()
+
+
+def check_cpu_switches(req: ProfileRequest, device: str) -> None:
+    """Refuse the CPU-only switches on another device, before the model is resolved or loaded."""
+    if req.huge_pages:
+        from lmprof.huge_pages import check_huge_pages_on
+
+        check_huge_pages_on(device, "--huge-pages")
+    if req.native and device != "cpu":
+        raise UsageError(
+            f"--native runs the decode step in CPU kernels; add --device cpu (the device is {device})"
+        )
 
 
 def engine_dtype(requested: str, device: str, native_bf16: bool, folder: Path) -> tuple[str, str]:

@@ -9,6 +9,7 @@ choosing dtype, device and threads. It never prints.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -151,9 +152,12 @@ def run_profile(session: ProfileSession, req: ProfileRequest) -> None:
         session.run.model["id"] = resolved.model_id
 
 
-def prepare_and_resolve(session: ProfileSession, req: ProfileRequest) -> tuple[str, Any]:
+def prepare_and_resolve(
+    session: ProfileSession, req: ProfileRequest, check_device: Callable[[str], None] | None = None
+) -> tuple[str, Any]:
     """Threads and device as asked, then the model found (or built, or downloaded) in a
-    timed `resolve` phase; shared by the transformers and the engine workloads."""
+    timed `resolve` phase; shared by the transformers and the engine workloads. `check_device`
+    may refuse the device chosen before anything is resolved (or downloaded)."""
     import torch
 
     from lmprof.models import resolve_model  # imports torch: only after import_torch was timed
@@ -161,6 +165,8 @@ def prepare_and_resolve(session: ProfileSession, req: ProfileRequest) -> tuple[s
     if req.threads is not None:
         torch.set_num_threads(req.threads)
     device = choose_device(req.device)
+    if check_device is not None:
+        check_device(device)
     with session.phase("resolve", model=req.model or "default") as handle:
         resolved = resolve_model(req.model)
         if resolved.downloaded_bytes:
