@@ -58,3 +58,18 @@ def test_engine_steps_are_timed_on_the_models_device(fake_cuda):
     assert start.stream == end.stream == "stream of cuda:1"
     assert timer.durations_s() == [pytest.approx(0.002)]
     assert fake_cuda[-1] == "synchronize cuda:1"
+
+
+def test_probes_are_timed_on_the_probed_device(fake_cuda, monkeypatch):
+    from lmprof.collect.hardware_probes import op_timer
+
+    recorded: list[FakeEvent] = []
+
+    class Recorded(FakeEvent):
+        def __init__(self, enable_timing: bool = False) -> None:
+            super().__init__(enable_timing)
+            recorded.append(self)
+
+    monkeypatch.setattr(torch.cuda, "Event", Recorded)
+    assert op_timer("cuda:1")(lambda: None) == pytest.approx(0.002)
+    assert [event.stream for event in recorded] == ["stream of cuda:1", "stream of cuda:1"]
