@@ -112,10 +112,10 @@ def check_cpu_switches(req: ProfileRequest, device: str) -> None:
         from lmprof.huge_pages import check_huge_pages_on
 
         check_huge_pages_on(device, "--huge-pages")
-    if req.native and device != "cpu":
-        raise UsageError(
-            f"--native runs the decode step in CPU kernels; add --device cpu (the device is {device})"
-        )
+    if req.native:
+        from lmprof.engine.native_decode import check_native_on
+
+        check_native_on(device, "--native")
 
 
 def engine_dtype(requested: str, device: str, native_bf16: bool, folder: Path) -> tuple[str, str]:

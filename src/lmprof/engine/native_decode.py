@@ -23,12 +23,19 @@ from lmprof.errors import UsageError
 _EMPTY = torch.empty(0)
 
 
+def check_native_on(device: str | torch.device, switch: str = "native_decode") -> None:
+    """Raise UsageError unless `switch` can run a model on `device`: the CPU only."""
+    if torch.device(device).type != "cpu":
+        raise UsageError(
+            f"{switch} runs the decode step in CPU kernels, not on {device}: add --device cpu "
+            "(or use compile_decode there)"
+        )
+
+
 def check_native_decode(model: torch.nn.Module) -> None:
     """Raise UsageError unless the native step can run this model (CPU, fp32 activations,
     checkpoint-layout fp32 or int8 matrices)."""
-    device = model.inv_freq.device
-    if device.type != "cpu":
-        raise UsageError(f"native_decode runs on CPU; this model is on {device} (use compile_decode there)")
+    check_native_on(model.inv_freq.device)
     if model.dtype != torch.float32:
         raise UsageError(
             f"native_decode runs float32 activations; the model holds {model.dtype} (use dtype float32)"
