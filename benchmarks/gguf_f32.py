@@ -96,8 +96,8 @@ def write_gguf(source: Path, target: Path, kind: str = "f32") -> tuple[int, int]
 
     # numpy shape of the dequantized tensor: GGUF's dimensions, reversed.
     shapes = [tuple(int(n) for n in reversed(tensor.shape.tolist())) for tensor in reader.tensors]
-    for tensor, shape in zip(reader.tensors, shapes):
-        stored = _stored_type(shape, matrix_type)
+    stored_types = [_stored_type(shape, matrix_type) for shape in shapes]  # the header's and the data's
+    for tensor, shape, stored in zip(reader.tensors, shapes, stored_types):
         if stored == GGMLQuantizationType.F32:
             writer.add_tensor_info(
                 tensor.name, shape, np.dtype(np.float32), int(np.prod(shape)) * 4, raw_dtype=stored
@@ -113,9 +113,8 @@ def write_gguf(source: Path, target: Path, kind: str = "f32") -> tuple[int, int]
 
     total = 0
     count = len(reader.tensors)
-    for index, (tensor, shape) in enumerate(zip(reader.tensors, shapes), start=1):
+    for index, (tensor, shape, stored) in enumerate(zip(reader.tensors, shapes, stored_types), start=1):
         weights = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False).reshape(shape)
-        stored = _stored_type(shape, matrix_type)
         if stored != GGMLQuantizationType.F32:
             weights = quantize(np.ascontiguousarray(weights), stored)
         writer.write_tensor_data(np.ascontiguousarray(weights), tensor_endianess=reader.endianess)
