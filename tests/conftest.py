@@ -86,3 +86,23 @@ def no_terminal(monkeypatch, capsys):
         raise OSError("not a terminal")
 
     monkeypatch.setattr(os, "get_terminal_size", no_size)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """lmprof's native kernels, built once per test session (LMPROF_NATIVE_BUILD, above)."""
+    from lmprof.engine import native as native_build
+
+    missing = native_build._missing_tools()
+    if missing:  # a failing build is a failure; only a machine without the tools skips
+        pytest.skip(f"no {' or '.join(missing)} to build the native kernels")
+    return native_build.load_native_ops()
+
+
+@pytest.fixture
+def needs_w8a8():
+    """Skips where the CPU has no W8A8 products (neither AVX2 nor AVX512-VNNI)."""
+    from lmprof.engine.native import cpu_has_w8a8
+
+    if not cpu_has_w8a8():
+        pytest.skip("this CPU has neither AVX2 nor AVX512-VNNI")
