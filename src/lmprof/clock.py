@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -33,3 +34,14 @@ class FakeClock:
 
     def as_clock(self) -> Clock:
         return Clock(wall=lambda: self.wall_s, cpu=lambda: self.cpu_s)
+
+
+def cuda_event(device: Any) -> Any:
+    """A CUDA timing event recorded now on `device`'s current stream (device: an index, "cuda:1"
+    or a torch.device). Event.record() with no stream records on the current device's, which is
+    cuda:0 unless set: for a model on cuda:1 it would time an idle stream of another GPU."""
+    import torch
+
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(device))
+    return event

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmprof.clock import cuda_event
+
 
 @dataclass(frozen=True)
 class DeviceReading:
@@ -83,13 +85,8 @@ class CudaDevice:
         self._torch.cuda.synchronize(self.index)
 
     def record_event(self) -> Any:
-        """A timing event recorded now on this device's current stream. Event.record() with no
-        stream records on the current device's, which is cuda:0 unless set: on cuda:1 a step's
-        events would time an idle stream of another GPU."""
-        cuda = self._torch.cuda
-        event = cuda.Event(enable_timing=True)
-        event.record(cuda.current_stream(self.index))
-        return event
+        """A timing event recorded now on this device's current stream (lmprof.clock.cuda_event)."""
+        return cuda_event(self.index)
 
     def read(self) -> DeviceReading:
         cuda = self._torch.cuda

@@ -23,6 +23,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
+from lmprof.clock import cuda_event
 from lmprof.collect.system import SYS_CPU0, read_caches
 
 MIB = 2**20
@@ -170,13 +171,11 @@ def op_timer(
     each repeat's own time). CPU: the host clock around the op, which returns when done.
     """
     if device.startswith("cuda"):
-        stream = torch.cuda.current_stream(torch.device(device))  # device's own, not cuda:0's
 
         def time_cuda(op: Callable[[], Any]) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(stream)
+            start = cuda_event(device)
             op()
-            end.record(stream)
+            end = cuda_event(device)
             end.synchronize()
             return start.elapsed_time(end) / 1e3
 

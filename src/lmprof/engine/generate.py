@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lmprof.clock import cuda_event
 from lmprof.engine.kv_cache import GrowingKVCache, KVCache, StaticKVCache
 from lmprof.engine.model import Transformer, causal_mask
 from lmprof.engine.native_decode import NativeInputs, NativeStep, check_native_decode, native_inputs
@@ -227,13 +228,13 @@ class StepTimer:
 
     def start(self) -> None:
         if self.cuda:
-            self._start = self._event()
+            self._start = cuda_event(self.device)
         else:
             self._start = self.clock()
 
     def stop(self) -> None:
         if self.cuda:
-            self._events.append((self._start, self._event()))
+            self._events.append((self._start, cuda_event(self.device)))
         else:
             self._host.append(self.clock() - self._start)
 
@@ -242,13 +243,6 @@ class StepTimer:
             return list(self._host)
         torch.cuda.synchronize(self.device)
         return [start.elapsed_time(end) / 1000.0 for start, end in self._events]
-
-    def _event(self) -> torch.cuda.Event:
-        # On the model's device's stream: Event.record() alone records on the current device's
-        # (cuda:0 unless set), and would time an idle GPU for a model on cuda:1.
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(torch.cuda.current_stream(self.device))
-        return event
 
 
 @dataclass
