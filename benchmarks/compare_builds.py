@@ -36,7 +36,7 @@ def measure(src: Path, args: argparse.Namespace) -> float:
     import torch
 
     from lmprof.engine import EngineOptions, load_hf_folder
-    from lmprof.huge_pages import huge_pages_offered
+    from lmprof.engine.huge_pages import huge_pages_offered
     from lmprof.models import resolve_model
 
     generate = importlib.import_module("lmprof.engine.generate").generate

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from llama_cpp_peer import llama_cpp_contender  # noqa: E402  (beside this script)
 
-from lmprof.ablation_runner import PROMPT_TEXT  # noqa: E402
+from lmprof.ablation.runner import PROMPT_TEXT  # noqa: E402
 from lmprof.analyze.ablation import common_prefix_tokens, paired_speedup, token_agreement  # noqa: E402
 from lmprof.analyze.hardware import best_read_gbps  # noqa: E402
 from lmprof.collect.hardware_probes import (  # noqa: E402
@@ -68,6 +68,7 @@ from lmprof.collect.hardware_probes import (  # noqa: E402
     probe_read,
     probe_read_huge_pages,
 )
+from lmprof.collect.probe_cache import measured_hardware  # noqa: E402
 from lmprof.collect.system import collect_system_info  # noqa: E402
 from lmprof.engine import (  # noqa: E402
     EngineOptions,
@@ -78,11 +79,10 @@ from lmprof.engine import (  # noqa: E402
     new_decode_state,
     prefill,
 )
+from lmprof.engine.huge_pages import HugePagesUnavailable, check_huge_pages  # noqa: E402
 from lmprof.engine.native import cpu_has_w8a8  # noqa: E402
-from lmprof.huge_pages import HugePagesUnavailable, check_huge_pages  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 from lmprof.models.cache import cache_root  # noqa: E402
-from lmprof.probe_cache import measured_hardware  # noqa: E402
 
 TARGETS = {  # issue 5: (numerator, denominator, minimum ratio)
     "engine fp32 / transformers fp32": ("engine fp32", "transformers fp32", 2.0),

@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lmprof.engine import EngineOptions, load_hf_folder  # noqa: E402
+from lmprof.engine.huge_pages import huge_pages_offered  # noqa: E402
 from lmprof.engine.native import load_native_ops  # noqa: E402
-from lmprof.huge_pages import huge_pages_offered  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
 TILES = {"singles": 1, "pairs": 2, "triples": 3}

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lmprof
 from lmprof.models import resolve_model
-from lmprof.workload import DEFAULT_PROMPT
+from lmprof.workloads.request import DEFAULT_PROMPT
 
 
 class TokenClock:

@@ -35,9 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lmprof.engine import EngineOptions, cost, load_hf_folder  # noqa: E402
+from lmprof.engine.huge_pages import huge_page_buffer, huge_pages_offered  # noqa: E402
 from lmprof.engine.native import load_native_ops  # noqa: E402
 from lmprof.engine.native.tuning import prefetch_bytes  # noqa: E402
-from lmprof.huge_pages import huge_page_buffer, huge_pages_offered  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
 # `lmprof.engine.generate` the attribute is the function; the module holds it.

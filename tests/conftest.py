@@ -1,16 +1,13 @@
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
-from engine_models import model_dirs, wide_head_dirs  # noqa: F401 (the engine tests' tiny checkpoints, fixtures)
-from model_fixtures import empty_cache, offline_empty_hub, tiny, tiny_cache  # noqa: F401 (the model tests' fixtures)
+from helpers.engine_models import model_dirs, wide_head_dirs  # noqa: F401 (the engine tests' tiny checkpoints, fixtures)
+from helpers.model_fixtures import empty_cache, offline_empty_hub, tiny, tiny_cache  # noqa: F401 (the model tests' fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from lmprof._version import __version__
 
 __all__ = ["__version__", "profile", "load_run"]
 
@@ -42,6 +42,6 @@ def profile(
 
 def load_run(location: str):
     """Read a saved Run from a run folder or a run.json file."""
-    from lmprof.record import load_run as _load
+    from lmprof.record.run import load_run as _load
 
     return _load(location)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lmprof import __version__
+from lmprof._version import __version__
 from lmprof.analyze.generation import derive_generation_figures
 from lmprof.analyze.phases import refine_phase_peaks
 from lmprof.clock import Clock
@@ -28,7 +28,7 @@ from lmprof.collect.memory_sampler import DEFAULT_INTERVAL_S, MemorySampler
 from lmprof.collect.phases import PhaseHandle, PhaseRecorder
 from lmprof.collect.process_stats import os_peak_rss_bytes
 from lmprof.collect.system import collect_system_info
-from lmprof.record import (
+from lmprof.record.run import (
     STATUS_COMPLETE,
     STATUS_FAILED,
     STATUS_INCOMPLETE,
@@ -160,7 +160,7 @@ class ProfileSession:
         python_profile = self._python_profiler.stop() if self._python_profiler is not None else None
         if self._deep_trace is not None or python_profile is not None:
             from lmprof.analyze.deep import build_deep_profile, tracer_overhead
-            from lmprof.record_deep import DeepProfile
+            from lmprof.record.deep import DeepProfile
 
             if self._deep_trace is not None:
                 run.deep = build_deep_profile(run, self._deep_trace, self._kv_samples)

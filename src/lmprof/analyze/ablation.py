@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lmprof.record import Run
+from lmprof.record.run import Run
 
 TOKENS_DETAIL = "new_token_ids"  # where an ablation row notes its first sequence's new tokens
 AGREEMENT_DETAIL = "teacher_forced_agreement"  # noted on a row's agreement_check phase

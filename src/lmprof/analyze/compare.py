@@ -21,8 +21,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lmprof.record import STATUS_COMPLETE, Generation, Run
-from lmprof.run_group import RunGroup
+from lmprof.record.groups import RunGroup
+from lmprof.record.run import STATUS_COMPLETE, Generation, Run
 
 LOWER = "lower"
 HIGHER = "higher"

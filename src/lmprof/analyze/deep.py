@@ -16,8 +16,8 @@ from lmprof.analyze.inside_run import copy_rows, kernels_by_launch, module_rows,
 from lmprof.analyze.memory_kinds import device_memory_by_kind, expected_memory, host_memory_by_kind
 from lmprof.analyze.trace_tree import build_tree
 from lmprof.collect.torch_trace import TorchTrace
-from lmprof.record import Run
-from lmprof.record_deep import DeepProfile
+from lmprof.record.deep import DeepProfile
+from lmprof.record.run import Run
 
 
 def stage_windows(run: Run, trace: TorchTrace) -> dict[str, tuple[float, float]]:

@@ -14,8 +14,8 @@ from typing import Any
 
 from lmprof.analyze.trace_tree import Node, all_nodes, innermost_at
 from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, Span
-from lmprof.record import Phase
-from lmprof.record_deep import FlameGraph, TraceEvent
+from lmprof.record.deep import FlameGraph, TraceEvent
+from lmprof.record.run import Phase
 
 UNATTRIBUTED_FRAME = "phase:(unattributed)"
 

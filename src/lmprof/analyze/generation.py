@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lmprof.record import Generation
+from lmprof.record.run import Generation
 
 PERCENTILES = (50, 90, 99)
 

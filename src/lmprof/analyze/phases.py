@@ -10,7 +10,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lmprof.record import Phase, Run
+from lmprof.record.run import Phase, Run
 
 UNATTRIBUTED = "(unattributed)"
 

@@ -63,9 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmprof.ablation_runner import AblationRequest, run_ablation
+    from lmprof.ablation.runner import AblationRequest, run_ablation
     from lmprof.render.ablation_table import render_ablation
-    from lmprof.workload import choose_device
+    from lmprof.workloads.request import choose_device
 
     out = args.out or default_run_dir(f"ablate-{args.model or 'default'}")
     req = AblationRequest(

@@ -10,13 +10,13 @@ from lmprof.analyze.compare import FIGURES, compare
 from lmprof.analyze.thresholds import breaches, check_thresholds, parse_thresholds
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
-from lmprof.record import write_atomic
+from lmprof.record.groups import load_run_group
+from lmprof.record.run import write_atomic
 from lmprof.render.compare_cells import fmt_check
 from lmprof.render.compare_html import render_comparison_html
 from lmprof.render.compare_json import render_comparison_json
 from lmprof.render.compare_markdown import render_comparison_markdown
 from lmprof.render.compare_terminal import render_comparison
-from lmprof.run_group import load_run_group
 
 EXIT_THRESHOLD_BREACHED = 1
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 import traceback
 
-from lmprof import __version__
+from lmprof._version import __version__
 from lmprof.cli import ablate_cmd, compare_cmd, models_cmd, profile_cmd, run_cmd, show_cmd, sysinfo_cmd
 from lmprof.errors import LmprofError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lmprof.cli.report_console import report_console
 from lmprof.errors import LmprofError, ModelNotFoundError, UsageError
-from lmprof.record import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
+from lmprof.record.run import STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE
 from lmprof.render.exports import write_exports
 from lmprof.render.html_report import write_html_report
 from lmprof.render.terminal import render_run

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lmprof.cli.outcome import check_writable, default_run_dir, run_profiled
-from lmprof.workload import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, ProfileRequest, run_profile
+from lmprof.workloads.request import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, ProfileRequest, run_profile
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

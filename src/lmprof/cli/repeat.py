@@ -47,7 +47,7 @@ def run_repeats(argv: list[str], repeat: int, out: Path, as_json: bool) -> int:
         )
         if proc.returncode != 0:
             return proc.returncode
-    from lmprof.run_group import load_run_group
+    from lmprof.record.groups import load_run_group
 
     table = spread_table(load_run_group(out))
     console = report_console(table, stderr=as_json)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
-from lmprof.record import load_run
+from lmprof.record.run import load_run
 from lmprof.render.html_report import write_html_report
 from lmprof.render.python_table import render_python_table
 from lmprof.render.terminal import render_run

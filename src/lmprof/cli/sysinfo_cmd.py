@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     probes = cache_file = None
     from_cache = False
     if args.measure:
-        from lmprof.probe_cache import measured_hardware
+        from lmprof.collect.probe_cache import measured_hardware
 
         probes, cache_file, from_cache = measured_hardware(threads=args.threads, refresh=args.refresh)
     if args.json:

@@ -15,7 +15,7 @@ from typing import Any
 
 from lmprof.collect.device import CpuDevice, CudaDevice
 from lmprof.collect.phases import PhaseRecorder
-from lmprof.record import Generation
+from lmprof.record.run import Generation
 
 
 class GenerationWatcher:

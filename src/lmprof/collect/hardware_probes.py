@@ -234,7 +234,7 @@ def _on_huge_pages(
     """A float32 tensor of `shape` on 2 MiB transparent huge pages, filled in place by `fill`
     (the first touch, where the kernel maps the pages), or None with `result.skipped` saying
     why (the kernel offers none, or granted none)."""
-    from lmprof.huge_pages import HugePagesUnavailable, huge_page_buffer, huge_page_bytes
+    from lmprof.engine.huge_pages import HugePagesUnavailable, huge_page_buffer, huge_page_bytes
 
     try:
         placed = huge_page_buffer(math.prod(shape) * 4).view(torch.float32).view(shape)

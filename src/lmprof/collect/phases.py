@@ -17,7 +17,7 @@ from typing import Any
 from lmprof.clock import Clock
 from lmprof.collect.device import CpuDevice, CudaDevice
 from lmprof.collect.process_stats import ProcessSnapshot, read_process
-from lmprof.record import Phase
+from lmprof.record.run import Phase
 
 
 @dataclass

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmprof.record_deep import FlameGraph
+from lmprof.record.deep import FlameGraph
 
 ATTACH_TIMEOUT_S = 15.0  # py-spy retries attaching for a while before it gives up
 STOP_TIMEOUT_S = 60.0  # writing the file, and resolving native symbols, takes seconds

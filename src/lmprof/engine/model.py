@@ -23,8 +23,8 @@ from lmprof.engine.kv_cache import KVCache
 from lmprof.engine.options import EngineOptions
 
 if TYPE_CHECKING:
+    from lmprof.engine.huge_pages import HugePagePlacement
     from lmprof.engine.native_decode import NativeStep
-    from lmprof.huge_pages import HugePagePlacement
 
 
 class RMSNorm(nn.Module):

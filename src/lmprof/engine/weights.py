@@ -19,11 +19,11 @@ from safetensors import safe_open
 from torch import Tensor
 
 from lmprof.engine.config import EngineConfig
+from lmprof.engine.huge_pages import check_huge_pages_on, move_to_huge_pages
 from lmprof.engine.model import Transformer
 from lmprof.engine.options import EngineOptions
 from lmprof.engine.quant import quantize_int8
 from lmprof.errors import ModelLoadError, ModelNotFoundError
-from lmprof.huge_pages import check_huge_pages_on, move_to_huge_pages
 
 # HF name -> engine name; per-layer names are relative to model.layers.{i}.
 _TOP_LEVEL_NAMES = {

@@ -11,8 +11,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lmprof.ablation_plan import BASELINE, BEST, MIN_GAIN, REFERENCE
-from lmprof.ablation_runner import AblationReport
+from lmprof.ablation.plan import BASELINE, BEST, MIN_GAIN, REFERENCE
+from lmprof.ablation.runner import AblationReport
 from lmprof.analyze.ablation import faster_alone
 from lmprof.render.units import fmt_bytes, fmt_s
 

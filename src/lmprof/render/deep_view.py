@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lmprof.record import Run
+from lmprof.record.run import Run
 from lmprof.render.units import fmt_bytes, fmt_pct, fmt_s
 
 PART_LABELS = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmprof.record import Run
+from lmprof.record.run import Run
 from lmprof.render.units import fmt_bytes
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from lmprof.record_deep import FlameGraph
+from lmprof.record.deep import FlameGraph
 from lmprof.render.flame_svg import to_flame_svg
 
 _PROLOGUE = re.compile(r"<\?xml[^>]*\?>\s*")

@@ -16,7 +16,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from lmprof.record_deep import FlameGraph
+from lmprof.record.deep import FlameGraph
 from lmprof.render.units import fmt_bytes, fmt_s
 
 WIDTH_PX = 1200

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from lmprof.record_deep import FlameGraph
+from lmprof.record.deep import FlameGraph
 
 FOLDED_LINE = re.compile(r"^[^;\n]+(;[^;\n]+)* \d+$")
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lmprof.record import Generation, Run
+from lmprof.record.run import Generation, Run
 from lmprof.render.perfetto import token_steps
 from lmprof.render.units import fmt_bytes, fmt_s
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmprof.record import STATUS_COMPLETE, Run, write_atomic
+from lmprof.record.run import STATUS_COMPLETE, Run, write_atomic
 from lmprof.render.flame_embed import inline_flame
 from lmprof.render.html_charts import (
     device_memory_svg,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmprof.analyze.phases import UNATTRIBUTED, phase_rows
-from lmprof.record import Run
+from lmprof.record.run import Run
 from lmprof.render.deep_view import PART_LABELS, collapse_layers
 from lmprof.render.engine_facts import native_kernels_fact
 from lmprof.render.html_charts import esc

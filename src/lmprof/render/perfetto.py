@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from lmprof.record import Generation, Phase, Run
+from lmprof.record.run import Generation, Phase, Run
 
 PID = 1
 PHASES_TID = 1

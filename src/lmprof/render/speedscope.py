@@ -10,8 +10,8 @@ import math
 import re
 from typing import Any
 
-from lmprof.record import Run
-from lmprof.record_deep import FlameGraph
+from lmprof.record.deep import FlameGraph
+from lmprof.record.run import Run
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 

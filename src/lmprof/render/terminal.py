@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmprof.analyze.phases import UNATTRIBUTED, phase_rows, weight_paging
-from lmprof.record import STATUS_COMPLETE, Run
+from lmprof.record.run import STATUS_COMPLETE, Run
 from lmprof.render.deep_view import render_deep
 from lmprof.render.engine_facts import native_kernels_fact
 from lmprof.render.system_view import system_line

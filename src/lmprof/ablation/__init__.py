@@ -1,0 +1,1 @@
+"""`lmprof ablate`: the plan of rows, one row profiled in its own process, and the runner of rounds."""

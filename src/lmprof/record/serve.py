@@ -1,0 +1,126 @@
+"""The serve Run: one versioned record of an `lmprof serve` server's life, torch-free.
+
+Every time is seconds on one monotonic timeline whose zero is the server's start, so
+request phases, engine steps and memory samples line up. `lmprof show DIR` reads it back
+with no model and no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmprof.errors import RunFileError
+from lmprof.record.run import RUN_FILE, write_atomic
+
+SERVE_KIND = "serve"
+SERVE_SCHEMA_VERSION = 1
+
+
+@dataclass
+class ServedRequest:
+    """One HTTP request's way through the server; phase marks are None where it never got there."""
+
+    request_id: str
+    endpoint: str  # "completions" or "chat.completions"
+    stream: bool
+    arrived_s: float  # the handler saw the request
+    admitted_s: float | None = None  # entered the worker queue (sequential: after the server lock)
+    started_s: float | None = None  # its batch's prefill began
+    first_token_s: float | None = None  # prefill and the first pick done
+    finished_s: float | None = None  # its last token was handed to the loop (or it was dropped)
+    responded_s: float | None = None  # the last byte was written
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    batch_size: int = 0  # rows in the batch it ran in
+    status: int = 200
+    outcome: str = "ok"  # ok, cache_hit, cancelled, rejected, error
+    finish_reason: str | None = None
+
+
+@dataclass
+class EngineStep:
+    """One forward of the model worker: a prefill or one decode step of a batch."""
+
+    start_s: float
+    end_s: float
+    kind: str  # "prefill" or "decode"
+    batch_size: int  # rows in the batch
+    active_rows: int  # rows still producing tokens (the rest are finished or cancelled)
+
+
+@dataclass
+class MemorySample:
+    t_s: float
+    rss_bytes: int
+    device_allocated_bytes: int | None = None  # CUDA only
+
+
+@dataclass
+class ServeRun:
+    settings: dict[str, Any]
+    model: dict[str, Any]
+    environment: dict[str, Any]
+    started_unix_s: float
+    ended_s: float = 0.0
+    requests: list[ServedRequest] = field(default_factory=list)
+    steps: list[EngineStep] = field(default_factory=list)
+    memory: list[MemorySample] = field(default_factory=list)
+    kind: str = SERVE_KIND
+    schema_version: int = SERVE_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServeRun:
+        if data.get("kind") != SERVE_KIND:
+            raise RunFileError(f"not a serve run: kind is {data.get('kind')!r}")
+        if data.get("schema_version") != SERVE_SCHEMA_VERSION:
+            raise RunFileError(
+                f"serve run has schema_version {data.get('schema_version')!r}; "
+                f"this lmprof reads version {SERVE_SCHEMA_VERSION}"
+            )
+        body = dict(data)
+        body["requests"] = [ServedRequest(**r) for r in data.get("requests", [])]
+        body["steps"] = [EngineStep(**s) for s in data.get("steps", [])]
+        body["memory"] = [MemorySample(**m) for m in data.get("memory", [])]
+        return cls(**body)
+
+    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        folder = Path(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_atomic(folder / RUN_FILE, self.to_json())
+
+
+def run_file(location: str | os.PathLike[str]) -> Path:
+    path = Path(location)
+    return path / RUN_FILE if path.is_dir() else path
+
+
+def is_serve_run(location: str | os.PathLike[str]) -> bool:
+    """Whether the run file at `location` is a serve Run (cheap: False for anything unreadable)."""
+    try:
+        data = json.loads(run_file(location).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == SERVE_KIND
+
+
+def load_serve_run(location: str | os.PathLike[str]) -> ServeRun:
+    path = run_file(location)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFileError(f"'{path}' is not a readable serve run: {exc}") from exc
+    try:
+        return ServeRun.from_dict(data)
+    except TypeError as exc:
+        raise RunFileError(f"'{path}' does not match the serve run schema: {exc}") from exc

@@ -1,0 +1,1 @@
+"""What `lmprof profile` runs: the request, and the transformers or engine workload that serves it."""
