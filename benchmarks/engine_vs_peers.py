@@ -63,10 +63,10 @@ from lmprof.ablation.runner import PROMPT_TEXT  # noqa: E402
 from lmprof.analyze.ablation import common_prefix_tokens, paired_speedup, token_agreement  # noqa: E402
 from lmprof.analyze.hardware import best_read_gbps  # noqa: E402
 from lmprof.collect.hardware_probes import (  # noqa: E402
-    ProbeSizes,
     probe_native_matvec,
     probe_read,
     probe_read_huge_pages,
+    sizes_for_device,
 )
 from lmprof.collect.probe_cache import measured_hardware  # noqa: E402
 from lmprof.collect.system import collect_system_info  # noqa: E402
@@ -171,7 +171,7 @@ def read_probe_gbps(repeats: int = 3) -> float:
     either), best of `repeats` each, GB/s. torch's matvec probes are left out: in every
     sysinfo run here they read no faster than these, and its fp16 column-major one takes
     seconds."""
-    sizes = replace(ProbeSizes.for_device("cpu"), repeats=repeats)
+    sizes = replace(sizes_for_device("cpu"), repeats=repeats)
     probes = [
         probe_read("cpu", sizes),
         probe_read_huge_pages(sizes),

@@ -27,9 +27,10 @@ from lmprof.analyze.ablation import (
     token_agreement,
 )
 from lmprof.cli.report_console import report_console
-from lmprof.collect.hardware_probes import MIB, HardwareProbes, ProbeResult, ProbeSizes
+from lmprof.collect.hardware_probes import sizes_for_device
 from lmprof.collect.probe_cache import cache_path, machine_key, save_probes
 from lmprof.errors import UsageError
+from lmprof.record.probes import MIB, HardwareProbes, ProbeResult
 from lmprof.record.run import load_run, validate_run_dict
 from lmprof.render.ablation_table import render_ablation
 
@@ -303,7 +304,7 @@ def seed_probe_cache(cache_root, threads: int) -> None:
     """A cache entry at the sizes this machine probes, so the ablation does not spend ~10 s probing."""
     probes = HardwareProbes(
         measured_at="2026-11-25T00:00:00+00:00", threads=threads, torch_version="x",
-        sizes={"cpu": asdict(ProbeSizes.for_device("cpu"))}, load_avg_start=[0, 0, 0], load_avg_end=[0, 0, 0], wall_s=1.0,
+        sizes={"cpu": asdict(sizes_for_device("cpu"))}, load_avg_start=[0, 0, 0], load_avg_end=[0, 0, 0], wall_s=1.0,
         probes=[ProbeResult("read", "read", "cpu", "float32", [1], 20 * 10**9, 0, [1.0])],
     )  # fmt: skip
     key = machine_key(threads, ["cpu"])

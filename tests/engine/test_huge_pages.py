@@ -11,7 +11,7 @@ import torch
 from helpers.engine_models import prompt
 from torch import nn
 
-from lmprof.collect.hardware_probes import MIB, ProbeSizes, probe_device, probe_read_huge_pages
+from lmprof.collect.hardware_probes import probe_device, probe_read_huge_pages
 from lmprof.engine import EngineOptions, generate, load_hf_folder
 from lmprof.engine.huge_pages import (
     HUGE_PAGE_BYTES,
@@ -24,6 +24,7 @@ from lmprof.engine.huge_pages import (
     thp_mode,
 )
 from lmprof.errors import UsageError
+from lmprof.record.probes import MIB, ProbeSizes
 from lmprof.record.run import load_run
 
 THP = thp_mode()

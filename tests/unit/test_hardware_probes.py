@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import asdict, replace
 
 import pytest
@@ -13,17 +15,15 @@ from rich.console import Console
 
 from lmprof.analyze.hardware import best_read_gbps
 from lmprof.collect.hardware_probes import (
-    MIB,
-    HardwareProbes,
-    ProbeResult,
-    ProbeSizes,
     last_level_cache_bytes,
     measure_hardware,
     probe_device,
     repeat_op,
+    sizes_for_device,
 )
 from lmprof.collect.probe_cache import cache_path, machine_key, measured_hardware, save_probes
 from lmprof.engine.huge_pages import thp_mode
+from lmprof.record.probes import MIB, HardwareProbes, ProbeResult, ProbeSizes
 from lmprof.render.probes_view import render_probes
 
 TINY = replace(
@@ -159,7 +159,7 @@ def fixed_probes() -> HardwareProbes:
         measured_at="2026-11-25T00:00:00+00:00",
         threads=2,
         torch_version="2.13.0+cpu",
-        sizes={"cpu": asdict(ProbeSizes.for_device("cpu"))},
+        sizes={"cpu": asdict(sizes_for_device("cpu"))},
         load_avg_start=[0.5, 0.4, 0.3],
         load_avg_end=[0.6, 0.4, 0.3],
         wall_s=11.0,
@@ -182,6 +182,23 @@ def test_probe_table_shows_rates_the_ceiling_and_skips():
     assert "skipped: no fp16 kernel" in text
     assert "Best read bandwidth on cpu: 21.5 GB/s" in text
     assert "load average 0.50, 0.40, 0.30" in text
+
+
+def test_saved_probes_render_without_torch():
+    # `lmprof sysinfo` renders a cached measurement: the records, their analysis and the table
+    # must not load torch (the measuring, lmprof.collect.hardware_probes, does).
+    code = (
+        "import json, sys; from rich.console import Console;"
+        "from lmprof.record.probes import HardwareProbes;"
+        "from lmprof.render.probes_view import render_probes;"
+        "probes = HardwareProbes.from_dict(json.loads(sys.stdin.read()));"
+        "Console(width=160, color_system=None).print(render_probes(probes, None));"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    saved = json.dumps(fixed_probes().to_dict())
+    result = subprocess.run([sys.executable, "-c", code], input=saved, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Best read bandwidth on cpu: 21.5 GB/s" in result.stdout
 
 
 def test_sysinfo_measure_reuses_the_cached_probes(run_cli, lmprof_cache):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lmprof.collect.hardware_probes import ProbeResult
+from lmprof.record.probes import ProbeResult
 
 # Probes whose bytes are all reads of one large buffer: a plain reduction and a
 # matrix-vector product (which is a decode step's inner loop).

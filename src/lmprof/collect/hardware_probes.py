@@ -5,17 +5,17 @@ over read bandwidth; prefill and batched decode lean on matmul throughput. These
 measure both with the kernels torch itself runs, because the datasheet number is not what a
 shared, thread-limited process gets. Each probe warms up, repeats (stopping early once a
 probe has used its time budget) and keeps every repeat's time, so best and median are both
-known. Timing uses a host clock on CPU and CUDA events on CUDA. Nothing here prints.
+known. Timing uses a host clock on CPU and CUDA events on CUDA. Nothing here prints; what the
+probes hand back are the plain records of `lmprof.record.probes`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,138 +25,24 @@ import torch.nn.functional as F
 
 from lmprof.clock import cuda_event
 from lmprof.collect.system import SYS_CPU0, read_caches
+from lmprof.record.probes import HardwareProbes, ProbeResult, ProbeSizes
 
-MIB = 2**20
 MIN_REPEATS = 2  # a probe stops early on its time budget, but never with fewer repeats than this
 PROBE_DTYPES = ("float32", "bfloat16", "float16")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass(frozen=True)
-class ProbeSizes:
-    """How big and how long each probe is; tests pass tiny ones."""
-
-    # Defaults well above a common last-level cache (32 MiB on the machine this was written
-    # on), so the probes stream from DRAM rather than re-reading cached lines; `for_device`
-    # grows them on CPUs whose cache is larger (a 480 MiB L3 held the 128 MiB matvec probe
-    # and read it at 1.7x the DRAM rate).
-    read_bytes: int = 256 * MIB
-    matvec_weight_bytes: int = 128 * MIB
-    matvec_in_features: int = 2048
-    matmul_n: int = 1024
-    h2d_bytes: int = 256 * MIB
-    warmup: int = 1
-    repeats: int = 7
-    max_probe_s: float = 1.5  # repeats stop after this much time (once MIN_REPEATS ran)
-    max_matmul_op_s: float = 0.25  # a slower square matmul (fp16 without native kernels) is halved
-
-    @classmethod
-    def for_device(cls, device: str) -> ProbeSizes:
-        # A GPU streams 256 MiB in well under a millisecond: give it more to read and multiply.
-        if device.startswith("cuda"):
-            return cls(read_bytes=1024 * MIB, matvec_weight_bytes=512 * MIB, matmul_n=4096)
-        return cls.for_cpu_cache(last_level_cache_bytes())
-
-    @classmethod
-    def for_cpu_cache(cls, cache_bytes: int | None) -> ProbeSizes:
-        """CPU sizes that stream from DRAM past a last-level cache of `cache_bytes`: each
-        buffer at least CACHE_MULTIPLE times the cache, never below the defaults."""
-        if not cache_bytes:
-            return cls()
-        least = -(-CACHE_MULTIPLE * cache_bytes // (64 * MIB)) * 64 * MIB  # rounded up to 64 MiB steps
-        return cls(
-            read_bytes=max(cls.read_bytes, least), matvec_weight_bytes=max(cls.matvec_weight_bytes, least)
-        )
-
-
-# A buffer twice the last-level cache leaves little of itself cached between repeats, while
-# one just over it can keep a share resident under the adaptive replacement of recent CPUs.
-CACHE_MULTIPLE = 2
+def sizes_for_device(device: str) -> ProbeSizes:
+    """The probe sizes for `device`: a GPU's larger ones, or CPU ones past this machine's
+    last-level cache."""
+    if device.startswith("cuda"):
+        return ProbeSizes.for_cuda()
+    return ProbeSizes.for_cpu_cache(last_level_cache_bytes())
 
 
 def last_level_cache_bytes(cache_dir: Path = SYS_CPU0 / "cache") -> int | None:
     """The largest cache one core sees (its L3 slice, or L2 where there is no L3), bytes."""
     return max((size for size in read_caches(cache_dir).values() if size), default=None)
-
-
-@dataclass
-class ProbeResult:
-    """One probe: what it moved or computed per repeat, and how long each repeat took."""
-
-    name: str  # "read", "copy", "matvec", "matvec_column_major", "matmul", "h2d_pinned", ...
-    kind: str  # read | copy | matvec | matmul | host_to_device
-    device: str
-    dtype: str | None
-    shape: list[int]
-    bytes_per_repeat: int  # bytes read (a copy: read plus written)
-    flops_per_repeat: int  # a multiply-add counts 2
-    times_s: list[float] = field(default_factory=list)
-    timing: str = "host_clock"  # or "cuda_events"
-    skipped: str | None = None  # why the probe did not run here
-
-    @property
-    def best_s(self) -> float | None:
-        return min(self.times_s) if self.times_s else None
-
-    @property
-    def median_s(self) -> float | None:
-        return statistics.median(self.times_s) if self.times_s else None
-
-    def _rate(self, amount: int, seconds: float | None) -> float | None:
-        return amount / seconds / 1e9 if amount and seconds else None
-
-    @property
-    def best_gbps(self) -> float | None:
-        return self._rate(self.bytes_per_repeat, self.best_s)
-
-    @property
-    def median_gbps(self) -> float | None:
-        return self._rate(self.bytes_per_repeat, self.median_s)
-
-    @property
-    def best_gflops(self) -> float | None:
-        return self._rate(self.flops_per_repeat, self.best_s)
-
-    @property
-    def median_gflops(self) -> float | None:
-        return self._rate(self.flops_per_repeat, self.median_s)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name in ("best_s", "median_s", "best_gbps", "median_gbps", "best_gflops", "median_gflops"):
-            data[name] = getattr(self, name)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass
-class HardwareProbes:
-    """Every probe of one measurement, with the conditions it ran under."""
-
-    measured_at: str
-    threads: int
-    torch_version: str
-    sizes: dict[str, dict[str, Any]]  # device -> ProbeSizes as a dict
-    load_avg_start: list[float]
-    load_avg_end: list[float]
-    wall_s: float
-    probes: list[ProbeResult]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["probes"] = [p.to_dict() for p in self.probes]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HardwareProbes:
-        fields = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in data.items() if k in fields}
-        kwargs["probes"] = [ProbeResult.from_dict(p) for p in data.get("probes", [])]
-        return cls(**kwargs)
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -425,7 +311,7 @@ def probe_device(
     """Every probe on one device: read (on the CPU also from huge pages), copy, matvec (both layouts) and matmul per dtype,
     on the CPU lmprof's native matvec (fp32 and int8, and fp32 from huge pages), and on CUDA the
     host-to-device copies."""
-    sizes = sizes or ProbeSizes.for_device(device)
+    sizes = sizes or sizes_for_device(device)
     results = [probe_read(device, sizes, clock)]
     if device == "cpu":
         results.append(probe_read_huge_pages(sizes, clock))
@@ -460,7 +346,7 @@ def measure_hardware(
     devices = devices or probe_devices()
     sizes = dict(sizes or {})
     for device in devices:
-        sizes.setdefault(device, ProbeSizes.for_device(device))
+        sizes.setdefault(device, sizes_for_device(device))
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

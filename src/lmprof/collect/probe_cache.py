@@ -15,8 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lmprof.collect.hardware_probes import HardwareProbes, ProbeSizes, measure_hardware, probe_devices
+from lmprof.collect.hardware_probes import measure_hardware, probe_devices, sizes_for_device
 from lmprof.models import cache_root
+from lmprof.record.probes import HardwareProbes, ProbeSizes
 from lmprof.record.run import write_atomic
 
 # 2: the CPU read probe from huge pages joined the set; 3: the native matvec from huge pages
@@ -78,7 +79,7 @@ def measured_hardware(
 
     devices = devices or probe_devices()
     threads = threads or torch.get_num_threads()
-    chosen = {d: (sizes or {}).get(d) or ProbeSizes.for_device(d) for d in devices}
+    chosen = {d: (sizes or {}).get(d) or sizes_for_device(d) for d in devices}
     size_dicts = {d: asdict(s) for d, s in chosen.items()}
     key = machine_key(threads, devices)
     path = cache_path(key)

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmprof.analyze.hardware import best_read_gbps
-from lmprof.collect.hardware_probes import HardwareProbes, ProbeResult
+from lmprof.record.probes import HardwareProbes, ProbeResult
 from lmprof.render.units import fmt_bytes, fmt_s
 
 PROBE_LABELS = {
