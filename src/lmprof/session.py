@@ -23,8 +23,14 @@ from lmprof.analyze.phases import refine_phase_peaks
 from lmprof.clock import Clock
 from lmprof.collect.device import detect_device
 from lmprof.collect.environment import describe_environment, snapshot_load
-from lmprof.collect.function_profilers import PSTATS_FILE, add_python_profile, make_python_profiler
+from lmprof.collect.function_profilers import (
+    PSTATS_FILE,
+    add_python_profile,
+    make_python_profiler,
+    measure_python_profiler_cost,
+)
 from lmprof.collect.memory_sampler import DEFAULT_INTERVAL_S, MemorySampler
+from lmprof.collect.model_facts import describe_model
 from lmprof.collect.phases import PhaseHandle, PhaseRecorder
 from lmprof.collect.process_stats import os_peak_rss_bytes
 from lmprof.collect.system import collect_system_info
@@ -134,53 +140,64 @@ class ProfileSession:
         return new
 
     def stop(self, status: str = STATUS_COMPLETE, error: BaseException | None = None) -> Run:
-        """End the session and fill the Run; safe to call once the work failed or was cut short."""
+        """End the session and fill the Run; safe to call once the work failed or was cut short.
+
+        Every collector finishes first (phases, hooks, samplers, the function profiler and
+        its calibration, system facts, the machine's load), then the figures are derived
+        once from what was collected."""
         if self._stopped:
             return self.run
         self._stopped = True
+        run = self.run
+        # --- finish collecting ---
         self.phases.close_all(complete=status == STATUS_COMPLETE)
         if self._instrumentation is not None:
             self._instrumentation.uninstall()
         self.sampler.stop()
-        run = self.run
         end_s = self.now_s()
+        python_profile = self._python_profiler.stop() if self._python_profiler is not None else None
+        python_cost = (
+            measure_python_profiler_cost(self._python_profiler_name or "")
+            if python_profile is not None and python_profile.available
+            else None
+        )
+        deep_trace, self._deep_trace = self._deep_trace, None
         run.status = status
         if error is not None:
             run.error = {"type": type(error).__name__, "message": str(error) or type(error).__name__}
         run.phases = self.phases.phases
+        run.memory = self._memory_timeline()
+        run.system = collect_system_info()
+        cores = run.system.get("cpu", {}).get("logical_cores") or os.cpu_count() or 1
+        run.environment = describe_environment(self._load_start, snapshot_load(), cores)
+        self.device.close()
+        # --- derive, once ---
         # The run starts at the earliest phase: python_startup begins before the session did.
         run.wall_s = end_s - min([0.0] + [p.start_s for p in run.phases])
-        run.memory = self._memory_timeline()
         refine_phase_peaks(run.phases, run.memory.host["t_s"], run.memory.host["rss_bytes"])
         for gen in run.generations:
             derive_generation_figures(gen)
         if run.generation is None and run.generations:
             # The headline is an untraced call when there is one: tracing inflates times.
             run.generation = next((g for g in run.generations if not g.traced), run.generations[0])
-        python_profile = self._python_profiler.stop() if self._python_profiler is not None else None
-        if self._deep_trace is not None or python_profile is not None:
+        if deep_trace is not None or python_profile is not None:
             from lmprof.analyze.deep import build_deep_profile, tracer_overhead
             from lmprof.record.deep import DeepProfile
 
-            if self._deep_trace is not None:
-                run.deep = build_deep_profile(run, self._deep_trace, self._kv_samples)
-                run.deep.overhead.update(tracer_overhead(run.generations, self._deep_trace.steps_traced))
+            if deep_trace is not None:
+                run.deep = build_deep_profile(run, deep_trace, self._kv_samples)
+                run.deep.overhead.update(tracer_overhead(run.generations, deep_trace.steps_traced))
             else:
                 run.deep = DeepProfile()
             if python_profile is not None:
-                add_python_profile(run.deep, python_profile, self._python_profiler_name or "")
+                add_python_profile(run.deep, python_profile, self._python_profiler_name or "", python_cost)
             if run.generation is not None and run.generation.traced:
                 run.warnings.append(
                     "the generation figures come from the call traced by torch.profiler, which slows it; "
                     "no untraced call was made to compare (lmprof profile --deep makes one)"
                 )
-            self._deep_trace = None
-        run.system = collect_system_info()
-        cores = run.system.get("cpu", {}).get("logical_cores") or os.cpu_count() or 1
-        run.environment = describe_environment(self._load_start, snapshot_load(), cores)
         if run.environment.get("busy_warning"):
             run.warnings.append(run.environment["busy_warning"])
-        self.device.close()
         return run
 
     def __enter__(self) -> ProfileSession:
@@ -299,52 +316,6 @@ class ProfileSession:
             used = [u for u in s.device_nvml_used_bytes if u is not None]
             timeline.peak_nvml_used_bytes = max(used) if used else None
         return timeline
-
-
-def describe_model(model: Any, name: str) -> dict[str, Any]:
-    """What a loaded transformers model is: architecture, size, dtype, where it lives."""
-    config = getattr(model, "config", None)
-    seen: set[int] = set()
-    params = weight_bytes = 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = t.data_ptr() if t.device.type != "meta" else id(t)
-        if key in seen:
-            continue  # tied embeddings share storage: count once
-        seen.add(key)
-        weight_bytes += t.numel() * t.element_size()
-    for p in model.parameters():
-        params += p.numel()
-    params -= _tied_duplicate_params(model)
-    fields = (
-        "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-        "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings",
-    )  # fmt: skip
-    archs = getattr(config, "architectures", None) or [type(model).__name__]
-    return {
-        "id": name,
-        "architecture": archs[0],
-        "class": type(model).__name__,
-        "parameter_count": params,
-        "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
-        "weight_bytes": weight_bytes,
-        "device": str(getattr(model, "device", "cpu")),
-        "config": {f: getattr(config, f, None) for f in fields if getattr(config, f, None) is not None},
-    }
-
-
-def _tied_duplicate_params(model: Any) -> int:
-    # model.parameters() already deduplicates shared Parameter objects; this is 0 unless a
-    # model ties by sharing storage between distinct Parameters.
-    ptrs: dict[int, int] = {}
-    dup = 0
-    for p in model.parameters():
-        if p.device.type == "meta":
-            continue
-        ptr = p.data_ptr()
-        if ptr in ptrs and ptrs[ptr] == p.numel():
-            dup += p.numel()
-        ptrs.setdefault(ptr, p.numel())
-    return dup
 
 
 def _generated_text(result: Any) -> str | None:

@@ -15,8 +15,8 @@ import time
 import pytest
 from rich.console import Console
 
-from lmprof.analyze.python_functions import function_rows, slowdown
-from lmprof.collect.overhead import measure_slowdown
+from lmprof.analyze.python_functions import function_rows
+from lmprof.collect.overhead import measure_slowdown, slowdown
 from lmprof.collect.python_cprofile import CProfileCollector
 from lmprof.collect.python_sampler import PySpySampler, find_py_spy, profile_from_speedscope
 from lmprof.errors import UsageError

@@ -133,7 +133,7 @@ def _run_engine_row(session: ProfileSession, job: RowJob) -> None:
 
 
 def _run_transformers_row(session: ProfileSession, job: RowJob) -> None:
-    from lmprof.workloads.request import import_frameworks
+    from lmprof.workloads.transformers import import_frameworks
 
     import_frameworks(session)  # timed imports, then transformers' entry points wrapped
     import torch

@@ -37,10 +37,3 @@ def function_rows(
     # Ties fall back to self time, then name, so equal rows print in the same order every time.
     rows.sort(key=lambda r: (-r[key], -r["self_s"], r["name"], r.get("file") or "", r.get("line") or 0))
     return rows if limit is None else rows[:limit]
-
-
-def slowdown(baseline_s: float, profiled_s: float) -> float | None:
-    """How many times longer the work took under the profiler (1.0 = no cost)."""
-    if baseline_s <= 0:
-        return None
-    return profiled_s / baseline_s

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from lmprof.cli.outcome import check_writable, default_run_dir, run_profiled
-from lmprof.workloads.request import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, ProfileRequest, run_profile
+from lmprof.workloads.profile import run_profile
+from lmprof.workloads.request import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, ProfileRequest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

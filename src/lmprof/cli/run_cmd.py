@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lmprof.session import ProfileSession
-    from lmprof.workloads.request import import_frameworks
+    from lmprof.workloads.transformers import import_frameworks
 
     script: Path = args.script
     if not script.is_file():

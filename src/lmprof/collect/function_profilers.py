@@ -20,24 +20,31 @@ def make_python_profiler(name: str) -> Any:
     raise ValueError(f"unknown python profiler {name!r}")
 
 
-def add_python_profile(deep: Any, profile: Any, name: str) -> None:
-    """Put a PythonProfile into the deep record, with its cost measured on a calibration
-    workload (paired runs with and without the profiler, in this process)."""
+def measure_python_profiler_cost(name: str) -> dict[str, Any]:
+    """The profiler's cost, measured on a calibration workload: paired runs with and without
+    it, in this process (a collector's last act, before the session derives its figures)."""
     from lmprof.collect.overhead import measure_slowdown
 
+    cost = measure_slowdown(_calibration_workload, lambda: make_python_profiler(name), repeats=3)
+    cost["method"] = (
+        "calibration: a fixed Python + small-matmul loop timed with and without the profiler, paired"
+    )
+    cost["distorts"] = ["every phase's wall time, by about this factor on Python-heavy work"]
+    return cost
+
+
+def add_python_profile(deep: Any, profile: Any, name: str, cost: dict[str, Any] | None) -> None:
+    """Put a PythonProfile into the deep record, with its measured cost (None when the profiler
+    was not available, so nothing was profiled and nothing measured)."""
     deep.python = profile.to_record()
     if profile.flame is not None and profile.flame.stacks:
         deep.flames.append(profile.flame)
     if not profile.available:
         deep.notes.append(f"no Python function profile: {profile.reason}")
         return
-    cost = measure_slowdown(_calibration_workload, lambda: make_python_profiler(name), repeats=3)
-    cost["method"] = (
-        "calibration: a fixed Python + small-matmul loop timed with and without the profiler, paired"
-    )
-    cost["distorts"] = ["every phase's wall time, by about this factor on Python-heavy work"]
-    deep.overhead[name] = cost
-    deep.python["slowdown"] = cost["slowdown"]
+    if cost is not None:
+        deep.overhead[name] = cost
+        deep.python["slowdown"] = cost["slowdown"]
 
 
 def _calibration_workload() -> None:

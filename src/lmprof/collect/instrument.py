@@ -17,18 +17,41 @@ import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lmprof.collect.generation import GenerationWatcher
+from lmprof.collect.phases import PhaseRecorder
+from lmprof.record.run import Generation
 
-if TYPE_CHECKING:
-    from lmprof.session import ProfileSession
+
+class SessionHooks(Protocol):
+    """What the instrumentation needs of the session that installs it (lmprof.session's
+    ProfileSession is the one implementation): the phase recorder and the clock, the device,
+    where the pipeline call began, and the places it reports what it saw."""
+
+    phases: PhaseRecorder
+    device: Any
+    pipeline_call_start_s: float | None
+
+    def now_s(self) -> float: ...
+
+    def observe_model(self, model: Any, name: str) -> None: ...
+
+    def observe_move(self, module: Any) -> None: ...
+
+    def take_deep_tracer(self, model: Any) -> Any: ...
+
+    def finish_deep_trace(self, tracer: Any, kv_samples: list[tuple[float, int]]) -> None: ...
+
+    def add_generation(self, gen: Generation) -> None: ...
+
+    def observe_pipeline_result(self, prompt: Any, result: Any) -> None: ...
 
 
 class Instrumentation:
     """Install with `install()`, remove with `uninstall()`; `points` names what is wrapped."""
 
-    def __init__(self, session: ProfileSession) -> None:
+    def __init__(self, session: SessionHooks) -> None:
         self._session = session
         self._restore: list[tuple[Any, str, Any]] = []
         self.points: list[str] = []

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lmprof.analyze.python_functions import slowdown
-
 
 class Collector(Protocol):
     def start(self) -> Any: ...
@@ -60,3 +58,10 @@ def _timed(workload: Callable[[], None], clock: Callable[[], float]) -> float:
     start = clock()
     workload()
     return clock() - start
+
+
+def slowdown(baseline_s: float, profiled_s: float) -> float | None:
+    """How many times longer the work took under the profiler (1.0 = no cost)."""
+    if baseline_s <= 0:
+        return None
+    return profiled_s / baseline_s

@@ -12,15 +12,23 @@ the engine's own StepTimer readings. Nothing here prints.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lmprof.collect.model_facts import held_weight_bytes
 from lmprof.errors import UsageError
 from lmprof.record.run import Generation, Phase
-from lmprof.session import ProfileSession
-from lmprof.workloads.request import ProfileRequest, choose_dtype, prepare_and_resolve
+from lmprof.workloads.request import (
+    FRAMEWORK_IMPORTS,
+    ProfileRequest,
+    choose_dtype,
+    prepare_and_resolve,
+    timed_imports,
+)
+
+if TYPE_CHECKING:
+    from lmprof.session import ProfileSession
 
 # The EngineOptions that apply_load_switches applies after reading (the prepare_weights phase;
 # int8_activations makes the W8A8 weight-row sums there).
@@ -92,13 +100,7 @@ def import_engine_frameworks(session: ProfileSession, device: str = "auto") -> N
     also needs its device parts (synchronizing at phase boundaries, device memory samples),
     which it sets up together with its transformers hooks; on a CPU those hooks would only
     cost a second of imports, so they are left out."""
-    with session.phase("import_torch"):
-        importlib.import_module("torch")
-    with session.phase("import_transformers"):
-        importlib.import_module("transformers")
-    with session.phase("import_engine"):
-        importlib.import_module("lmprof.engine")
-        importlib.import_module("lmprof.models")
+    timed_imports(session, FRAMEWORK_IMPORTS + (("import_engine", ("lmprof.engine", "lmprof.models")),))
     import torch
 
     if device != "cpu" and torch.cuda.is_available():
@@ -324,18 +326,6 @@ def last_phase(session: ProfileSession, name: str) -> Phase:
         if phase.name == name:
             return phase
     raise LookupError(f"no closed phase named {name!r}")
-
-
-def held_weight_bytes(model: Any) -> int:
-    """Bytes of every parameter and buffer the model holds, shared storage counted once."""
-    seen: set[int] = set()
-    total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        total += tensor.numel() * tensor.element_size()
-    return total
 
 
 def describe_engine_model(model: Any, resolved: Any, options: Any, device: str) -> dict[str, Any]:
