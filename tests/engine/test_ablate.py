@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,11 +14,8 @@ import pytest
 from helpers.runs_for_tests import phase, sample_run
 from rich.console import Console
 
-from lmprof.ablation.plan import BEST, AblationRow, best_combination, measured_best, plan_rows, select_rows
-from lmprof.ablation.runner import AblationReport, load_report
+from lmprof.ablation.plan import AblationRow, best_combination, measured_best, plan_rows, select_rows
 from lmprof.analyze.ablation import (
-    RoundFigures,
-    RowResult,
     common_prefix_tokens,
     faster_alone,
     floor_share,
@@ -30,6 +29,7 @@ from lmprof.cli.report_console import report_console
 from lmprof.collect.hardware_probes import sizes_for_device
 from lmprof.collect.probe_cache import cache_path, machine_key, save_probes
 from lmprof.errors import UsageError
+from lmprof.record.ablation import BEST, AblationReport, RoundFigures, RowResult, load_report, save_report
 from lmprof.record.probes import MIB, HardwareProbes, ProbeResult
 from lmprof.record.run import load_run, validate_run_dict
 from lmprof.render.ablation_table import render_ablation
@@ -245,6 +245,27 @@ def test_table_shows_figures_and_what_was_not_measured():
     console = Console(width=100, record=True, color_system=None)
     console.print(render_ablation(report))
     assert "Only" not in console.export_text()
+
+
+def test_a_saved_report_renders_without_torch_or_the_runner(tmp_path):
+    # Rendering OUT/ablation.json again reads the record only: not torch, not the runner (which
+    # would bring the session and every collector).
+    rows = [
+        RowResult("transformers", "transformers fp32", "ran", rounds=[rf(10.0)], decode_weight_bytes=400),
+        RowResult("engine", "engine fp32", "ran", rounds=[rf(20.0)], decode_weight_bytes=400),
+    ]
+    save_report(tmp_path, report_of(rows, rounds=3))
+    code = (
+        "import sys; from pathlib import Path; from rich.console import Console;"
+        "from lmprof.record.ablation import load_report;"
+        "from lmprof.render.ablation_table import render_ablation;"
+        "Console(width=100, color_system=None).print(render_ablation(load_report(Path(sys.argv[1]))));"
+        "loaded = [m for m in ('torch', 'lmprof.ablation.runner', 'lmprof.session') if m in sys.modules];"
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "engine fp32" in result.stdout and "2.00×" in result.stdout
 
 
 def test_a_switch_that_outran_the_best_combination_is_said():  # from every round's rates

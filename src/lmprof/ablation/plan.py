@@ -14,17 +14,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lmprof.errors import LmprofError, UsageError
+from lmprof.record.ablation import BASELINE, BEST, MIN_GAIN, REFERENCE
 
 if TYPE_CHECKING:
     from lmprof.engine import EngineOptions
 
-BASELINE = "transformers"
-REFERENCE = "engine"  # the engine as it loads by default: fp32, static KV cache, SDPA, grouped GQA
-BEST = "best"
 BATCH_ROW_SIZE = 8
-# A switch joins the best combination only when it beat the engine row by 10% in round 1: on
-# the shared 2-core machine two rows of the same configuration differed by up to 9% in a round.
-MIN_GAIN = 1.10
 WEIGHT_FORMAT = "weight format"
 WEIGHT_FORMAT_KEYS = ("int8", "dtype", "column_major")
 

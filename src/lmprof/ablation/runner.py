@@ -4,7 +4,8 @@ Round k runs every row once, in table order, each in a fresh process (`lmprof.ab
 that saves OUT/<row>/round-<k>/run.json; a row's median round (by decode speed) is copied to
 OUT/<row>/run.json. The best combination is chosen from round 1 and run from then on. The
 floor comes from the hardware probes (cached; measured first if there are none). The report
-is written to OUT/ablation.json. Nothing here prints: progress goes to a callback.
+is written to OUT/ablation.json (`lmprof.record.ablation`). Nothing here prints: progress goes
+to a callback.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from lmprof.ablation.plan import (
-    BASELINE,
     BATCH_ROW_SIZE,
-    BEST,
-    REFERENCE,
     AblationRow,
     best_combination,
     measured_best,
@@ -33,11 +31,19 @@ from lmprof.ablation.plan import (
     select_rows,
 )
 from lmprof.ablation.row import RowJob
-from lmprof.analyze.ablation import RoundFigures, RowFigures, RowResult, round_figures, summarize_rows
+from lmprof.analyze.ablation import round_figures, summarize_rows
 from lmprof.errors import LmprofError, UsageError
+from lmprof.record.ablation import (
+    BASELINE,
+    BEST,
+    REFERENCE,
+    AblationReport,
+    RoundFigures,
+    RowResult,
+    save_report,
+)
 from lmprof.record.run import RUN_FILE, load_run, write_atomic
 
-REPORT_FILE = "ablation.json"
 WARMUP_TOKENS = 4
 # A prompt of ordinary prose: a trained model continues it sensibly, so greedy outputs of
 # two configurations can be compared; random token ids would make every logit margin thin.
@@ -74,46 +80,6 @@ class AblationRequest:
                 )
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be a positive integer, got {self.threads}")
-
-
-@dataclass
-class AblationReport:
-    """Everything the table shows, and where each row's Runs are."""
-
-    created_at: str
-    model: str
-    model_path: str
-    request: dict[str, Any]
-    threads: int
-    prompt_source: str
-    read_bandwidth_gbps: float | None
-    probes: dict[str, Any]  # when and where the bandwidth was measured
-    load_avg_start: list[float]
-    load_avg_end: list[float]
-    rows: list[RowResult]
-    figures: list[RowFigures]
-    runs: dict[str, list[str]] = field(default_factory=dict)  # row -> run folders, one per round
-    best_combines: list[str] = field(default_factory=list)  # rows whose switches the best row merges
-    best_note: str = ""  # why the best row is not the set first chosen (measured_best), if it is not
-    system: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AblationReport:
-        """Read back what `to_dict` wrote (OUT/ablation.json), to render it again."""
-        kwargs = dict(data)
-        kwargs["rows"] = [
-            RowResult(**{**r, "rounds": [RoundFigures(**f) if f else None for f in r["rounds"]]})
-            for r in data["rows"]
-        ]
-        kwargs["figures"] = [RowFigures(**f) for f in data["figures"]]
-        return cls(**kwargs)
-
-
-def load_report(out: Path) -> AblationReport:
-    return AblationReport.from_dict(json.loads((out / REPORT_FILE).read_text(encoding="utf-8")))
 
 
 def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> AblationReport:
@@ -243,8 +209,7 @@ def run_ablation(req: AblationRequest, on_progress: Progress | None = None) -> A
         best_note=best_note,
         system=system,
     )
-    req.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(req.out / REPORT_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
+    save_report(req.out, report)
     return report
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from lmprof.record.ablation import RoundFigures, RowFigures, RowResult
 from lmprof.record.run import Run
 
 TOKENS_DETAIL = "new_token_ids"  # where an ablation row notes its first sequence's new tokens
@@ -18,20 +18,6 @@ AGREEMENT_DETAIL = "teacher_forced_agreement"  # noted on a row's agreement_chec
 # Other processes taking more than this share of all CPUs during a row's run slowed it
 # (lmprof.collect.environment warns at the same share).
 BUSY_SHARE = 0.25
-
-
-@dataclass(frozen=True)
-class RoundFigures:
-    """What one row's Run in one round measured."""
-
-    ttft_s: float | None
-    decode_tokens_per_s: float | None  # all sequences of the batch counted
-    step_s: float | None  # one decode step (every sequence advances one token)
-    peak_memory_bytes: int | None
-    new_token_ids: list[int] = field(default_factory=list)
-    forced_agreement: float | None = None  # teacher-forced, against the reference's tokens
-    other_cpu_share: float | None = None  # CPU time other processes took during the run
-    file_backed_bytes: int | None = None  # of the resident memory, file-backed pages (mapped weights)
 
 
 def round_figures(run: Run) -> RoundFigures:
@@ -109,42 +95,6 @@ def common_prefix_tokens(tokens: Sequence[int], reference: Sequence[int]) -> int
             break
         count += 1
     return count
-
-
-@dataclass
-class RowResult:
-    """One ablation row as measured: its rounds (None where a round did not run it)."""
-
-    name: str
-    label: str
-    status: str  # "ran", "skipped" or "failed"
-    reason: str | None = None
-    rounds: list[RoundFigures | None] = field(default_factory=list)
-    decode_weight_bytes: int | None = None  # what one decode step must read, for the floor
-    batch: int = 1
-
-
-@dataclass
-class RowFigures:
-    name: str
-    label: str
-    status: str
-    reason: str | None
-    rounds_run: int
-    ttft_s: float | None = None
-    decode_tokens_per_s: float | None = None
-    step_s: float | None = None
-    peak_memory_bytes: int | None = None
-    speedup_vs_baseline: float | None = None
-    speedup_vs_previous: float | None = None
-    floor_s: float | None = None
-    floor_share: float | None = None
-    agreement: float | None = None  # free-running: position by position
-    agreement_prefix_tokens: int | None = None
-    forced_agreement: float | None = None  # teacher-forced on the reference's tokens
-    batch: int = 1
-    busy_rounds: list[int] = field(default_factory=list)  # 1-based rounds that competed for the CPU
-    file_backed_bytes: int | None = None  # file-backed part of the resident memory after generating
 
 
 def _rates(row: RowResult) -> list[float | None]:

@@ -1,7 +1,7 @@
 """The `lmprof ablate` table: one row per configuration, each beside the baseline, the row
 before it, the bandwidth floor and the fp32 engine's greedy tokens.
 
-Takes an AblationReport (what OUT/ablation.json holds); measures nothing.
+Takes an AblationReport (what OUT/ablation.json holds, `lmprof.record.ablation`); measures nothing.
 """
 
 from __future__ import annotations
@@ -11,28 +11,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lmprof.ablation.plan import BASELINE, BEST, MIN_GAIN, REFERENCE
-from lmprof.ablation.runner import AblationReport
 from lmprof.analyze.ablation import faster_alone
-from lmprof.render.units import fmt_bytes, fmt_s
-
-
-def _times(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}×" if value < 100 else f"{value:,.0f}×"
-
-
-def _rate(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
-
-
-def _share(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 100:.1f}%" if value < 0.1 else f"{value * 100:.0f}%"
+from lmprof.record.ablation import BASELINE, BEST, MIN_GAIN, REFERENCE, AblationReport
+from lmprof.render.units import fmt_bytes, fmt_number, fmt_s, fmt_share, fmt_times
 
 
 def ablation_table(report: AblationReport) -> Table:
@@ -54,12 +35,12 @@ def ablation_table(report: AblationReport) -> Table:
         table.add_row(
             label,
             fmt_s(fig.ttft_s),
-            _rate(fig.decode_tokens_per_s),
+            fmt_number(fig.decode_tokens_per_s, whole_from=100),
             fmt_bytes(fig.peak_memory_bytes),
-            _times(fig.speedup_vs_baseline),
-            _times(fig.speedup_vs_previous),
-            _share(fig.floor_share),
-            _share(fig.forced_agreement if fig.forced_agreement is not None else fig.agreement),
+            fmt_times(fig.speedup_vs_baseline),
+            fmt_times(fig.speedup_vs_previous),
+            fmt_share(fig.floor_share),
+            fmt_share(fig.forced_agreement if fig.forced_agreement is not None else fig.agreement),
         )
     return table
 

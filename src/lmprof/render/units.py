@@ -33,10 +33,27 @@ def fmt_pct(share: float | None) -> str:
     return "-" if share is None else f"{share * 100:.1f}%"
 
 
-def fmt_rate(value: float | None, unit: str) -> str:
+def fmt_share(share: float | None) -> str:
+    """A share as a percentage, one decimal below 10% (4.2%), whole from there (62%)."""
+    if share is None:
+        return "-"
+    return f"{share * 100:.1f}%" if share < 0.1 else f"{share * 100:.0f}%"
+
+
+def fmt_number(value: float | None, digits: int = 1, whole_from: float = 1000, suffix: str = "") -> str:
+    """`digits` decimals below `whole_from`, whole with thousands separators from it: 20.5, 1,234."""
     if value is None:
         return "-"
-    return f"{value:.1f} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
+    return f"{value:.{digits}f}{suffix}" if value < whole_from else f"{value:,.0f}{suffix}"
+
+
+def fmt_rate(value: float | None, unit: str) -> str:
+    return fmt_number(value, suffix=f" {unit}")
+
+
+def fmt_times(ratio: float | None) -> str:
+    """A speed-up: 2.00×, 8.29×; whole from 100× (1,250×)."""
+    return fmt_number(ratio, digits=2, whole_from=100, suffix="×")
 
 
 def fmt_count(n: int | None) -> str:
