@@ -11,10 +11,19 @@ import sys
 import traceback
 
 from lmprof._version import __version__
-from lmprof.cli import ablate_cmd, compare_cmd, models_cmd, profile_cmd, run_cmd, show_cmd, sysinfo_cmd
+from lmprof.cli import (
+    ablate_cmd,
+    compare_cmd,
+    models_cmd,
+    profile_cmd,
+    run_cmd,
+    serve_cmd,
+    show_cmd,
+    sysinfo_cmd,
+)
 from lmprof.errors import LmprofError
 
-COMMANDS = (profile_cmd, run_cmd, show_cmd, compare_cmd, ablate_cmd, models_cmd, sysinfo_cmd)
+COMMANDS = (profile_cmd, run_cmd, show_cmd, compare_cmd, ablate_cmd, models_cmd, sysinfo_cmd, serve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from pathlib import Path
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 from lmprof.record.run import load_run
+from lmprof.record.serve import is_serve_run
 from lmprof.render.html_report import write_html_report
 from lmprof.render.python_table import render_python_table
 from lmprof.render.terminal import render_run
@@ -32,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_serve_run(args.run_dir):  # a server's life (`lmprof serve --profile-out`), not a profile
+        from lmprof.cli import serve_cmd
+
+        return serve_cmd.show(args)
     record = load_run(args.run_dir)
     if args.html:
         run_dir = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent

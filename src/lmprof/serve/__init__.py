@@ -1,0 +1,9 @@
+"""lmprof.serve: an OpenAI-compatible server whose throughput techniques are switches, and
+which profiles itself.
+
+settings.py (what was asked), backends.py (transformers or lmprof's engine, one batch
+interface), worker.py (the model thread: batches, sampling, streaming, cancellation),
+protocol.py (the OpenAI wire format), app.py (aiohttp handlers, the schedulers' admission),
+response_cache.py, metrics.py (Prometheus), profiler.py (the server's Run), server.py (life:
+start, drain, stop).
+"""
