@@ -11,6 +11,7 @@ from lmprof.analyze.thresholds import breaches, check_thresholds, parse_threshol
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 from lmprof.record.groups import load_run_group
+from lmprof.record.load import is_load_run
 from lmprof.record.run import write_atomic
 from lmprof.render.compare_cells import fmt_check
 from lmprof.render.compare_html import render_comparison_html
@@ -50,6 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.runs and all(is_load_run(location) for location in args.runs):  # `lmprof load` runs
+        from lmprof.cli import load_cmd
+
+        return load_cmd.compare_load(args)
     if len(args.runs) < 2:
         raise UsageError("compare needs at least two runs: the baseline, then one or more to compare with it")
     if args.json and args.markdown == "-":

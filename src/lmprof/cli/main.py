@@ -14,6 +14,7 @@ from lmprof._version import __version__
 from lmprof.cli import (
     ablate_cmd,
     compare_cmd,
+    load_cmd,
     models_cmd,
     profile_cmd,
     run_cmd,
@@ -23,7 +24,17 @@ from lmprof.cli import (
 )
 from lmprof.errors import LmprofError
 
-COMMANDS = (profile_cmd, run_cmd, show_cmd, compare_cmd, ablate_cmd, models_cmd, sysinfo_cmd, serve_cmd)
+COMMANDS = (
+    profile_cmd,
+    run_cmd,
+    show_cmd,
+    compare_cmd,
+    ablate_cmd,
+    models_cmd,
+    sysinfo_cmd,
+    serve_cmd,
+    load_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
