@@ -6,8 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from lmprof.cli.common import (
+    add_device_option,
+    add_json_option,
+    add_model_argument,
+    add_out_option,
+    add_threads_option,
+)
 from lmprof.cli.outcome import check_writable, default_run_dir
 from lmprof.cli.report_console import report_console
 
@@ -20,21 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "attention, GQA, fusion, dtype, int8, native decode step, huge pages, compile, batch, chunked prefill, threads) and the best "
         "combination, in interleaved rounds; each row-round is a Run saved under --out.",
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        help="built-in name, folder or hub id (default: the built-in default)",
-    )
+    add_model_argument(p, "built-in name, folder or hub id")
     p.add_argument(
         "--max-new-tokens", type=int, default=64, help="tokens each row generates (default %(default)s)"
     )
     p.add_argument(
         "--prompt-tokens", type=int, default=32, help="prompt length in tokens (default %(default)s)"
     )
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch threads for every row (default: torch's choice)"
-    )
+    add_threads_option(p, what="for every row")
     p.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds; figures are medians (default %(default)s)"
     )
@@ -46,19 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile", action="store_true", help="also run the torch.compile row (20-90 s to compile on a CPU)"
     )
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    add_device_option(p, default="cpu")
     p.add_argument(
         "--refresh-probes",
         action="store_true",
         help="measure the hardware probes again instead of using the cache",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="folder for the runs (default: ./lmprof-runs/<time>-ablate-<model>)",
-    )
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    add_out_option(p, default="./lmprof-runs/<time>-ablate-<model>", what="folder for the runs")
+    add_json_option(p, what="the report", instead_of="the table")
     p.set_defaults(handler=run)
 
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from lmprof.cli.common import (
+    add_device_option,
+    add_json_option,
+    add_model_argument,
+    add_out_option,
+    add_session_options,
+    add_threads_option,
+    python_profiler_choice,
+)
 from lmprof.cli.outcome import check_writable, default_run_dir, run_profiled
 from lmprof.workloads.profile import run_profile
 from lmprof.workloads.request import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, ProfileRequest
@@ -17,12 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Profile pipeline('text-generation') (or model.generate) on a model: a built-in name "
         "(see `lmprof models`), a local folder, or a hub id in the local cache.",
     )
-    p.add_argument(
-        "model",
-        nargs="?",
-        default=None,
-        help="built-in name, folder, .gguf file, or hub id (default: the built-in default)",
-    )
+    add_model_argument(p, "built-in name, folder, .gguf file, or hub id")
     p.add_argument(
         "--prompt",
         default=DEFAULT_PROMPT,
@@ -45,10 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto, float32, bfloat16 or float16 (auto: float32 on a CPU without native bf16)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
-    )
+    add_device_option(p, default="auto")
+    add_threads_option(p, what="")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument(
         "--stop-at-eos",
@@ -83,42 +84,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument(
-        "--deep",
-        action="store_true",
-        help="also trace the generate call: operators, modules, flame graphs, memory by kind",
-    )
-    p.add_argument(
         "--python-stacks",
         action="store_true",
         help="with --deep: Python frames in the op trace and flame graph (several times costlier)",
     )
     p.add_argument(
-        "--python-profiler",
-        choices=["py-spy", "cprofile", "none"],
-        default="py-spy",
-        help="with --deep: function-level profile of the whole run (default py-spy; cprofile also writes profile.pstats)",
-    )
-    p.add_argument(
         "--deep-steps", type=int, default=16, help="with --deep: decode steps to trace (default 16; 0 = all)"
     )
-    p.add_argument(
-        "--sample-interval-ms",
-        type=float,
-        default=10.0,
-        help="host/device memory sampling interval (default 10)",
+    add_session_options(
+        p,
+        deep_help="also trace the generate call: operators, modules, flame graphs, memory by kind",
+        profiler_help="function-level profile of the whole run (default py-spy; cprofile also writes profile.pstats)",
     )
-    p.add_argument(
-        "--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<model>)"
-    )
+    add_out_option(p, default="./lmprof-runs/<time>-<model>")
     p.add_argument(
         "--repeat",
         type=int,
         default=1,
         help="N cold runs, each in a fresh process, saved as OUT/rep-1..N; prints their spread",
     )
-    p.add_argument(
-        "--json", action="store_true", help="print the Run record as JSON on stdout instead of the summary"
-    )
+    add_json_option(p, what="the Run record", instead_of="the summary")
     p.set_defaults(handler=run)
 
 
@@ -160,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         deep=args.deep,
         python_stacks=args.python_stacks,
         deep_steps=args.deep_steps or None,
-        python_profiler=args.python_profiler if args.deep and args.python_profiler != "none" else None,
+        python_profiler=python_profiler_choice(args),
     )
     session.add_python_startup()
     return run_profiled(session, lambda: run_profile(session, req), out, as_json=args.json, debug=args.debug)

@@ -7,6 +7,7 @@ import runpy
 import sys
 from pathlib import Path
 
+from lmprof.cli.common import add_json_option, add_out_option, add_session_options, python_profiler_choice
 from lmprof.cli.outcome import check_writable, default_run_dir, run_profiled
 from lmprof.errors import UsageError
 
@@ -20,22 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("script", type=Path, help="the Python script to run")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
-    p.add_argument(
-        "--sample-interval-ms", type=float, default=10.0, help="memory sampling interval (default 10)"
+    add_session_options(
+        p,
+        deep_help="trace the first generate call and profile Python functions",
+        profiler_help="the function-level profiler (default py-spy)",
     )
-    p.add_argument(
-        "--out", type=Path, default=None, help="run folder (default: ./lmprof-runs/<time>-<script>)"
-    )
-    p.add_argument("--json", action="store_true", help="print the Run record as JSON on stdout")
-    p.add_argument(
-        "--deep", action="store_true", help="trace the first generate call and profile Python functions"
-    )
-    p.add_argument(
-        "--python-profiler",
-        choices=["py-spy", "cprofile", "none"],
-        default="py-spy",
-        help="with --deep: the function-level profiler (default py-spy)",
-    )
+    add_out_option(p, default="./lmprof-runs/<time>-<script>")
+    add_json_option(p, what="the Run record")
     p.set_defaults(handler=run)
 
 
@@ -55,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         command=[str(script), *args.script_args],
         settings={"script": str(script), "script_args": list(args.script_args), "out": str(out)},
         deep=args.deep,
-        python_profiler=args.python_profiler if args.deep and args.python_profiler != "none" else None,
+        python_profiler=python_profiler_choice(args),
     )
     session.add_python_startup()
 

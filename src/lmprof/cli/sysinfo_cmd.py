@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmprof.cli.common import add_json_option, add_threads_option
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 
@@ -20,14 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Show this machine. With --measure, also measure its memory bandwidth and matmul "
         "throughput per dtype (about 10-20 s; cached per machine and thread count).",
     )
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    add_json_option(p, what="the machine's facts (and probes)")
     p.add_argument("--measure", action="store_true", help="run (or reuse cached) hardware probes")
     p.add_argument(
         "--refresh", action="store_true", help="with --measure: ignore the cache and measure again"
     )
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch threads for the probes (default: torch's)"
-    )
+    add_threads_option(p, what="for the probes")
     p.set_defaults(handler=run)
 
 
