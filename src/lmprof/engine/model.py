@@ -12,7 +12,7 @@ heads, hd head_dim, I intermediate, V vocab.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,14 @@ from lmprof.engine.options import EngineOptions
 
 if TYPE_CHECKING:
     from lmprof.engine.huge_pages import HugePagePlacement
-    from lmprof.engine.native_decode import NativeStep
+
+
+class NativeCall(Protocol):
+    """A whole decode step run as one call in place of the layers: lmprof.engine.native_decode's
+    NativeStep. Named here by what forward needs, so the model does not import the native step,
+    which reads the model's own parts (rope_cos_sin, its int8 layers)."""
+
+    def run(self, model: Transformer, tokens: Tensor, cache: KVCache | None) -> Tensor: ...
 
 
 class RMSNorm(nn.Module):
@@ -254,7 +261,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         slots: Tensor | None = None,
         last_only: bool = False,
-        native: NativeStep | None = None,
+        native: NativeCall | None = None,
     ) -> Tensor:
         """tokens: [B, T] -> logits [B, T, V] ([B, 1, V] with last_only).
 
@@ -262,7 +269,7 @@ class Transformer(nn.Module):
         With a cache, pass the rope positions [B, T], the cache `slots` [T] and the mask
         [B, 1, T, S] over every slot the cache returns. With `native` (one new token per row,
         a static cache), the whole step runs as one call into lmprof's C++ kernels, which reads
-        the rows' positions and marks their slot from the NativeStep (positions, mask unused).
+        the rows' positions and marks their slot from the NativeCall (positions, mask unused).
         """
         if native is not None:  # embedding, rope positions and every layer in one native call
             return native.run(self, tokens, cache)  # [B, 1, V]

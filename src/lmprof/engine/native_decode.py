@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lmprof.engine.kv_cache import StaticKVCache
+from lmprof.engine.model import rope_cos_sin
 from lmprof.engine.quant import Int8Embedding, Int8Linear
 from lmprof.errors import UsageError
 
@@ -123,8 +124,6 @@ class NativeInputs:
 def native_inputs(model: torch.nn.Module, capacity: int) -> NativeInputs:
     """The tensors a native step reads; the rope tables come from the torch path's own
     rope_cos_sin, so both paths rotate by the same angles."""
-    from lmprof.engine.model import rope_cos_sin
-
     lm_head_scales = head_scales(model)
     embed = model.embed_tokens
     if isinstance(embed, Int8Embedding):  # the tied head's table: its scales come first in head_scales
