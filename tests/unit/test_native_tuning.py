@@ -50,7 +50,7 @@ def test_the_environment_overrides_the_table(monkeypatch):
 )
 def test_the_run_says_which_prefetch_the_kernels_ran_with(noted, words):
     from lmprof.record.run import Phase, Run
-    from lmprof.render.engine_facts import native_kernels_fact
+    from lmprof.render.generation_facts import native_kernels_fact
 
     phase = Phase("load_native_kernels", 0.0, 0.1, 0, None, 0.1, 0, 0, 0, 0, 0)
     phase.detail["prefetch_bytes"] = noted

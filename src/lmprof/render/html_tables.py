@@ -11,9 +11,9 @@ from typing import Any
 from lmprof.analyze.phases import UNATTRIBUTED, phase_rows
 from lmprof.record.run import Run
 from lmprof.render.deep_view import PART_LABELS, collapse_layers
-from lmprof.render.engine_facts import native_kernels_fact
+from lmprof.render.generation_facts import generation_facts
 from lmprof.render.html_charts import esc
-from lmprof.render.units import fmt_bytes, fmt_pct, fmt_rate, fmt_s
+from lmprof.render.units import fmt_bytes, fmt_pct, fmt_s
 
 Cell = tuple[str, float | None] | str  # (shown text, sort value) or plain text
 
@@ -86,21 +86,7 @@ def generation_html(run: Run) -> str:
     g = run.generation
     if g is None:
         return "<p>No generation call was recorded.</p>"
-    pct = "  ".join(f"{k} {fmt_s(v)}" for k, v in g.itl_percentiles_s.items()) or "-"
-    batch = f" × batch {g.batch_size}" if g.batch_size > 1 else ""
-    items = [
-        ("tokens", f"{g.prompt_tokens} prompt → {g.new_tokens} new{batch}"),
-        ("time to first token", f"{fmt_s(g.ttft_s)} (prefill {fmt_s(g.prefill_s)}, {fmt_rate(g.prefill_tokens_per_s, 'tok/s')})"),
-        ("time per output token", f"{fmt_s(g.tpot_s)} (decode {fmt_s(g.decode_s)}, {fmt_rate(g.decode_tokens_per_s, 'tok/s')})"),
-        ("inter-token latency", pct),
-        ("timing", f"{g.timing} via {g.call}" + (" (traced: inflated by the tracer)" if g.traced else "")),
-    ]  # fmt: skip
-    if len(run.generations) > 1:
-        which = "the untraced repeat" if any(x.traced for x in run.generations) else "the first"
-        items.append(("calls", f"{len(run.generations)} generation calls; shown: {which}"))
-    kernels = native_kernels_fact(run)
-    if kernels:
-        items.append(("native kernels", kernels))
+    items = generation_facts(run, gap=" ", note_traced=True)
     return definition_list(items)
 
 

@@ -16,9 +16,9 @@ from rich.text import Text
 from lmprof.analyze.phases import UNATTRIBUTED, phase_rows, weight_paging
 from lmprof.record.run import STATUS_COMPLETE, Run
 from lmprof.render.deep_view import render_deep
-from lmprof.render.engine_facts import native_kernels_fact
+from lmprof.render.generation_facts import generation_facts
 from lmprof.render.system_view import system_line
-from lmprof.render.units import fmt_bytes, fmt_count, fmt_pct, fmt_rate, fmt_s
+from lmprof.render.units import fmt_bytes, fmt_count, fmt_pct, fmt_s
 
 TEXT_PREVIEW_CHARS = 300
 
@@ -99,26 +99,10 @@ def phase_table(run: Run) -> Table:
 
 
 def generation_table(run: Run) -> Table:
-    g = run.generation
-    assert g is not None
     table = Table(title="Generation", title_justify="left", show_header=False, pad_edge=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    pct = g.itl_percentiles_s
-    rows = [
-        ("tokens", f"{g.prompt_tokens} prompt → {g.new_tokens} new" + (f" × batch {g.batch_size}" if g.batch_size > 1 else "")),
-        ("time to first token", f"{fmt_s(g.ttft_s)}  (prefill {fmt_s(g.prefill_s)}, {fmt_rate(g.prefill_tokens_per_s, 'tok/s')})"),
-        ("time per output token", f"{fmt_s(g.tpot_s)}  (decode {fmt_s(g.decode_s)}, {fmt_rate(g.decode_tokens_per_s, 'tok/s')})"),
-        ("inter-token latency", "  ".join(f"{k} {fmt_s(v)}" for k, v in pct.items()) or "-"),
-        ("timing", f"{g.timing} via {g.call}"),
-    ]  # fmt: skip
-    if len(run.generations) > 1:
-        which = "the untraced repeat" if any(x.traced for x in run.generations) else "the first"
-        rows.append(("calls", f"{len(run.generations)} generation calls; shown: {which}"))
-    kernels = native_kernels_fact(run)
-    if kernels:
-        rows.append(("native kernels", kernels))
-    for k, v in rows:
+    for k, v in generation_facts(run, gap="  ", note_traced=False):
         table.add_row(k, v)
     return table
 
