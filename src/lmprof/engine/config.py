@@ -143,7 +143,7 @@ _LLAMA_31_8B = EngineConfig(
 
 
 class _Presets(dict):
-    """Engine shapes by name. The shapes of lmprof's built-in models (smollm2-135m,
+    """Engine shapes by name. The shapes of lmprof's built-in models (tiny, smollm2-135m,
     llama-3.2-1b, qwen2.5-0.5b) are not repeated here: they are read from their one
     definition in lmprof.models.presets, through the same from_hf_config as a checkpoint."""
 
@@ -164,18 +164,6 @@ class _Presets(dict):
 
 PRESETS: dict[str, EngineConfig] = _Presets(
     {
-        # A toy shape for tests and smoke runs: GQA (4 query heads per K/V head) and tied embeddings.
-        "tiny": EngineConfig(
-            vocab_size=256,
-            hidden_size=64,
-            n_layers=2,
-            n_heads=4,
-            n_kv_heads=1,
-            head_dim=16,
-            intermediate_size=128,
-            tie_embeddings=True,
-            max_seq_len=256,
-        ),
         "smollm2-360m": EngineConfig(
             vocab_size=49152,
             hidden_size=960,
