@@ -31,8 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch  # for CUDA and cuDNN versions
-
     from lmprof.collect.system import collect_system_info
     from lmprof.render.system_view import render_system
 
@@ -40,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     if (args.refresh or args.threads is not None) and not args.measure:
         raise UsageError("--refresh and --threads apply to the probes: add --measure")
-    info = collect_system_info(torch)
+    info = collect_system_info()  # torch's CUDA build read from its files: no import
     probes = cache_file = None
     from_cache = False
     if args.measure:

@@ -4,13 +4,16 @@
 would otherwise dig out of /proc/cpuinfo, sysfs and nvidia-smi. A value that cannot be
 known is None, never a guess. Parsing takes raw text and paths so it is tested on fixtures.
 
-Nothing here imports torch: the CLI times torch's import, so torch facts are read only
-from a module the caller already imported (`sys.modules` or an explicit argument).
+Nothing here imports torch: the CLI times torch's import, so torch facts are read from a
+module the caller already imported (`sys.modules` or an explicit argument), or else from
+torch's installed files as text.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import importlib.util
 import platform
 import re
 import socket
@@ -270,14 +273,43 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
+def installed_torch_build() -> dict[str, Any]:
+    """torch's version and CUDA build as its installed `torch/version.py` states them, read as
+    text (importing torch costs seconds and is what `lmprof sysinfo` and `show` avoid), and the
+    cuDNN of the nvidia-cudnn wheel a CUDA torch from PyPI loads. Empty where torch is absent."""
+    spec = importlib.util.find_spec("torch")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    facts: dict[str, Any] = {}
+    version_file = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    try:
+        tree = ast.parse(version_file.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return facts
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+            if target.id == "__version__":
+                facts["torch"] = value.value
+            elif target.id == "cuda":
+                facts["cuda"] = value.value
+    cudnn = next(filter(None, map(_installed_version, ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12"))), None)
+    if facts.get("cuda") and cudnn:
+        facts["cudnn"] = cudnn
+    return facts
+
+
 def package_versions(torch_module: ModuleType | None = None) -> dict[str, Any]:
-    """Versions of the packages that shape inference speed. CUDA and cuDNN are known only
-    from an imported torch; without one they are None rather than an import side effect."""
+    """Versions of the packages that shape inference speed. CUDA and cuDNN come from an
+    imported torch where there is one, else from torch's installed files (never an import)."""
     versions: dict[str, Any] = {name: _installed_version(name) for name in PACKAGES}
     if versions["lmprof"] is None:  # running from a source tree, not installed
         versions["lmprof"] = getattr(sys.modules.get("lmprof"), "__version__", None)
     versions["cuda"] = versions["cudnn"] = None
-    if torch_module is not None:
+    if torch_module is None:
+        versions.update(installed_torch_build())
+    else:
         # The imported torch wins: a source build on sys.path can differ from the installed one.
         versions["torch"] = str(torch_module.__version__)
         versions["cuda"] = torch_module.version.cuda
