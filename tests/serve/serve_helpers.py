@@ -49,10 +49,13 @@ class RunningServer:
         return self.server.profiler
 
 
-def load_tiny(engine: str = "transformers", **settings: Any) -> LoadedServerModel:
+def load_served(model: str, engine: str = "transformers") -> LoadedServerModel:
     from lmprof.serve.server import load_server_model
 
-    return load_server_model(ServeSettings(model="tiny", engine=engine, device="cpu", dtype="float32", **settings))
+    settings = ServeSettings(
+        model=model, engine=engine, device="cpu", dtype="float32", served_model_name="tiny"
+    )
+    return load_server_model(settings)
 
 
 async def post(

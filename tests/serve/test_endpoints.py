@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from serve_helpers import TIMEOUT, RunningServer, completion_text, metric_values, post, run, stream, streamed_text
+from serve_helpers import (
+    TIMEOUT,
+    RunningServer,
+    completion_text,
+    metric_values,
+    post,
+    run,
+    stream,
+    streamed_text,
+)
 
 GREEDY = {"temperature": 0, "max_tokens": 12, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_transformers):
-    with RunningServer(tiny_transformers, scheduler="async", max_tokens_limit=64) as running:
+def server(model_transformers):
+    with RunningServer(model_transformers, scheduler="async", max_tokens_limit=64) as running:
         yield running
 
 
@@ -148,7 +157,7 @@ def test_other_errors_are_openai_shaped(server):
     assert missing[0] == 404 and "error" in missing[1]
 
 
-def test_api_key(tiny_transformers):
+def test_api_key(model_transformers):
     async def go(url):
         async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
             body = {"prompt": "x", "max_tokens": 2}
@@ -158,20 +167,22 @@ def test_api_key(tiny_transformers):
             async with s.get(url + "/health") as r:
                 return none, wrong, right, r.status
 
-    with RunningServer(tiny_transformers, scheduler="async", api_key="sesame") as server:
+    with RunningServer(model_transformers, scheduler="async", api_key="sesame") as server:
         none, wrong, right, health = run(go(server.url))
     for status, body, _ in (none, wrong):
         assert status == 401 and body["error"]["code"] == "invalid_api_key"
     assert right[0] == 200 and health == 200
 
 
-def test_metrics_count_requests_and_tokens(tiny_transformers):
+def test_metrics_count_requests_and_tokens(model_transformers):
     async def go(url):
         async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
             usages = []
             _, body, _ = await post(s, url + "/v1/completions", {"prompt": "one two", "max_tokens": 5})
             usages.append(body["usage"])
-            _, items = await stream(s, url + "/v1/completions", {"prompt": "three", "max_tokens": 7, "ignore_eos": True})
+            _, items = await stream(
+                s, url + "/v1/completions", {"prompt": "three", "max_tokens": 7, "ignore_eos": True}
+            )
             usages.append(items[-2]["usage"])
             chat = {"messages": [{"role": "user", "content": "hey"}], "max_tokens": 4}
             _, body, _ = await post(s, url + "/v1/chat/completions", chat)
@@ -179,12 +190,14 @@ def test_metrics_count_requests_and_tokens(tiny_transformers):
             bad, _, _ = await post(s, url + "/v1/completions", {"prompt": ""})
             return usages, bad, await metric_values(s, url)
 
-    with RunningServer(tiny_transformers, scheduler="async") as server:
+    with RunningServer(model_transformers, scheduler="async") as server:
         usages, bad, metrics = run(go(server.url))
     assert bad == 400
     assert metrics["lmprof:requests_total"] == 4  # three answered, one refused
     assert metrics["lmprof:prompt_tokens_total"] == sum(u["prompt_tokens"] for u in usages)
     assert metrics["lmprof:generation_tokens_total"] == sum(u["completion_tokens"] for u in usages)
     assert metrics["lmprof:num_requests_running"] == 0 and metrics["lmprof:num_requests_waiting"] == 0
-    assert metrics["lmprof:batch_size_count"] == sum(u["completion_tokens"] for u in usages)  # one step a token
+    assert metrics["lmprof:batch_size_count"] == sum(
+        u["completion_tokens"] for u in usages
+    )  # one step a token
     assert metrics["lmprof:time_to_first_token_seconds_count"] == 3

@@ -132,12 +132,14 @@ class ModelWorker:
         model: LoadedModel,
         tokenizer: Any,
         *,
+        threads: int,
         max_batch: int,
         batch_wait_s: float,
         now_s: Callable[[], float],
         on_step: Callable[[EngineStep], None],
     ) -> None:
         self.model = model
+        self.threads = threads
         self.tokenizer = tokenizer  # the worker's own instance: fast tokenizers are not shared
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
@@ -174,6 +176,9 @@ class ModelWorker:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        # Intra-op threads are set here, on the thread that runs the ops (OpenMP keeps the
+        # count per calling thread).
+        torch.set_num_threads(self.threads)
         while True:
             first = self._jobs.get()
             if first is None:
