@@ -43,6 +43,7 @@ class MockConfig:
     stall_after_requests: int | None = None  # the Nth completion request starts a stall...
     stall_s: float = 0.0  # ...during which no chunk of any request is sent
     fail_latency_s: float = 0.02
+    precise: bool = False  # sleep to 1.5 ms before each deadline, then yield until it: no epoll rounding
     cold_requests: int = 0  # the first N completion requests (a cold server) take...
     cold_ttft_s: float = 0.5  # ...this long to their first token
 
@@ -60,6 +61,8 @@ class MockState:
     seen_prompts: set = field(default_factory=set)
     stall_until: float = 0.0
     bodies: list = field(default_factory=list)
+    # Per streamed request, on this process's perf_counter: (arrived, first chunk written, last written).
+    timelines: list = field(default_factory=list)
 
 
 def _chunk(chat: bool, text: str, model: str) -> bytes:
@@ -98,7 +101,12 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(
-            {"received": state.received, "max_running": state.max_running, "bodies": state.bodies[-50:]}
+            {
+                "received": state.received,
+                "max_running": state.max_running,
+                "bodies": state.bodies[-50:],
+                "timelines": state.timelines,
+            }  # fmt: skip
         )
 
     async def wait_stall() -> None:
@@ -107,11 +115,16 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
 
     async def sleep_until(t: float) -> None:
         await wait_stall()
-        if (left := t - time.perf_counter()) > 0:
+        # epoll waits in whole milliseconds (rounded up), so a plain sleep wakes up to ~1 ms
+        # late; `precise` yields to the loop for the last stretch instead.
+        margin_s = 0.0015 if config.precise else 0.0
+        if (left := t - time.perf_counter() - margin_s) > 0:
             await asyncio.sleep(left)
+        while config.precise and time.perf_counter() < t:
+            await asyncio.sleep(0)
 
     async def complete(request: web.Request) -> web.StreamResponse:
-        arrived = time.perf_counter()
+        arrived = request_arrived = time.perf_counter()
         chat = request.path.endswith("/chat/completions")
         body = await request.json()
         state.bodies.append({k: v for k, v in body.items() if k not in ("prompt", "messages")})
@@ -137,13 +150,15 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
         state.running += 1
         state.max_running = max(state.max_running, state.running)
         try:
-            return await respond(request, body, chat, n_in, n_out, arrived, prompt)
+            return await respond(request, body, chat, n_in, n_out, arrived, prompt, request_arrived)
         finally:
             state.running -= 1
             state.requests_total += 1
             state.prompt_tokens += n_in
 
-    async def respond(request, body, chat, n_in, n_out, arrived, prompt) -> web.StreamResponse:
+    async def respond(
+        request, body, chat, n_in, n_out, arrived, prompt, request_arrived
+    ) -> web.StreamResponse:
         per = max(1, config.tokens_per_chunk)
         n_chunks = (n_out + per - 1) // per
         usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
@@ -165,8 +180,10 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
         if chat:  # the role-only first delta, as vLLM and OpenAI send: no content, not a token
             role = {"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
             await resp.write(f"data: {json.dumps(role)}\n\n".encode())
+        written = []
         for k in range(n_chunks):
             await sleep_until(arrived + config.ttft_s + k * config.itl_s)
+            written.append(time.perf_counter())
             if "FAIL_BADSTREAM" in prompt and k == 1:
                 await resp.write(b"data: {this is not json\n\n")
                 return resp
@@ -175,6 +192,7 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
                 return resp
             await resp.write(_chunk(chat, "tok " * min(per, n_out - k * per), config.model))
             state.generation_tokens += min(per, n_out - k * per)
+        state.timelines.append((request_arrived, written[0], written[-1]))
         if config.usage and (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
@@ -233,7 +251,8 @@ def spawned_mock_server(**options: float | int | str) -> Iterator[str]:
     `ttft_ms=50` for `--ttft-ms 50`."""
     args = [sys.executable, os.path.abspath(__file__)]
     for key, value in options.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        args += ([flag] if value else []) if isinstance(value, bool) else [flag, str(value)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -257,11 +276,12 @@ def main() -> None:
     parser.add_argument("--stall-after-requests", type=int, default=None)
     parser.add_argument("--stall-s", type=float, default=0.0)
     parser.add_argument("--no-usage", action="store_true")
+    parser.add_argument("--precise", action="store_true", help="spin the last 1.5 ms before each chunk")
     parser.add_argument("--lifetime-s", type=float, default=_LIFETIME_S)
     args = parser.parse_args()
     config = MockConfig(
         ttft_s=args.ttft_ms / 1e3, itl_s=args.itl_ms / 1e3, tokens_per_chunk=args.tokens_per_chunk,
-        stall_after_requests=args.stall_after_requests, stall_s=args.stall_s, usage=not args.no_usage,
+        stall_after_requests=args.stall_after_requests, stall_s=args.stall_s, usage=not args.no_usage, precise=args.precise,
     )  # fmt: skip
     server = MockServer(config)
     url = server.__enter__()

@@ -1,0 +1,123 @@
+"""Figures from hand-built load runs: vLLM's definitions, goodput, errors, --slo, --fail-on."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmprof.analyze.load import (
+    check_load_thresholds,
+    compare_load_runs,
+    parse_load_thresholds,
+    percentile,
+    summarize,
+)
+from lmprof.errors import UsageError
+from lmprof.load.options import parse_slo, split_url
+from lmprof.record.load import LevelRecord, LoadRun, RequestRecord
+
+
+def request(i, sent, ttft, gaps, tokens, scheduled=None, error=None, warmup=False, level=0):
+    first = sent + ttft
+    last = first + sum(gaps)
+    return RequestRecord(
+        index=i, level=level, warmup=warmup, scheduled_s=sent if scheduled is None else scheduled,
+        sent_s=sent, end_s=last + 0.001, first_token_s=None if error else first,
+        last_token_s=None if error else last, chunk_gaps_s=[] if error else list(gaps),
+        output_tokens=None if error else tokens, output_tokens_method=None if error else "usage",
+        input_tokens=None if error else 10, error_kind=error,
+    )  # fmt: skip
+
+
+def hand_run(slo=None, speed=1.0) -> LoadRun:
+    reqs = [
+        request(0, 0.0, 0.100 * speed, [0.020 * speed] * 4, 5),  # TPOT 20 ms
+        request(1, 0.1, 0.300 * speed, [0.050 * speed] * 4, 5),  # TPOT 50 ms
+        request(2, 0.2, 0.200 * speed, [0.010 * speed] * 9, 10, scheduled=0.0),  # 0.2 s queued
+        request(3, 0.3, 0.0, [], 0, error="http_503"),
+        request(4, -1.0, 9.0, [1.0], 2, warmup=True, level=-1),  # never counted
+    ]
+    run = LoadRun(run_id="r", created_at="now", lmprof_version="0", status="complete")
+    run.settings = {"slo_s": slo or {}}
+    run.levels = [LevelRecord(index=0, mode="closed", concurrency=2, start_s=0.0, end_s=2.0, cpu_s=0.2)]
+    run.requests = reqs
+    return run
+
+
+def test_vllm_definitions():
+    s = summarize(hand_run()).levels[0]
+    assert (s.sent, s.completed) == (4, 3)
+    assert s.latency_s["ttft"]["p50"] == pytest.approx(0.200)
+    assert s.latency_s["tpot"]["mean"] == pytest.approx((0.020 + 0.050 + 0.010) / 3)
+    assert s.latency_s["itl"]["n"] == 17  # every gap of every request, pooled
+    assert s.latency_s["e2el"]["max"] == pytest.approx(0.300 + 0.200)
+    assert s.request_rps == pytest.approx(3 / 2.0)
+    assert s.output_tps == pytest.approx(20 / 2.0)
+    assert s.total_tps == pytest.approx(50 / 2.0)
+    # From the scheduled time the queued request is 0.2 s later; the others are the same.
+    assert s.scheduled_latency_s["ttft"]["max"] == pytest.approx(0.400)
+    assert s.client_queue_s["max"] == pytest.approx(0.2)
+    assert s.errors["http_503"]["count"] == 1 and s.errors["http_503"]["latency_s"]["p50"] > 0
+    assert s.client_cpu_share == pytest.approx(0.1)
+
+
+def test_percentiles_interpolate_like_numpy():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([1, 2, 3, 4], 99) == pytest.approx(3.97)
+    assert percentile([5], 90) == 5
+
+
+def test_goodput_counts_requests_meeting_every_slo():
+    run = hand_run(slo=parse_slo("ttft=250ms,tpot=30ms"))
+    g = summarize(run).levels[0].goodput
+    # 0 meets both; 1 misses TTFT and TPOT; 2 meets both from send; 3 failed.
+    assert g["share"] == pytest.approx(2 / 4)
+    assert g["rps"] == pytest.approx(2 / 2.0)
+    # From its scheduled time request 2 waited 0.4 s for its first token: it misses.
+    assert g["share_from_scheduled"] == pytest.approx(1 / 4)
+
+
+def test_client_bottleneck_warns():
+    run = hand_run()
+    run.levels[0].cpu_s = 1.9  # 95 % of a core over the 2 s level
+    run.levels[0].loop_lag_s = [0.001] * 90 + [0.05] * 10
+    warnings = " ".join(summarize(run).warnings)
+    assert "95% of a CPU core" in warnings and "event loop woke" in warnings
+    assert not summarize(hand_run()).warnings
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("ttft=500ms,tpot=50ms,e2el=2s", {"ttft": 0.5, "tpot": 0.05, "e2el": 2.0}), ("ttft=200", {"ttft": 0.2})],
+)
+def test_parse_slo(text, expected):
+    assert parse_slo(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", ["ttft", "ttft=fast", "latency=2s", "ttft=2h"])
+def test_bad_slo_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="--slo"):
+        parse_slo(bad)
+
+
+def test_split_url():
+    assert split_url("http://h:8000", None) == ("http://h:8000", "/v1/completions")
+    assert split_url("http://h:8000/v1/", "/v1/chat/completions") == ("http://h:8000", "/v1/chat/completions")
+    assert split_url("http://h/api/v1/chat/completions", None) == ("http://h/api", "/v1/chat/completions")
+    with pytest.raises(UsageError, match="not an http"):
+        split_url("h:8000", None)
+
+
+def test_fail_on_thresholds():
+    base, slower = hand_run(), hand_run(speed=2.0)
+    comparison = compare_load_runs([base, slower], ["a", "b"])
+    checks = check_load_thresholds(comparison, parse_load_thresholds(["ttft_p99=+20%", "output_tps=-5%"]))
+    verdicts = {c.threshold.figure: c.breached for c in checks}
+    assert verdicts == {"ttft_p99": True, "output_tps": False}  # same tokens in the same window
+    checks = check_load_thresholds(comparison, parse_load_thresholds(["ttft_p50>+150ms", "tpot_p50<-1ms"]))
+    assert [c.breached for c in checks] == [True, False]
+
+
+@pytest.mark.parametrize("bad", ["ttft_p99=20%", "latency=+5%", "output_tps=+5ms", "ttft_p99"])
+def test_bad_fail_on_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="--fail-on"):
+        parse_load_thresholds([bad])
