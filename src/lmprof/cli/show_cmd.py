@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
+from lmprof.record.load import is_load_run
 from lmprof.record.run import load_run
 from lmprof.record.serve import is_serve_run
 from lmprof.render.html_report import write_html_report
@@ -33,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_load_run(args.run_dir):  # `lmprof load`'s record of an endpoint under load
+        from lmprof.cli import load_cmd
+
+        return load_cmd.show_load(args)
     if is_serve_run(args.run_dir):  # a server's life (`lmprof serve --profile-out`), not a profile
         from lmprof.cli import serve_cmd
 
