@@ -63,8 +63,11 @@ class Job:
 class RowDecoder:
     """One batch row: its tokens so far, their text, and when it stops."""
 
-    def __init__(self, job: Job, tokenizer: Any, eos_ids: set[int], device: torch.device) -> None:
+    def __init__(
+        self, job: Job, tokenizer: Any, eos_ids: set[int], device: torch.device, on_done: Callable[[], None]
+    ) -> None:
         self.job = job
+        self.on_done = on_done  # called before the last event, so gauges never lag the answer
         self.tokenizer = tokenizer
         self.eos_ids = set() if job.ignore_eos else eos_ids
         self.ids: list[int] = []
@@ -110,6 +113,7 @@ class RowDecoder:
 
     def _finish(self, reason: str) -> None:
         self.active = False
+        self.on_done()
         self.job.record.finished_s = self.t_s  # before the loop can see Finished
         if len(self.text) > self.sent_chars:
             self.job.emit(TextDelta(self.text[self.sent_chars :], len(self.ids)))
@@ -119,6 +123,7 @@ class RowDecoder:
 
     def fail(self, message: str, t_s: float) -> None:
         self.active = False
+        self.on_done()
         self.job.record.outcome = "error"
         self.job.record.finished_s = t_s
         self.job.emit(Failed(message))
@@ -145,7 +150,7 @@ class ModelWorker:
         self.batch_wait_s = batch_wait_s
         self.now_s = now_s
         self.on_step = on_step
-        self.running = 0  # rows of the batch now running (read by the metrics gauge)
+        self.running = 0  # rows still generating (the metrics gauge reads it; only this thread writes)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
@@ -203,17 +208,14 @@ class ModelWorker:
                 if job.cancelled.is_set():
                     job.record.outcome = "cancelled"
             if live:
-                self.running = len(live)
-                try:
-                    self._run_batch(live)
-                finally:
-                    self.running = 0
+                self._run_batch(live)
             if ended:
                 return
 
     def _run_batch(self, jobs: list[Job]) -> None:
         started = False
-        rows = [RowDecoder(job, self.tokenizer, self._eos, self.model.device) for job in jobs]
+        rows = [RowDecoder(job, self.tokenizer, self._eos, self.model.device, self._row_done) for job in jobs]
+        self.running += len(rows)
         try:
             with torch.inference_mode():
                 batch = self.model.open_batch([j.prompt_ids for j in jobs], max(j.max_tokens for j in jobs))
@@ -229,6 +231,7 @@ class ModelWorker:
                     for row in rows:
                         if row.active and row.job.cancelled.is_set():
                             row.active = False
+                            self._row_done()
                             row.job.record.outcome = "cancelled"
                             row.job.record.finished_s = self.now_s()
                     if not any(row.active for row in rows):
@@ -241,12 +244,16 @@ class ModelWorker:
             if not started and len(jobs) > 1:
                 # A prompt the model rejects fails the whole prefill: run each alone, so only
                 # the guilty request fails. Nothing was streamed yet, so nothing repeats.
+                self.running -= len(rows)
                 for job in jobs:
                     self._run_batch([job])
                 return
             for row in rows:
                 if row.active:
                     row.fail(message, self.now_s())
+
+    def _row_done(self) -> None:
+        self.running -= 1
 
     def _pick(self, logits: Tensor, rows: list[RowDecoder]) -> Tensor:
         tokens = logits.argmax(dim=-1)  # [B]
