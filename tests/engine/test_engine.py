@@ -33,7 +33,7 @@ from lmprof.engine import (
     prefill,
     sample,
 )
-from lmprof.engine.generate import StepTimer
+from lmprof.engine.step_timer import StepTimer
 from lmprof.engine.model import rope_inv_freq
 from lmprof.engine.quant import Int8Linear
 from lmprof.errors import ModelLoadError, UsageError

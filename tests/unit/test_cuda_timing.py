@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmprof.collect.device import CudaDevice
-from lmprof.engine.generate import StepTimer
+from lmprof.engine.step_timer import StepTimer
 
 
 class FakeEvent:

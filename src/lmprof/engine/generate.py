@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lmprof.clock import cuda_event
 from lmprof.engine.kv_cache import GrowingKVCache, KVCache, StaticKVCache
 from lmprof.engine.model import Transformer, causal_mask
 from lmprof.engine.native_decode import NativeInputs, NativeStep, check_native_decode, native_inputs
 from lmprof.engine.options import EngineOptions
+from lmprof.engine.padding import left_pad
+from lmprof.engine.step_timer import StepTimer
 from lmprof.errors import UsageError
 
 COMPILE_CAPACITY_STEP = 256  # static-cache slots are allocated in these steps when compiling
@@ -215,36 +216,6 @@ def _native_pick(options: EngineOptions, temperature: float, device: torch.devic
     return load_native_ops().pick_greedy
 
 
-class StepTimer:
-    """Wall time of each timed region: CUDA events on CUDA (read after one sync), else a host clock."""
-
-    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.clock = clock
-        self._host: list[float] = []
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self._start: float | torch.cuda.Event | None = None
-
-    def start(self) -> None:
-        if self.cuda:
-            self._start = cuda_event(self.device)
-        else:
-            self._start = self.clock()
-
-    def stop(self) -> None:
-        if self.cuda:
-            self._events.append((self._start, cuda_event(self.device)))
-        else:
-            self._host.append(self.clock() - self._start)
-
-    def durations_s(self) -> list[float]:
-        if not self.cuda:
-            return list(self._host)
-        torch.cuda.synchronize(self.device)
-        return [start.elapsed_time(end) / 1000.0 for start, end in self._events]
-
-
 @dataclass
 class GenerationResult:
     tokens: Tensor  # [B, n_new]; after a row's eos, pad_token_id
@@ -277,19 +248,6 @@ def _as_set(eos_token_id: int | list[int] | None) -> set[int]:
     if eos_token_id is None:
         return set()
     return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
-
-
-def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Prompts of any lengths -> (tokens [B, T], valid [B, T]) right-aligned."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise UsageError("every prompt needs at least one token")
-    T = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), T), pad_token_id, dtype=torch.long, device=device)
-    valid = torch.zeros(len(prompts), T, dtype=torch.bool, device=device)
-    for row, prompt in enumerate(prompts):
-        tokens[row, T - len(prompt) :] = torch.tensor(prompt, dtype=torch.long, device=device)
-        valid[row, T - len(prompt) :] = True
-    return tokens, valid
 
 
 @contextmanager

@@ -222,7 +222,9 @@ def profiled_generate(
     """
     import torch
 
-    from lmprof.engine.generate import StepTimer, left_pad, run_steps, torch_threads
+    from lmprof.engine.generate import run_steps, torch_threads
+    from lmprof.engine.padding import left_pad
+    from lmprof.engine.step_timer import StepTimer
 
     if max_new_tokens < 1:
         raise UsageError(f"max_new_tokens must be positive, got {max_new_tokens}")
