@@ -204,7 +204,7 @@ def probe_native_matvec(
     huge_pages (float32): the weight on 2 MiB huge pages, as the engine keeps its weights with
     `huge_pages=True`. Without it the floor's probes read slower than the engine itself did:
     on a 2-core Zen 3, one thread, the engine's fastest decode step streamed 17.7 GB/s against
-    a best probe of 15.2 (benchmarks/RESULTS.md, session 5)."""
+    a best probe of 15.2 (benchmarks/RESULTS.md, the Zen 3 runs of 2026-12-02)."""
     from lmprof.engine.native import NativeKernelsUnavailable, load_native_ops
 
     elt = 1 if dtype == "int8" else 4

@@ -59,7 +59,7 @@ constexpr int64_t kPrefetchRowsAhead = 2;
 // step 1.01-1.15x faster at batch 1 and its batch-8 products 1.04-1.10x, int8 1.06-1.12x, W8A8
 // 1.21x at batch 1 and 1.5x at batch 8; on Zen 3 2 KiB ahead cost 2-9% at batch 1 and 2 but
 // made batch 4 and 8 1.05-1.13x faster; on Zen 4 prefetching at batch 1 cost 8% at one thread
-// (session 2). Set once per process, before any step, from tuning.py's per-CPU table
+// (2026-12-01). Set once per process, before any step, from tuning.py's per-CPU table
 // (benchmarks/prefetch_distance.py measures it); read-only while products run.
 inline int64_t prefetch_bytes = 0;  // tiles of fewer than kWideTileRows activation rows
 inline int64_t prefetch_bytes_wide = 0;  // tiles of kWideTileRows or more

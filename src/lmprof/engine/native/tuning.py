@@ -27,7 +27,7 @@ a table keyed by vendor, family and model, filled from `benchmarks/prefetch_dist
   1.19x at 1. Batch 8: fp32 1.043x at 1 thread and 1.038x at 2, W8A8 1.21x at 2.
 - Other AMD family 25 (Zen 4): the default. Prefetching the rows two ahead at batch 1 (4.6 KB
   for the 576-wide rows) made the one-thread step 1.08x slower and the two-thread one 1.02x
-  faster (session 2); wide tiles are unmeasured.
+  faster (2026-12-01); wide tiles are unmeasured.
 - Everything else: the default, until measured.
 
 $LMPROF_PREFETCH_BYTES overrides the table, for measuring a new CPU: one number for both
