@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lmprof.analyze.load import (
-    check_load_thresholds,
-    compare_load_runs,
-    parse_load_thresholds,
-    percentile,
-    summarize,
-)
+from lmprof.analyze.load import percentile, summarize
+from lmprof.analyze.load_compare import check_load_thresholds, compare_load_runs, parse_load_thresholds
 from lmprof.errors import UsageError
 from lmprof.load.options import parse_slo, split_url
 from lmprof.record.load import LevelRecord, LoadRun, RequestRecord

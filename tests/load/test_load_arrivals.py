@@ -53,3 +53,26 @@ def test_closed_loop_users_send_when_their_last_request_ends(load, mock_server):
             assert after.scheduled_s == before.end_s  # free when the last one ended
             assert 0 <= after.sent_s - after.scheduled_s < 0.02
     assert server.state.max_running == 3
+
+
+def test_duration_bounds_a_level(load, mock_server):
+    url, _ = mock_server(ttft_s=0.01, itl_s=0.002)
+    run = load(url, concurrency=[2], requests=None, duration_s=0.5, output_tokens=4)
+    level = run.levels[0]
+    reqs = [r for r in run.requests if r.level == 0]
+    assert len(reqs) > 10
+    assert all(r.scheduled_s < level.start_s + 0.5 for r in reqs)  # none started after the end
+    assert level.end_s - level.start_s < 0.5 + 0.2
+
+
+def test_sweep_probes_then_spreads_rates_below_saturation(load, mock_server):
+    url, _ = mock_server(ttft_s=0.02, itl_s=0.002)
+    run = load(url, concurrency=[], sweep_steps=3, max_concurrency=4, requests=12, output_tokens=4)
+    probe, *levels = run.levels
+    assert probe.label == "probe" and probe.mode == MODE_CLOSED and probe.concurrency == 4
+    probe_reqs = [r for r in run.requests if r.level == probe.index and r.ok]
+    probe_rps = len(probe_reqs) / (probe.end_s - probe.start_s)
+    rates = [lv.rate_rps for lv in levels]
+    assert len(rates) == 3 and rates == sorted(rates)
+    assert rates[-1] == pytest.approx(probe_rps, rel=1e-3)
+    assert rates[0] == pytest.approx(probe_rps / 3, rel=1e-3)

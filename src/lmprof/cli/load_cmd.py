@@ -220,7 +220,7 @@ def show_load(args: argparse.Namespace) -> int:
 
 
 def compare_load(args: argparse.Namespace) -> int:
-    from lmprof.analyze.load import check_load_thresholds, compare_load_runs, parse_load_thresholds
+    from lmprof.analyze.load_compare import check_load_thresholds, compare_load_runs, parse_load_thresholds
     from lmprof.cli.report_console import report_console
     from lmprof.record.load import load_load_run
     from lmprof.render.load_compare import render_load_comparison, render_load_comparison_json

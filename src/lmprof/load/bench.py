@@ -45,7 +45,7 @@ class LevelPlan:
     def title(self) -> str:
         if self.mode == MODE_CLOSED:
             return f"{self.label + ' ' if self.label else ''}concurrency {self.concurrency}"
-        return f"rate {self.rate_rps:g} req/s"
+        return f"rate {self.rate_rps:.3g} req/s"
 
 
 class LoadProgress:

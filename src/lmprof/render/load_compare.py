@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lmprof.analyze.load import HIGHER, LoadCheck, LoadComparison, LoadFigure
+from lmprof.analyze.load_compare import HIGHER, LoadCheck, LoadComparison, LoadFigure
 from lmprof.render.units import fmt_pct, fmt_s
 
 # The figures a table shows (every figure is in the JSON and can be a --fail-on).
