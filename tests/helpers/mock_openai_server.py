@@ -43,6 +43,7 @@ class MockConfig:
     stall_after_requests: int | None = None  # the Nth completion request starts a stall...
     stall_s: float = 0.0  # ...during which no chunk of any request is sent
     fail_latency_s: float = 0.02
+    api_key: str | None = None  # when set, anything without `Authorization: Bearer <it>` is a 401
     precise: bool = False  # sleep to 1.5 ms before each deadline, then yield until it: no epoll rounding
     cold_requests: int = 0  # the first N completion requests (a cold server) take...
     cold_ttft_s: float = 0.5  # ...this long to their first token
@@ -199,7 +200,13 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
         await resp.write_eof()
         return resp
 
-    app = web.Application()
+    @web.middleware
+    async def check_key(request: web.Request, handler):
+        if config.api_key and request.headers.get("Authorization") != f"Bearer {config.api_key}":
+            return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[check_key])
     app.router.add_get("/v1/models", models)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", metrics)

@@ -104,6 +104,32 @@ def test_bad_options_are_one_line_and_exit_2(capsys):
         assert words in err and err.strip().count("\n") == 0, err
 
 
+def test_api_key_is_sent_and_a_refused_key_is_one_line(mock_server, tmp_path, capsys):
+    url, server = mock_server(ttft_s=0.002, itl_s=0.001, api_key="sk-right")
+    common = ["--requests", "2", "--output-tokens", "2", "--json"]
+    assert main(["load", url, *common, "--api-key", "sk-wrong", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "--api-key" in err and err.strip().count("\n") == 0
+    assert main(["load", url, *common, "--api-key", "sk-right", "--out", str(tmp_path / "b")]) == 0
+    saved = (tmp_path / "b" / "run.json").read_text()
+    assert "sk-right" not in saved and load_load_run(tmp_path / "b").settings["api_key"] == "***"
+
+
+def test_compare_refuses_a_load_run_beside_a_profile_run(mock_server, tmp_path, capsys):
+    url, _ = mock_server(ttft_s=0.002, itl_s=0.001)
+    assert (
+        main(["load", url, "--requests", "2", "--output-tokens", "2", "--out", str(tmp_path / "a"), "--json"])
+        == 0
+    )
+    profile = tmp_path / "p"
+    profile.mkdir()
+    (profile / "run.json").write_text(json.dumps({"run_id": "x", "schema_version": 1}))
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(profile)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a load run" in err and err.strip().count("\n") == 0
+
+
 def test_ctrl_c_saves_the_run_incomplete(tmp_path):
     with spawned_mock_server(ttft_ms=5, itl_ms=5) as url:
         out = tmp_path / "run"

@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.runs and all(is_load_run(location) for location in args.runs):  # `lmprof load` runs
+    if any(is_load_run(location) for location in args.runs):  # `lmprof load` runs (all must be)
         from lmprof.cli import load_cmd
 
         return load_cmd.compare_load(args)

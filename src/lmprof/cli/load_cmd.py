@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         from lmprof.load.prompts import TokenCounter
 
         counter = TokenCounter(opts.tokenizer)
-    record = new_load_run(opts, ["lmprof", *getattr(args, "argv", [])])
+    record = new_load_run(opts, ["lmprof", *_masked(getattr(args, "argv", []))])
     progress = _progress() if args.progress and sys.stderr.isatty() else None
     code, error = 0, None
     try:
@@ -141,6 +141,17 @@ def run(args: argparse.Namespace) -> int:
     elif record.status == STATUS_FAILED:
         print(f"lmprof: error: {record.error['message']} (saved to {out}/run.json)", file=sys.stderr)
     return code
+
+
+def _masked(argv: list[str]) -> list[str]:
+    """The command line as saved: the API key replaced, so a run folder can be shared."""
+    out = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--api-key":
+            out.append("***")
+        else:
+            out.append("--api-key=***" if arg.startswith("--api-key=") else arg)
+    return out
 
 
 def _measured(requests: list[RequestRecord]) -> bool:
@@ -222,11 +233,16 @@ def show_load(args: argparse.Namespace) -> int:
 def compare_load(args: argparse.Namespace) -> int:
     from lmprof.analyze.load_compare import check_load_thresholds, compare_load_runs, parse_load_thresholds
     from lmprof.cli.report_console import report_console
-    from lmprof.record.load import load_load_run
+    from lmprof.record.load import is_load_run, load_load_run
     from lmprof.render.load_compare import render_load_comparison, render_load_comparison_json
 
     if len(args.runs) < 2:
         raise UsageError("compare needs at least two runs: the baseline, then one or more to compare with it")
+    other = [str(location) for location in args.runs if not is_load_run(location)]
+    if other:
+        raise UsageError(
+            f"'{other[0]}' is not a load run: compare load runs (`lmprof load`) only with each other"
+        )
     thresholds = parse_load_thresholds(args.fail_on)  # before loading: a typo fails fast
     runs = [load_load_run(location) for location in args.runs]
     comparison = compare_load_runs(runs, [str(location) for location in args.runs])

@@ -162,9 +162,15 @@ class LoadBench:
     async def _discover(self, session: aiohttp.ClientSession) -> str:
         headers = request_headers(self.opts)
         try:
-            models = await get_models(session, self.opts.base_url, headers)
+            status, models = await get_models(
+                session, self.opts.base_url, headers, min(self.opts.timeout_s, 30.0)
+            )
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise UsageError(f"cannot reach {self.opts.base_url}: {exc or type(exc).__name__}") from None
+        if status in (401, 403):
+            raise UsageError(
+                f"{self.opts.base_url}/v1/models answered HTTP {status}: pass a valid key with --api-key"
+            )
         self.run.server["models"] = models
         self.run.server.update(await get_version(session, self.opts.base_url, headers))
         model = self.opts.model or (models[0] if models else None)

@@ -21,7 +21,7 @@ class LoopLagTicker:
         while True:
             asked = self.clock.wall() + self.tick_s
             await asyncio.sleep(self.tick_s)
-            self.lags_s.append(max(0.0, self.clock.wall() - asked))
+            self.lags_s.append(round(max(0.0, self.clock.wall() - asked), 7))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._tick())

@@ -20,17 +20,20 @@ KEPT_PREFIXES = ("vllm:", "lmprof:", "tgi_", "sglang:")
 _KEPT_TYPES = ("counter", "gauge", "unknown", "untyped")  # untyped: a server that writes no TYPE line
 
 
-async def get_models(session: aiohttp.ClientSession, base_url: str, headers: dict[str, str]) -> list[str]:
-    """The ids GET /v1/models lists (connection errors propagate: the URL is wrong)."""
-    async with session.get(f"{base_url}/v1/models", headers=headers) as resp:
+async def get_models(
+    session: aiohttp.ClientSession, base_url: str, headers: dict[str, str], timeout_s: float = 30.0
+) -> tuple[int, list[str]]:
+    """(HTTP status, the ids GET /v1/models lists). Connection errors propagate: the URL is wrong."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with session.get(f"{base_url}/v1/models", headers=headers, timeout=timeout) as resp:
         if resp.status != 200:
-            return []
+            return resp.status, []
         try:
             data = await resp.json(content_type=None)
         except ValueError:
-            return []
+            return resp.status, []
     items = data.get("data") if isinstance(data, dict) else None
-    return [str(m["id"]) for m in items or [] if isinstance(m, dict) and "id" in m]
+    return 200, [str(m["id"]) for m in items or [] if isinstance(m, dict) and "id" in m]
 
 
 async def get_version(
@@ -39,7 +42,8 @@ async def get_version(
     """{"version": ..., "server_header": ...}, either absent when the server does not say."""
     out: dict[str, Any] = {}
     try:
-        async with session.get(f"{base_url}/version", headers=headers) as resp:
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with session.get(f"{base_url}/version", headers=headers, timeout=timeout) as resp:
             if resp.headers.get("Server"):
                 out["server_header"] = resp.headers["Server"]
             if resp.status == 200:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from lmprof.record.run import RUN_FILE, STATUS_INCOMPLETE, write_atomic
 
 LOAD_KIND = "load"
 LOAD_SCHEMA_VERSION = 1
+_KIND_FIRST = re.compile(r'^\s*\{\s*"kind"\s*:\s*"load"')
 
 MODE_CLOSED = "closed"  # N users, each sends its next request when its last one ends
 MODE_OPEN = "open"  # arrivals at a rate, whatever the server does
@@ -120,10 +122,14 @@ class LoadRun:
     schema_version: int = LOAD_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # kind and version first: `is_load_run` tells a load run from the file's first bytes.
+        return {"kind": data.pop("kind"), "schema_version": data.pop("schema_version"), **data}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        # Compact: a run keeps every gap between chunks of every request, and indenting
+        # would put each of them on a line of its own.
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadRun:
@@ -165,15 +171,15 @@ def _record_path(location: str | os.PathLike[str]) -> Path:
 
 def is_load_run(location: str | os.PathLike[str]) -> bool:
     """Whether a run folder or run.json holds a load run, so show and compare can dispatch
-    to it. False for anything unreadable: the profile Run's reader then says what is wrong."""
+    to it. Reads the file's first bytes only (a load run names its kind first). False for
+    anything unreadable: the profile Run's reader then says what is wrong."""
     path = _record_path(location)
-    if not path.is_file():
-        return False
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with open(path, encoding="utf-8") as fh:
+            start = fh.read(256)
+    except (OSError, UnicodeDecodeError):
         return False
-    return isinstance(data, dict) and data.get("kind") == LOAD_KIND
+    return _KIND_FIRST.match(start) is not None
 
 
 def load_load_run(location: str | os.PathLike[str]) -> LoadRun:
