@@ -55,12 +55,32 @@ async def get_version(
     return out
 
 
+_SERIES_SUFFIXES = ("_bucket", "_sum", "_count", "_created")  # parts of histograms and summaries
+
+
+def kept_lines(text: str) -> str:
+    """Only the lines of kept counters and gauges. vLLM's /metrics is mostly histogram
+    buckets (hundreds of KB); parsing those on the event loop would delay the requests the
+    loop is timing, so they are dropped with plain string tests first."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            parts = line.split()
+            if len(parts) == 4 and parts[2].startswith(KEPT_PREFIXES) and parts[3] in _KEPT_TYPES:
+                out.append(line)
+        elif line.startswith(KEPT_PREFIXES):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if not name.endswith(_SERIES_SUFFIXES):
+                out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Counter and gauge samples of kept families, summed over labels, by sample name."""
     from prometheus_client.parser import text_string_to_metric_families
 
     values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(kept_lines(text)):
         if family.type not in _KEPT_TYPES or not family.name.startswith(KEPT_PREFIXES):
             continue
         for sample in family.samples:
@@ -104,8 +124,8 @@ class MetricsScraper:
             self.note = f"GET /metrics failed: {exc or type(exc).__name__}"
             return False
         try:
-            values = parse_metrics(text)
-        except ValueError as exc:
+            values = await asyncio.to_thread(parse_metrics, text)  # off the loop that times requests
+        except (ValueError, IndexError, KeyError, TypeError) as exc:  # the parser's ways to refuse
             self.note = f"GET /metrics is not Prometheus text: {exc}"
             return False
         self.samples.append(MetricsSample(t_s=t_s, values=values))

@@ -58,12 +58,12 @@ def _axes(
     for v in nice_ticks(x.lo, x.hi):
         out.append(f'<line class="grid" x1="{x(v):.1f}" y1="{top}" x2="{x(v):.1f}" y2="{top + h}"/>')
         out.append(
-            f'<text class="tick" x="{x(v):.1f}" y="{top + h + 14}" text-anchor="middle">{esc(x_fmt(v))}</text>'
+            f'<text class="tick" x="{x(v):.1f}" y="{top + h + 14}" text-anchor="middle">{esc(x_fmt(v) if v else "0")}</text>'
         )
-    for v in nice_ticks(y.hi, y.lo, 5) if y.hi < y.lo else nice_ticks(y.lo, y.hi, 5):
+    for v in nice_ticks(y.lo, y.hi, 5):
         out.append(f'<line class="grid" x1="{LEFT_PX}" y1="{y(v):.1f}" x2="{x.px_hi}" y2="{y(v):.1f}"/>')
         out.append(
-            f'<text class="tick" x="{LEFT_PX - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{esc(y_fmt(v))}</text>'
+            f'<text class="tick" x="{LEFT_PX - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{esc(y_fmt(v) if v else "0")}</text>'
         )
     out.append(
         f'<text class="tick" x="{(x.px_lo + x.px_hi) / 2:.0f}" y="{top + h + 30}" text-anchor="middle">{esc(x_label)}</text>'
@@ -172,7 +172,7 @@ def request_timeline_svg(run: LoadRun) -> str | None:
     legend = (("#bbb", "scheduled → sent (client queueing)"), ("#f28e2b", "sent → first token"),
               ("#4e79a7", "first token → end"), ("#e15759", "failed"))  # fmt: skip
     for i, (c, label) in enumerate(legend):
-        lx = LEFT_PX + i * 220
+        lx = LEFT_PX + i * 250
         body.append(f'<g class="legend"><rect x="{lx}" y="{top + h + 24}" width="12" height="10" fill="{c}"/>'
                     f'<text x="{lx + 16}" y="{top + h + 33}">{esc(label)}</text></g>')  # fmt: skip
     return _svg("request-timeline", top + h + 44, body, "per-request timeline", requests=len(shown))
@@ -201,12 +201,10 @@ def sweep_svg(summary: LoadSummary) -> str | None:
     levels = sorted((s for s in summary.levels if s.latency_s.get("e2el")), key=lambda s: s.output_tps)
     if len(levels) < 2:
         return None
-    tps = [s.output_tps for s in levels]
     series = []
     for metric, stat in (("ttft", "p50"), ("ttft", "p99"), ("tpot", "p50"), ("e2el", "p50")):
         pairs = [(s.output_tps, s.latency_s[metric][stat]) for s in levels if s.latency_s.get(metric)]
         series.append((f"{metric.upper()} {stat}", [p[0] for p in pairs], [p[1] for p in pairs]))
-    del tps
     return line_chart("sweep", series, lambda v: f"{v:,.0f}", fmt_s, "output tokens/s", markers=True)
 
 
