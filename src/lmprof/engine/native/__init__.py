@@ -1,4 +1,4 @@
-"""Build and load lmprof's native decode kernels (decode_step.cpp, kernels.h), once per machine.
+"""Build and load lmprof's native decode kernels (decode_step.cpp over kernels.h, matvec.h, simd.h), once per machine.
 
 The C++ source ships with the package and is compiled on first use with PyTorch's own
 extension tooling (torch.utils.cpp_extension: the system C++ compiler and ninja), for this
