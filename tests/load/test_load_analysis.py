@@ -8,37 +8,9 @@ from lmprof.analyze.load import percentile, summarize
 from lmprof.analyze.load_compare import check_load_thresholds, compare_load_runs, parse_load_thresholds
 from lmprof.errors import UsageError
 from lmprof.load.options import parse_slo, split_url
-from lmprof.record.load import LevelRecord, LoadRun, RequestRecord
 
 
-def request(i, sent, ttft, gaps, tokens, scheduled=None, error=None, warmup=False, level=0):
-    first = sent + ttft
-    last = first + sum(gaps)
-    return RequestRecord(
-        index=i, level=level, warmup=warmup, scheduled_s=sent if scheduled is None else scheduled,
-        sent_s=sent, end_s=last + 0.001, first_token_s=None if error else first,
-        last_token_s=None if error else last, chunk_gaps_s=[] if error else list(gaps),
-        output_tokens=None if error else tokens, output_tokens_method=None if error else "usage",
-        input_tokens=None if error else 10, error_kind=error,
-    )  # fmt: skip
-
-
-def hand_run(slo=None, speed=1.0) -> LoadRun:
-    reqs = [
-        request(0, 0.0, 0.100 * speed, [0.020 * speed] * 4, 5),  # TPOT 20 ms
-        request(1, 0.1, 0.300 * speed, [0.050 * speed] * 4, 5),  # TPOT 50 ms
-        request(2, 0.2, 0.200 * speed, [0.010 * speed] * 9, 10, scheduled=0.0),  # 0.2 s queued
-        request(3, 0.3, 0.0, [], 0, error="http_503"),
-        request(4, -1.0, 9.0, [1.0], 2, warmup=True, level=-1),  # never counted
-    ]
-    run = LoadRun(run_id="r", created_at="now", lmprof_version="0", status="complete")
-    run.settings = {"slo_s": slo or {}}
-    run.levels = [LevelRecord(index=0, mode="closed", concurrency=2, start_s=0.0, end_s=2.0, cpu_s=0.2)]
-    run.requests = reqs
-    return run
-
-
-def test_vllm_definitions():
+def test_vllm_definitions(hand_run):
     s = summarize(hand_run()).levels[0]
     assert (s.sent, s.completed) == (4, 3)
     assert s.latency_s["ttft"]["p50"] == pytest.approx(0.200)
@@ -61,7 +33,7 @@ def test_percentiles_interpolate_like_numpy():
     assert percentile([5], 90) == 5
 
 
-def test_goodput_counts_requests_meeting_every_slo():
+def test_goodput_counts_requests_meeting_every_slo(hand_run):
     run = hand_run(slo=parse_slo("ttft=250ms,tpot=30ms"))
     g = summarize(run).levels[0].goodput
     # 0 meets both; 1 misses TTFT and TPOT; 2 meets both from send; 3 failed.
@@ -71,7 +43,7 @@ def test_goodput_counts_requests_meeting_every_slo():
     assert g["share_from_scheduled"] == pytest.approx(1 / 4)
 
 
-def test_client_bottleneck_warns():
+def test_client_bottleneck_warns(hand_run):
     run = hand_run()
     run.levels[0].cpu_s = 1.9  # 95 % of a core over the 2 s level
     run.levels[0].loop_lag_s = [0.001] * 90 + [0.05] * 10
@@ -102,7 +74,7 @@ def test_split_url():
         split_url("h:8000", None)
 
 
-def test_fail_on_thresholds():
+def test_fail_on_thresholds(hand_run):
     base, slower = hand_run(), hand_run(speed=2.0)
     comparison = compare_load_runs([base, slower], ["a", "b"])
     checks = check_load_thresholds(comparison, parse_load_thresholds(["ttft_p99=+20%", "output_tps=-5%"]))
