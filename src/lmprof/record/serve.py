@@ -70,6 +70,7 @@ class ServeRun:
     requests: list[ServedRequest] = field(default_factory=list)
     steps: list[EngineStep] = field(default_factory=list)
     memory: list[MemorySample] = field(default_factory=list)
+    steps_dropped: int = 0  # engine steps past the profiler's cap: counted, not kept
     kind: str = SERVE_KIND
     schema_version: int = SERVE_SCHEMA_VERSION
 

@@ -49,6 +49,8 @@ def render_serve_run(run: ServeRun) -> str:
         for size, steps in f.batch_sizes.items():
             bar = "#" * max(1, round(HISTOGRAM_BAR * steps / most))
             lines.append(f"{size:>5} {steps:>7}  {bar}")
+        if run.steps_dropped:
+            lines.append(f"(and {run.steps_dropped} later steps, past the profile's cap, not kept)")
         if f.mean_occupancy is not None:
             lines.append(f"mean decode occupancy (rows still generating / rows run): {f.mean_occupancy:.0%}")
         lines.append("")

@@ -11,6 +11,7 @@ bounded queue at once, so their queueing is a phase the profile measures.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import uuid
@@ -95,7 +96,8 @@ async def draining_and_auth(request: web.Request, handler: Handler) -> web.Strea
         raise ApiError(503, "the server is shutting down", error_type="server_error", code="shutting_down")
     key = state.settings.api_key
     if key is not None and request.path.startswith("/v1/"):
-        if request.headers.get("Authorization", "") != f"Bearer {key}":
+        sent = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(sent, f"Bearer {key}".encode()):  # no timing hint at the key
             raise ApiError(
                 401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
                 error_type="invalid_request_error", code="invalid_api_key",
@@ -151,6 +153,8 @@ async def _read_params(request: web.Request, endpoint: str) -> CompletionParams:
 def _encode(state: ServerState, params: CompletionParams) -> list[int]:
     # On the loop: a short prompt encodes in well under a millisecond (Rust tokenizer).
     if params.messages is not None:
+        if not state.tokenizer.chat_template:
+            raise ApiError(400, "this model's tokenizer has no chat template: use /v1/completions")
         encoded = state.tokenizer.apply_chat_template(
             params.messages, add_generation_prompt=True, return_dict=True
         )

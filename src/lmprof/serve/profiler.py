@@ -17,6 +17,10 @@ import psutil
 from lmprof.record.serve import EngineStep, MemorySample, ServedRequest, ServeRun
 
 MEMORY_INTERVAL_S = 0.1
+# A server may run for days: past these counts, memory samples thin out (every other one
+# dropped, the interval doubled) and engine steps stop being kept one by one (counted only).
+MAX_MEMORY_SAMPLES = 20_000
+MAX_STEPS_KEPT = 200_000
 
 
 class ServerProfiler:
@@ -36,6 +40,7 @@ class ServerProfiler:
         self.requests: list[ServedRequest] = []
         self.steps: list[EngineStep] = []
         self.memory: list[MemorySample] = []
+        self.steps_dropped = 0
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample_memory, name="lmprof-memory", daemon=True)
@@ -51,7 +56,10 @@ class ServerProfiler:
         return record
 
     def add_step(self, step: EngineStep) -> None:
-        self.steps.append(step)
+        if len(self.steps) < MAX_STEPS_KEPT:
+            self.steps.append(step)
+        else:
+            self.steps_dropped += 1
 
     def start(self) -> None:
         self.sample_memory_once()
@@ -64,6 +72,9 @@ class ServerProfiler:
         self.sample_memory_once()
 
     def sample_memory_once(self) -> None:
+        if len(self.memory) >= MAX_MEMORY_SAMPLES:
+            self.memory = self.memory[::2]
+            self.memory_interval_s *= 2
         self.memory.append(
             MemorySample(self.now_s(), self._process.memory_info().rss, self.device_memory_bytes())
         )
@@ -82,4 +93,5 @@ class ServerProfiler:
             requests=list(self.requests),
             steps=list(self.steps),
             memory=list(self.memory),
+            steps_dropped=self.steps_dropped,
         )

@@ -193,12 +193,19 @@ def run_server(settings: ServeSettings, print_line: Callable[[str], None] | None
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second Ctrl-C: the user will not wait for the drain
+                print_line("lmprof serve: stopped without draining")
+                os._exit(130)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await server.start()
         print_line(startup_line(server))
         await stop.wait()
-        print_line("lmprof serve: stopping: draining requests in flight")
+        print_line("lmprof serve: stopping: draining requests in flight (Ctrl-C again to quit now)")
         await server.stop()
         if settings.profile_out is not None:
             print_line(f"lmprof serve: profile written to {settings.profile_out / 'run.json'}")
