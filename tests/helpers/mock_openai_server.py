@@ -43,6 +43,7 @@ class MockConfig:
     stall_after_requests: int | None = None  # the Nth completion request starts a stall...
     stall_s: float = 0.0  # ...during which no chunk of any request is sent
     fail_latency_s: float = 0.02
+    close_after_requests: int | None = None  # after the Nth completion request, stop listening
     api_key: str | None = None  # when set, anything without `Authorization: Bearer <it>` is a 401
     precise: bool = False  # sleep to 1.5 ms before each deadline, then yield until it: no epoll rounding
     cold_requests: int = 0  # the first N completion requests (a cold server) take...
@@ -62,6 +63,7 @@ class MockState:
     seen_prompts: set = field(default_factory=set)
     stall_until: float = 0.0
     bodies: list = field(default_factory=list)
+    close: object = None  # set by MockServer: stops the server (for close_after_requests)
     # Per streamed request, on this process's perf_counter: (arrived, first chunk written, last written).
     timelines: list = field(default_factory=list)
 
@@ -133,6 +135,8 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
         if refused:
             return web.json_response({"error": {"message": f"unknown field: {refused[0]}"}}, status=400)
         state.received += 1
+        if state.received == config.close_after_requests and state.close is not None:
+            asyncio.get_running_loop().call_later(0.05, state.close)
         if config.stall_after_requests is not None and state.received == config.stall_after_requests:
             state.stall_until = arrived + config.stall_s
         if state.received <= config.cold_requests:
@@ -227,6 +231,7 @@ class MockServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._runner: web.AppRunner | None = None
+        self.state.close = lambda: self._loop.create_task(self._runner.cleanup())
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -169,3 +169,17 @@ def test_load_show_compare_never_import_torch(tmp_path):
         result = lmprof(*args, check_torch=True)
         assert result.returncode == 0, result.stderr
     assert os.path.isfile(out / "report.html")
+
+
+def test_a_server_that_goes_away_ends_the_run_saved_as_failed(mock_server, tmp_path, capsys):
+    url, _ = mock_server(ttft_s=0.002, itl_s=0.001, close_after_requests=6)
+    out = tmp_path / "run"
+    code = main(
+        ["load", url, "--concurrency", "2", "--duration", "20", "--output-tokens", "2", "--out", str(out)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "refused 50 connections in a row" in err and err.strip().count("\n") == 0
+    record = load_load_run(out)
+    assert record.status == "failed" and "refused" in record.error["message"]
+    assert len(record.requests) < 100  # stopped, not hammering a dead port for 20 s

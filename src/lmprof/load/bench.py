@@ -21,16 +21,19 @@ import aiohttp
 
 from lmprof._version import __version__
 from lmprof.clock import Clock
-from lmprof.errors import UsageError
+from lmprof.errors import LmprofError, UsageError
 from lmprof.load.arrivals import arrival_times_s
 from lmprof.load.client import RequestSender, request_headers
 from lmprof.load.client_health import LoopLagTicker
 from lmprof.load.options import LoadOptions
 from lmprof.load.prompts import Prompt, PromptSource, TokenCounter
 from lmprof.load.server_view import MetricsScraper, get_models, get_version
-from lmprof.record.load import MODE_CLOSED, MODE_OPEN, LevelRecord, LoadRun, RequestRecord
+from lmprof.record.load import ERROR_CONNECT, MODE_CLOSED, MODE_OPEN, LevelRecord, LoadRun, RequestRecord
 
-SWEEP_PROBE_CONCURRENCY = 32  # the --sweep probe's users when --max-concurrency is not given
+SWEEP_PROBE_CONCURRENCY = 32
+# This many connection failures in a row and no success between: the server is gone, and a
+# closed loop would otherwise fill the record with instant failures until --duration ends.
+SERVER_GONE_AFTER = 50  # the --sweep probe's users when --max-concurrency is not given
 _PREFLIGHT_TRIES = 3
 
 
@@ -46,6 +49,10 @@ class LevelPlan:
         if self.mode == MODE_CLOSED:
             return f"{self.label + ' ' if self.label else ''}concurrency {self.concurrency}"
         return f"rate {self.rate_rps:.3g} req/s"
+
+
+class ServerGoneError(LmprofError):
+    """The server stopped accepting connections during the run."""
 
 
 class LoadProgress:
@@ -109,6 +116,7 @@ class LoadBench:
         self.prompts = PromptSource(opts, counter)
         self.origin_s = self.clock.wall()
         self._next_index = 0
+        self._connect_failures = 0  # in a row
 
     def now_s(self) -> float:
         return self.clock.wall() - self.origin_s
@@ -189,6 +197,17 @@ class LoadBench:
         self._next_index += 1
         self.run.requests.append(record)  # now, so an interrupt keeps it
         return record
+
+    def _done(self, record: RequestRecord, stop_when_gone: bool = True) -> None:
+        self.progress.request_done(record)
+        if not stop_when_gone:  # an open loop's arrivals are bounded already
+            return
+        self._connect_failures = self._connect_failures + 1 if record.error_kind == ERROR_CONNECT else 0
+        if self._connect_failures >= SERVER_GONE_AFTER:
+            raise ServerGoneError(
+                f"{self.opts.base_url} refused {SERVER_GONE_AFTER} connections in a row: the server stopped "
+                f"({record.error})"
+            )
 
     def _prompt_for(self, record: RequestRecord) -> Prompt:
         prompt = self.prompts.get(record.index)
@@ -281,7 +300,7 @@ class LoadBench:
                 issued[0] += 1
                 record = self._new_record(level.index, free_s, False, u)
                 await sender.send(record, self._prompt_for(record))
-                self.progress.request_done(record)
+                self._done(record)
                 free_s = record.end_s
 
         await _gather_or_cancel([user(u) for u in range(level.concurrency or 1)])
@@ -297,7 +316,7 @@ class LoadBench:
             else:
                 async with cap:  # waiting here is the client's queueing: scheduled_s keeps it
                     await sender.send(record, prompt)
-            self.progress.request_done(record)
+            self._done(record, stop_when_gone=False)
 
         issued = 0
         try:
@@ -315,7 +334,7 @@ class LoadBench:
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await _gather_or_cancel(list(tasks))
-        except asyncio.CancelledError:
+        except BaseException:
             await _cancel_all(list(tasks))
             raise
 
@@ -326,7 +345,7 @@ async def _gather_or_cancel(coros_or_tasks: list) -> None:
     tasks = [asyncio.ensure_future(c) for c in coros_or_tasks]
     try:
         await asyncio.gather(*tasks)
-    except asyncio.CancelledError:
+    except BaseException:  # Ctrl-C, or one user's error (ServerGoneError): stop the others too
         await _cancel_all(tasks)
         raise
 
