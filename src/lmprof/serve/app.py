@@ -347,7 +347,10 @@ async def _generate(
             job.cancelled.set()
             record.outcome = "cancelled"
             record.responded_s = state.profiler.now_s()
-    return stream if stream is not None else web.Response(status=499)
+    if stream is not None:
+        return stream
+    record.status = 499  # nginx's "client closed request": no answer was sent
+    return web.Response(status=499)
 
 
 async def _finish(

@@ -208,7 +208,12 @@ class ModelWorker:
                 if job.cancelled.is_set():
                     job.record.outcome = "cancelled"
             if live:
-                self._run_batch(live)
+                try:
+                    self._run_batch(live)
+                except Exception as exc:  # noqa: BLE001 (a bug here must not stop the model thread)
+                    for job in live:  # a handler reads only its first final event: no double answer
+                        job.emit(Failed(f"internal error in the model thread: {type(exc).__name__}"))
+                self.running = 0  # one batch at a time: none of its rows runs now
             if ended:
                 return
 
