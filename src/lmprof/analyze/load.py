@@ -255,9 +255,15 @@ def client_warnings(levels: Sequence[LevelSummary]) -> list[str]:
             )
         lag = s.loop_lag_s
         if lag is not None and lag["p99"] > LOOP_LAG_LIMIT_S:
+            busy = s.client_cpu_share is not None and s.client_cpu_share > CLIENT_CPU_LIMIT / 2
+            why = (
+                "its own work"
+                if busy
+                else "other processes taking the CPU (the client itself was mostly idle)"
+            )
             out.append(
-                f"WARN {s.title}: the client's event loop woke {lag['p99'] * 1e3:.1f} ms late at p99; "
-                "timestamps and sends were delayed by the client itself"
+                f"WARN {s.title}: the client's event loop woke {lag['p99'] * 1e3:.1f} ms late at p99 ({why}); "
+                "its sends and timestamps were late by as much"
             )
     return out
 
