@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 
 import pytest
 
 from lmprof.load.arrivals import arrival_gaps_s, arrival_times_s
-from lmprof.record.load import MODE_CLOSED
+from lmprof.record.load import MODE_CLOSED, load_load_run
 
 
 @pytest.mark.parametrize("burstiness", [1.0, 0.5, 4.0])
@@ -76,3 +77,21 @@ def test_sweep_probes_then_spreads_rates_below_saturation(load, mock_server):
     assert len(rates) == 3 and rates == sorted(rates)
     assert rates[-1] == pytest.approx(probe_rps, rel=1e-3)
     assert rates[0] == pytest.approx(probe_rps / 3, rel=1e-3)
+
+
+def test_infinite_rate_sends_everything_at_once_under_the_cap(mock_server, tmp_path, capsys):
+    from lmprof.cli.main import main
+
+    url, server = mock_server(ttft_s=0.02, itl_s=0.002)
+    out = tmp_path / "run"
+    argv = ["load", url, "--rate", "inf", "--max-concurrency", "3", "--requests", "9", "--output-tokens", "4"]
+    assert main([*argv, "--out", str(out), "--json"]) == 0
+    level = json.loads(capsys.readouterr().out)["levels"][0]
+    assert level["title"] == "rate inf (all at once), max 3 in flight" and level["completed"] == 9
+    run = load_load_run(out)
+    reqs = [r for r in run.requests if r.level == 0]
+    assert {r.scheduled_s for r in reqs} == {run.levels[0].start_s}
+    assert server.state.max_running == 3
+    # The last three waited in the client for two rounds: latency from scheduled shows it.
+    waits = sorted(r.sent_s - r.scheduled_s for r in reqs)
+    assert waits[-1] > 0.05

@@ -136,7 +136,8 @@ def level_title(level: LevelRecord) -> str:
         return f"{level.label + ' ' if level.label else ''}concurrency {level.concurrency}"
     cap = f", max {level.max_concurrency} in flight" if level.max_concurrency else ""
     burst = f", burstiness {level.burstiness:g}" if level.burstiness != 1.0 else ""
-    return f"rate {level.rate_rps:.3g} req/s{burst}{cap}"
+    rate = f"rate {level.rate_rps:.3g} req/s" if level.rate_rps is not None else "rate inf (all at once)"
+    return f"{rate}{burst}{cap}"
 
 
 def summarize_level(run: LoadRun, level: LevelRecord, slo_s: dict[str, float] | None = None) -> LevelSummary:

@@ -41,7 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("load")
     g.add_argument("--concurrency", metavar="N[,N...]", help="closed loop: N users (a list sweeps)")
-    g.add_argument("--rate", metavar="R[,R...]", help="open loop: R requests/s, Poisson (a list sweeps)")
+    g.add_argument(
+        "--rate",
+        metavar="R[,R...]",
+        help="open loop: R requests/s, Poisson (a list sweeps; inf: all at once)",
+    )
     g.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of arrivals (1 = Poisson)")
     g.add_argument("--max-concurrency", type=int, help="open loop: at most this many in flight")
     g.add_argument("--requests", type=int, metavar="M", help="requests per level")

@@ -5,12 +5,17 @@ Pure and seeded: tests check the rate without a clock."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 
 
 def arrival_gaps_s(rate_rps: float, burstiness: float = 1.0, seed: int = 0) -> Iterator[float]:
-    """An endless stream of gaps between arrivals, in seconds."""
+    """An endless stream of gaps between arrivals, in seconds; an infinite rate sends
+    everything at once (vLLM's default, usually with a concurrency cap)."""
+    if math.isinf(rate_rps):
+        while True:
+            yield 0.0
     rng = random.Random(f"{seed}:arrivals:{rate_rps}:{burstiness}")
     scale = 1.0 / (rate_rps * burstiness)  # mean = shape * scale = 1 / rate
     while True:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import math
 import platform
 import uuid
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class LevelPlan:
     def title(self) -> str:
         if self.mode == MODE_CLOSED:
             return f"{self.label + ' ' if self.label else ''}concurrency {self.concurrency}"
-        return f"rate {self.rate_rps:.3g} req/s"
+        return f"rate {self.rate_rps:.3g} req/s" if self.rate_rps != math.inf else "rate inf"
 
 
 class ServerGoneError(LmprofError):
@@ -262,7 +263,8 @@ class LoadBench:
     async def _run_level(self, sender: RequestSender, plan: LevelPlan) -> LevelRecord:
         opts = self.opts
         level = LevelRecord(
-            index=len(self.run.levels), mode=plan.mode, concurrency=plan.concurrency, rate_rps=plan.rate_rps,
+            index=len(self.run.levels), mode=plan.mode, concurrency=plan.concurrency,
+            rate_rps=None if plan.rate_rps == math.inf else plan.rate_rps,  # JSON has no infinity
             burstiness=opts.burstiness if plan.mode == MODE_OPEN else 1.0,
             max_concurrency=opts.max_concurrency if plan.mode == MODE_OPEN else None,
             start_s=self.now_s(), complete=False, label=plan.label,
@@ -277,7 +279,7 @@ class LoadBench:
             if plan.mode == MODE_CLOSED:
                 await self._closed_loop(sender, level)
             else:
-                await self._open_loop(sender, level)
+                await self._open_loop(sender, level, plan.rate_rps or math.inf)
             level.complete = True
         finally:
             level.end_s = self.now_s()
@@ -305,7 +307,7 @@ class LoadBench:
 
         await _gather_or_cancel([user(u) for u in range(level.concurrency or 1)])
 
-    async def _open_loop(self, sender: RequestSender, level: LevelRecord) -> None:
+    async def _open_loop(self, sender: RequestSender, level: LevelRecord, rate_rps: float) -> None:
         cap = asyncio.Semaphore(level.max_concurrency) if level.max_concurrency else None
         tasks: set[asyncio.Task] = set()
 
@@ -320,7 +322,7 @@ class LoadBench:
 
         issued = 0
         try:
-            for offset_s in arrival_times_s(level.rate_rps or 1.0, level.burstiness, self.opts.seed):
+            for offset_s in arrival_times_s(rate_rps, level.burstiness, self.opts.seed):
                 due_s = level.start_s + offset_s
                 if not self._more(level, issued, due_s):
                     break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ class LoadOptions:
         """For the Run: everything but the key."""
         data = asdict(self)
         data["api_key"] = "***" if self.api_key else None
+        data["rates_rps"] = [r if math.isfinite(r) else "inf" for r in self.rates_rps]  # JSON has no infinity
         return data
 
 
@@ -108,7 +110,7 @@ def parse_levels(text: str | None, what: str, cast: type) -> list:
         raise UsageError(
             f"{what} '{text}': expected a number or a comma-separated list, e.g. 1,2,4"
         ) from None
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not v > 0 for v in values):  # `not >` also refuses nan
         raise UsageError(f"{what} '{text}': every level must be positive")
     return values
 
