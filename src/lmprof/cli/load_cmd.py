@@ -247,6 +247,10 @@ def compare_load(args: argparse.Namespace) -> int:
         raise UsageError(
             f"'{other[0]}' is not a load run: compare load runs (`lmprof load`) only with each other"
         )
+    if getattr(args, "markdown", None) or getattr(args, "html", None):
+        raise UsageError(
+            "--markdown and --html compare profile runs; compare load runs as a table or with --json"
+        )
     thresholds = parse_load_thresholds(args.fail_on)  # before loading: a typo fails fast
     runs = [load_load_run(location) for location in args.runs]
     comparison = compare_load_runs(runs, [str(location) for location in args.runs])
