@@ -1,19 +1,28 @@
 """torch.profiler over one generate call, with nn.Module ranges, read back as plain spans.
 
-Under `--deep` the instrumentation starts this at a generate call's entry and stops it at
-the exit, so loading is never traced (tracing it costs minutes). Forward hooks on every
-submodule open a `record_function("module:<path>")` range, so each aten op lands inside
-the module path that ran it. The trace is read from the exported Chrome-trace JSON
-rather than `key_averages()`, which costs ~100 µs per event. The profiler's clock is
-tied to the session clock by a marker range recorded at a known session time.
+Under `--deep` the instrumentation starts this at a generate call's entry and finishes it
+at the exit, so loading is never traced (tracing it costs minutes). Forward hooks on every
+submodule open a `module:<path>` range through torch's C++ `_RecordFunctionFast` (about
+1 µs a range where Python's `record_function` context manager took about 11 µs), so each
+aten op lands inside the module path that ran it. What is traced is a `TraceOptions`;
+`benchmarks/deep_cost.py` measures what each option costs a decode step.
+
+`finish()` only stops the profiler (inside the traced call's window); `export()` reads the
+trace back and is lmprof's own work: the session runs it after the measured window closes.
+On the CPU it reads torch.profiler's event objects directly; with Python stacks or CUDA
+activity, the exported Chrome-trace JSON (never `key_averages()`, ~100 µs per event). The
+profiler's clock is tied to the session clock by a marker range recorded at a known session
+time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +32,30 @@ CLOCK_MARKER = "lmprof:clock"
 TRACEMALLOC_FRAMES = 24
 CUDA_HISTORY_ENTRIES = 200_000
 STEP_MARKER = "lmprof:step:"  # + step index; marks where each forward (token) begins
+CALIBRATION_CALLS = 1000  # ops (and module calls) per calibration loop of the tracer's own cost
+CALIBRATION_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """What the torch.profiler trace of the generate call records. The defaults are `--deep`'s:
+    each pays for a view at a cost `benchmarks/deep_cost.py` measured (benchmarks/RESULTS.md)."""
+
+    record_shapes: bool = True  # input shapes (operator table) and copy bytes
+    profile_memory: bool = True  # allocator events: memory by kind at the live peak, memory flame
+    with_flops: bool = True  # FLOPs per operator
+    module_ranges: bool = True  # nn.Module paths of every op: step breakdown, module table, flame
+    step_markers: bool = True  # exact step boundaries on the trace's clock
+    with_stack: bool = False  # Python frames in the trace (--python-stacks)
+    python_allocations: bool = False  # tracemalloc, and CUDA allocator history (--deep-allocations)
+
+    def describe(self) -> list[str]:
+        names = {
+            "record_shapes": "shapes", "profile_memory": "allocator events", "with_flops": "FLOPs",
+            "module_ranges": "nn.Module ranges", "step_markers": "step markers", "with_stack": "Python stacks",
+            "python_allocations": "allocations by Python stack",
+        }  # fmt: skip
+        return [label for key, label in names.items() if getattr(self, key)]
 
 
 @dataclass
@@ -56,6 +89,12 @@ class TorchTrace:
     # (torch.cuda.memory._record_memory_history), and why not when unavailable
     cuda_allocations: list[tuple[list[str], int]] = field(default_factory=list)
     cuda_history_note: str | None = None
+    options: TraceOptions = field(default_factory=TraceOptions)
+    # the tracer's own cost, measured after the call with the same options:
+    # {per_op_s, per_range_s, method}; None when not measured
+    tracer_cost: dict[str, Any] | None = None
+    # lmprof's own work on the trace, after the measured window: {finish_s, export_s, calibrate_s}
+    own_work_s: dict[str, float] = field(default_factory=dict)
 
 
 class TorchTraceCollector:
@@ -65,33 +104,62 @@ class TorchTraceCollector:
         now_s: Callable[[], float],
         *,
         cuda: bool,
-        with_stack: bool = True,
+        with_stack: bool | None = None,
         max_decode_steps: int | None = 16,
+        options: TraceOptions | None = None,
     ) -> None:
+        options = options or TraceOptions()
+        if with_stack is not None:
+            options = dataclasses.replace(options, with_stack=with_stack)
+        self.options = options
         self._model = model
         self._now_s = now_s
         self._cuda = cuda
-        self._with_stack = with_stack
         self._handles: list[Any] = []
         self._prof: Any = None
         self._module_types: dict[str, str] = {}
         self._t0_s = 0.0
         self._marker_s = 0.0
+        self.marker_uncertainty_s = 0.0
         # Tracing every step of a long generation costs seconds of export and GBs of
         # memory per hundred steps; steps look alike, so the first N are traced.
         self._max_decode_steps = max_decode_steps
         self._end_s: float | None = None
+        self._finished = False
+        self._tracemalloc = False
+        self._cuda_history = False
+        self._cuda_history_note: str | None = None
+        self._allocations: list[tuple[list[str], int]] = []
+        self._cuda_allocations: list[tuple[list[str], int]] = []
+        self._finish_s = 0.0
 
-    def start(self) -> None:
-        import torch
-        from torch.autograd.profiler import record_function
+    def _profiler(self) -> Any:
         from torch.profiler import ProfilerActivity, profile
 
+        o = self.options
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self._cuda else [])
+        return profile(
+            activities=activities,
+            record_shapes=o.record_shapes,
+            with_stack=o.with_stack,
+            with_flops=o.with_flops,
+            profile_memory=o.profile_memory,
+        )
+
+    def _install_module_ranges(self) -> None:
+        import torch
+
+        range_fast = torch._C._profiler._RecordFunctionFast
         root = type(self._model).__name__
+        paths = {m: (name or root) for name, m in self._model.named_modules()}
+        self._module_types = {p: type(m).__name__ for m, p in paths.items()}
+        if not self.options.module_ranges:
+            return
+        names = {m: MODULE_PREFIX + p for m, p in paths.items()}
         stack: list[Any] = []
 
         def pre(module: Any, args: Any) -> None:
-            rf = record_function(MODULE_PREFIX + paths[module])
+            rf = range_fast(names[module])
             rf.__enter__()
             stack.append(rf)
 
@@ -99,33 +167,29 @@ class TorchTraceCollector:
             if stack:
                 stack.pop().__exit__(None, None, None)
 
-        paths = {m: (name or root) for name, m in self._model.named_modules()}
-        self._module_types = {p: type(m).__name__ for m, p in paths.items()}
         for module in paths:
             self._handles.append(module.register_forward_pre_hook(pre))
             self._handles.append(module.register_forward_hook(post))
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self._cuda else [])
-        self._prof = profile(
-            activities=activities,
-            record_shapes=True,
-            with_stack=self._with_stack,
-            with_flops=True,
-            profile_memory=True,
-        )
-        import tracemalloc
 
-        # Host allocations by Python stack during the traced call; only if nobody else traces.
-        self._tracemalloc = not tracemalloc.is_tracing()
-        if self._tracemalloc:
-            tracemalloc.start(TRACEMALLOC_FRAMES)
-        self._cuda_history = False
-        self._cuda_history_note: str | None = None
-        if self._cuda:
-            try:  # the allocator's own history: every alloc with the Python stack that made it
-                torch.cuda.memory._record_memory_history(max_entries=CUDA_HISTORY_ENTRIES)
-                self._cuda_history = True
-            except (AttributeError, RuntimeError, TypeError) as exc:
-                self._cuda_history_note = f"CUDA allocator history unavailable: {exc}"
+    def start(self) -> None:
+        import torch
+        from torch.autograd.profiler import record_function
+
+        self._install_module_ranges()
+        self._prof = self._profiler()
+        if self.options.python_allocations:
+            import tracemalloc
+
+            # Host allocations by Python stack during the traced call; only if nobody else traces.
+            self._tracemalloc = not tracemalloc.is_tracing()
+            if self._tracemalloc:
+                tracemalloc.start(TRACEMALLOC_FRAMES)
+            if self._cuda:
+                try:  # the allocator's own history: every alloc with the Python stack that made it
+                    torch.cuda.memory._record_memory_history(max_entries=CUDA_HISTORY_ENTRIES)
+                    self._cuda_history = True
+                except (AttributeError, RuntimeError, TypeError) as exc:
+                    self._cuda_history_note = f"CUDA allocator history unavailable: {exc}"
         self._t0_s = self._now_s()
         self._prof.__enter__()
         # The marker's trace timestamp is taken inside __enter__, between these two reads.
@@ -139,21 +203,37 @@ class TorchTraceCollector:
     def mark_step(self, index: int) -> None:
         """Called first thing in each forward: the trace's own record of the step boundary,
         exact on the trace's clock (the session-clock alignment is only good to µs)."""
-        from torch.autograd.profiler import record_function
-
-        if self._end_s is not None:
+        if self._end_s is not None or self._finished:
             return
-        with record_function(f"{STEP_MARKER}{index}"):
-            pass
+        if self.options.step_markers:
+            import torch
+
+            with torch._C._profiler._RecordFunctionFast(f"{STEP_MARKER}{index}"):
+                pass
         if self._max_decode_steps is not None and index > self._max_decode_steps:
             self._end_s = self._now_s()
+            self._stop_tracing()
+
+    def _stop_tracing(self) -> None:
+        """Everything that must stop when the traced window ends: the profiler, the hooks,
+        tracemalloc's and the CUDA allocator's recording. Cheap: reading back is `export`."""
+        t0 = time.perf_counter()
+        try:
             self._prof.stop()
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._allocations = self._python_allocations()
+            self._cuda_allocations = self._cuda_allocations_now()
+        self._finish_s += time.perf_counter() - t0
 
     def _python_allocations(self) -> list[tuple[list[str], int]]:
         import tracemalloc
 
         if not self._tracemalloc:
             return []
+        self._tracemalloc = False
         snapshot = tracemalloc.take_snapshot()
         tracemalloc.stop()
         snapshot = snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
@@ -166,49 +246,130 @@ class TorchTraceCollector:
             out.append((frames, stat.size))
         return out
 
-    def _cuda_allocations(self) -> list[tuple[list[str], int]]:
+    def _cuda_allocations_now(self) -> list[tuple[list[str], int]]:
         if not self._cuda_history:
             return []
         import torch
 
+        self._cuda_history = False
         try:
             snapshot = torch.cuda.memory._snapshot()
         finally:
             torch.cuda.memory._record_memory_history(enabled=None)
         return cuda_allocations_by_stack(snapshot)
 
-    def stop(self) -> TorchTrace:
-        end_s = self._end_s if self._end_s is not None else self._now_s()
-        allocations = self._python_allocations()
-        cuda_allocations = self._cuda_allocations()
-        try:
-            if self._end_s is None:
-                self._prof.__exit__(None, None, None)
-        finally:
-            for handle in self._handles:
-                handle.remove()
-            self._handles.clear()
+    def finish(self) -> None:
+        """End the traced window (at the generate call's exit): stops tracing, reads nothing."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._end_s is None:
+            self._end_s_final = self._now_s()
+            self._stop_tracing()
+        else:
+            self._end_s_final = self._end_s
+
+    def export(self, calibrate: bool = True) -> TorchTrace:
+        """Read the trace back as Spans (lmprof's own work: run it outside the measured
+        window), and measure the tracer's own per-op and per-range cost with the same options."""
+        self.finish()
+        t0 = time.perf_counter()
+        if self._cuda or self.options.with_stack:
+            # Python frames and device activity (streams, kernels, the allocator's own totals)
+            # are only in the exported Chrome trace
+            spans = self._spans_from_chrome_trace()
+        else:
+            spans = read_kineto_events(self._prof.profiler.kineto_results.events(), self._marker_s)
+        self._prof = None  # the profiler's own copy of the events goes once the spans exist
+        export_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        cost = measure_tracer_cost(self.options, self._cuda) if calibrate else None
+        calibrate_s = time.perf_counter() - t1
+        return TorchTrace(
+            spans=spans,
+            main_tid=threading.get_native_id(),
+            module_types=self._module_types,
+            wall_s=self._end_s_final - self._t0_s,
+            start_s=self._t0_s,
+            with_stack=self.options.with_stack,
+            steps_traced=self._max_decode_steps if self._end_s is not None else None,
+            python_allocations=self._allocations,
+            cuda_allocations=self._cuda_allocations,
+            cuda_history_note=self._cuda_history_note,
+            options=self.options,
+            tracer_cost=cost,
+            own_work_s={"finish_s": self._finish_s, "export_s": export_s, "calibrate_s": calibrate_s},
+        )
+
+    def _spans_from_chrome_trace(self) -> list[Span]:
         fd, path = tempfile.mkstemp(suffix=".json", prefix="lmprof-trace-")
         os.close(fd)
         try:
             self._prof.export_chrome_trace(path)
             with open(path, encoding="utf-8", errors="replace") as fh:
-                data = json.load(fh)
+                events = json.load(fh).get("traceEvents", [])
         finally:
             os.unlink(path)
-        spans = read_spans(data.get("traceEvents", []), self._marker_s)
-        return TorchTrace(
-            spans=spans,
-            main_tid=threading.get_native_id(),
-            module_types=self._module_types,
-            wall_s=end_s - self._t0_s,
-            start_s=self._t0_s,
-            with_stack=self._with_stack,
-            steps_traced=self._max_decode_steps if self._end_s is not None else None,
-            python_allocations=allocations,
-            cuda_allocations=cuda_allocations,
-            cuda_history_note=self._cuda_history_note,
-        )
+        return read_spans(events, self._marker_s)
+
+    def stop(self) -> TorchTrace:
+        """finish() and export() at once (library callers that do not separate the two)."""
+        self.finish()
+        return self.export()
+
+
+def measure_tracer_cost(options: TraceOptions, cuda: bool = False) -> dict[str, Any]:
+    """What the tracer adds per aten op and per module range, with `options`, in this process:
+    a loop of small ops (and of calls of an empty nn.Module carrying the same hooks) timed
+    untraced and traced, median of a few repeats. The ops are CPU ops on one-element tensors,
+    so the figure is the tracer's fixed cost per op (its floor), not a cost that grows with
+    the op's work."""
+    import torch
+
+    x = torch.ones(1)
+    probe = torch.nn.Identity()
+    n = CALIBRATION_CALLS
+
+    def ops() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            torch.add(x, x)
+        return time.perf_counter() - t0
+
+    def calls() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            probe(x)
+        return time.perf_counter() - t0
+
+    collector = TorchTraceCollector(probe, time.perf_counter, cuda=False, max_decode_steps=None,
+                                    options=dataclasses.replace(options, python_allocations=False))  # fmt: skip
+    # Fastest of several interleaved repeats on each side: other processes only ever add time.
+    plain_ops, plain_calls, traced_ops, traced_calls = [], [], [], []
+    with torch.inference_mode():
+        for _ in range(CALIBRATION_REPEATS):
+            plain_ops.append(ops())
+            plain_calls.append(calls())
+            collector._handles.clear()
+            collector._install_module_ranges()
+            prof = collector._profiler()
+            prof.__enter__()
+            try:
+                traced_ops.append(ops())
+                traced_calls.append(calls())
+            finally:
+                prof.__exit__(None, None, None)
+                for handle in collector._handles:
+                    handle.remove()
+    per_op = max(min(traced_ops) - min(plain_ops), 0.0) / n
+    # an empty module call runs no op: what is left is the range and its hooks
+    per_range = max(min(traced_calls) - min(plain_calls), 0.0) / n
+    return {
+        "per_op_s": per_op,
+        "per_range_s": per_range if options.module_ranges else 0.0,
+        "method": f"{n} one-element CPU ops and {n} calls of an empty nn.Module, untraced against traced "
+        f"with the same options, fastest of {CALIBRATION_REPEATS} interleaved repeats each",
+    }
 
 
 # Host calls that launch device work, and carry the correlation id of what they launched: the
@@ -246,8 +407,12 @@ def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
             continue
         if e.get("ph") != "X" or e.get("cat") not in KEPT_CATEGORIES or e.get("name") == CLOCK_MARKER:
             continue
-        if str(e.get("name", "")).startswith(STEP_MARKER):
+        name = str(e.get("name", ""))
+        if name.startswith(STEP_MARKER):
             e = {**e, "cat": "step_marker"}
+        elif name.startswith(MODULE_PREFIX) and e.get("cat") == "cpu_op":
+            # _RecordFunctionFast's ranges are filed as ops; they are user ranges like record_function's
+            e = {**e, "cat": "user_annotation"}
         spans.append(
             Span(
                 name=e["name"],
@@ -258,6 +423,64 @@ def read_spans(events: list[dict[str, Any]], marker_s: float) -> list[Span]:
                 args=e.get("args", {}),
             )
         )
+    spans.sort(key=lambda s: (s.start_s, -s.dur_s))
+    return spans
+
+
+# Ops whose input shapes are read at every call (a copy's bytes come from them); any other op's
+# every SHAPE_SAMPLE_EVERY-th call, enough for its commonest shapes at a fraction of the cost.
+SHAPED_EVERY_CALL = frozenset(
+    {"aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous"}
+)
+SHAPE_SAMPLE_EVERY = 8
+
+
+def read_kineto_events(events: list[Any], marker_s: float) -> list[Span]:
+    """torch.profiler's own event objects (CPU activity) -> Spans on the session clock, without
+    the Chrome-trace JSON round trip (writing and parsing it took most of the export). The
+    main thread is the one that recorded the clock marker. Allocator events carry `Bytes` and
+    the running `Total Allocated` (on the CPU, torch.profiler counts only what was allocated
+    while it ran, so the running sum from 0 is the same figure its JSON reports)."""
+    marker = next((e for e in events if e.name() == CLOCK_MARKER), None)
+    if marker is None:
+        raise RuntimeError("torch.profiler trace lacks lmprof's clock marker")
+    offset_s = marker_s - marker.start_ns() * 1e-9
+    main = marker.start_thread_id()
+    main_tid = threading.get_native_id()
+    calls: dict[str, int] = {}
+    allocated = 0
+    spans = []
+    for e in events:
+        name = e.name()
+        start_s = e.start_ns() * 1e-9 + offset_s
+        tid = main_tid if e.start_thread_id() == main else f"thread {e.start_thread_id()}"
+        if name == "[memory]":
+            n_bytes = e.nbytes()
+            allocated += n_bytes
+            args = {"Bytes": n_bytes, "Total Allocated": allocated, "Device Type": 0}
+            spans.append(Span("[memory]", "memory", start_s, 0.0, tid, args))
+            continue
+        if name == CLOCK_MARKER:
+            continue
+        cat = e.activity_type()
+        if name.startswith(STEP_MARKER):
+            cat = "step_marker"
+        elif name.startswith(MODULE_PREFIX) or e.is_user_annotation():
+            cat = "user_annotation"
+        elif cat not in KEPT_CATEGORIES:
+            continue
+        args: dict[str, Any] = {}
+        if cat == "cpu_op":
+            flops = e.flops()
+            if flops:
+                args["flops"] = flops
+            n = calls[name] = calls.get(name, -1) + 1
+            if name in SHAPED_EVERY_CALL or n % SHAPE_SAMPLE_EVERY == 0:
+                shapes = e.shapes()
+                if shapes:
+                    args["Input Dims"] = shapes
+                    args["Input type"] = e.dtypes()
+        spans.append(Span(name, cat, start_s, max(e.duration_ns(), 0) * 1e-9, tid, args))
     spans.sort(key=lambda s: (s.start_s, -s.dur_s))
     return spans
 
