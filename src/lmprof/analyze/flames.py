@@ -12,7 +12,7 @@ import bisect
 from collections import defaultdict
 from typing import Any
 
-from lmprof.analyze.trace_tree import Node, all_nodes, innermost_at
+from lmprof.analyze.trace_tree import Node, all_nodes, frame_label, innermost_at
 from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, Span
 from lmprof.record.deep import FlameGraph, TraceEvent
 from lmprof.record.run import Phase
@@ -49,18 +49,11 @@ class PhaseChains:
 
 
 def frame_of(node: Node) -> str:
-    s = node.span
-    if node.is_module:
-        return "module:" + (node.module_path or "")
-    if s.cat == "python_function":
-        return "py:" + s.name
-    if s.cat in LAUNCH_CATEGORIES:
-        return "cuda:" + s.name
-    return "op:" + s.name
+    return frame_label(node)
 
 
 def _frames(node: Node) -> list[str]:
-    return [frame_of(a) for a in reversed(list(node.ancestors()))] + [frame_of(node)]
+    return list(node.frames)
 
 
 def time_flame(
@@ -69,16 +62,18 @@ def time_flame(
     chains = PhaseChains(phases)
     weights: dict[tuple[str, ...], float] = defaultdict(float)
     traced: dict[int | None, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
+    chain_of: dict[int | None, tuple[str, ...]] = {}
     for node in all_nodes(roots):
         index = chains.index_at(node.span.start_s)
-        stack = chains.chain(index) or [UNATTRIBUTED_FRAME]
-        frames = _frames(node)
+        if index not in chain_of:
+            chain_of[index] = tuple(chains.chain(index) or [UNATTRIBUTED_FRAME])
+        frames = node.frames
         kernels = (
             launches.get(node.span.args.get("correlation")) if node.span.cat in LAUNCH_CATEGORIES else None
         )
         if kernels:
-            frames = frames + ["kernel:" + kernels[0].name]
-        traced[index][tuple(stack + frames)] += node.self_s
+            frames = frames + ("kernel:" + kernels[0].name,)
+        traced[index][chain_of[index] + frames] += node.self_s
     child_wall: dict[int, float] = defaultdict(float)
     for p in phases:
         if p.parent_index is not None:

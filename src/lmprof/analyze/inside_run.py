@@ -8,7 +8,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-from lmprof.analyze.trace_tree import Node, all_nodes
+from lmprof.analyze.trace_tree import Node, all_nodes, module_category
 from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, Span
 
 COPY_OPS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous"}
@@ -66,10 +66,9 @@ def operator_rows(roots: list[Node], windows, launches, limit: int = 60) -> dict
         row["calls"] += 1
         row["total_cpu_s"] += node.span.dur_s
         row["self_cpu_s"] += node.self_s
-        own_device = sum(_device_s(c, launches) for c in node.children)
-        sub_device = sum(_device_s(n, launches) for n in node.walk())
-        row["self_device_s"] += own_device
-        row["total_device_s"] += sub_device
+        if launches:  # CUDA: the kernels this op's launches queued
+            row["self_device_s"] += sum(_device_s(c, launches) for c in node.children)
+            row["total_device_s"] += sum(_device_s(n, launches) for n in node.walk())
         row["flops"] += int(node.span.args.get("flops", 0) or 0)
         dims = node.span.args.get("Input Dims")
         if dims:
@@ -104,7 +103,8 @@ def module_rows(
         row["calls"] += 1
         row["total_s"] += node.span.dur_s
         row["self_s"] += node.span.dur_s - sum(n.span.dur_s for n in inner_modules)
-        row["device_s"] += sum(_device_s(n, launches) for n in node.walk())
+        if launches:
+            row["device_s"] += sum(_device_s(n, launches) for n in node.walk())
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (stage, _), row in agg.items():
         out[stage].append(row)
@@ -138,45 +138,22 @@ def _module_sort_key(path: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in path.split(".")]
 
 
-def module_category(path: str | None) -> str:
-    """Which part of a transformer block a module path is (for the decode-step breakdown)."""
-    if path is None:
-        return "outside_model"
-    leaf = path.rsplit(".", 1)[-1].lower()
-    # Norms first: "post_attention_layernorm" and "attention_norm" are norms, not attention.
-    if "norm" in leaf or leaf.startswith("ln"):
-        return "norm"
-    if "attn" in leaf or "attention" in leaf:
-        return "attention"
-    if "mlp" in leaf or leaf in ("ffn", "feed_forward"):
-        return "mlp"
-    if "embed" in leaf or leaf == "wte":
-        return "embedding"
-    if leaf in ("lm_head", "output"):
-        return "lm_head"
-    return "other_in_model"
-
-
 def _part_of_op(node: Node) -> str:
     # an op inside a category module counts for it, even under an inner unnamed module
-    for path in [node.nearest_module()] + [a.module_path for a in node.ancestors() if a.is_module]:
-        if path is None:
-            return "outside_model"
-        cat = module_category(path)
-        if cat != "other_in_model":
-            return cat
-    return "other_in_model"
+    if node.module is None:
+        return "outside_model"
+    return module_category(node.category_module) if node.category_module else "other_in_model"
 
 
 def _part_of(node: Node) -> str:
     """Which step part a node's own (self) time belongs to."""
     if node.span.cat == "cpu_op" or node.span.cat in LAUNCH_CATEGORIES:
         return _part_of_op(node)
-    if any(a.span.cat == "cpu_op" for a in node.ancestors()):
+    if node.in_op:
         # A module range opened inside an operator (lmprof's native decode step opens the
         # model's module ranges from C++): its own time is that native code, not Python.
         return _part_of_op(node)
-    if node.nearest_module() is not None:
+    if node.module is not None:
         return "python_in_model"  # module ranges and Python frames between ops
     return "outside_model"
 
@@ -188,23 +165,61 @@ def step_breakdown(
     norms, embedding, lm_head, other ops inside the model, Python between ops inside
     the model, and everything outside the model forward (sampling, logits processors,
     generate's loop). Time no traced span covers is outside the model too."""
+    parts = {stage: dict.fromkeys(STEP_PARTS, 0.0) for stage in windows}
+    ops: dict[str, Counter[str]] = {stage: Counter() for stage in windows}
+    ranges: dict[str, Counter[str]] = {stage: Counter() for stage in windows}
+    for node in all_nodes(roots):
+        stage = stage_of(node.span.start_s, windows)
+        if stage is None:
+            continue
+        parts[stage][_part_of(node)] += node.self_s
+        # the tracer's own work for an op or a range runs in its parent's time
+        if node.span.cat == "cpu_op":
+            ops[stage][_part_of(node.parent) if node.parent else "outside_model"] += 1
+        elif node.is_module:
+            ranges[stage][_part_of(node.parent) if node.parent else "outside_model"] += 1
     out: dict[str, dict[str, Any]] = {}
     for stage, (start, end) in windows.items():
-        parts = dict.fromkeys(STEP_PARTS, 0.0)
-        for node in all_nodes(roots):
-            if stage_of(node.span.start_s, windows) == stage:
-                parts[_part_of(node)] += node.self_s
         wall = end - start
         # what no span starting in the window accounts for is generate's own loop
-        parts["outside_model"] += max(wall - sum(parts.values()), 0.0)
+        parts[stage]["outside_model"] += max(wall - sum(parts[stage].values()), 0.0)
         n = max(steps.get(stage, 1), 1)
         out[stage] = {
             "wall_s": wall,
             "steps": n,
-            "parts_s": parts,
-            "per_step_s": {k: v / n for k, v in parts.items()},
+            "parts_s": parts[stage],
+            "per_step_s": {k: v / n for k, v in parts[stage].items()},
+            "traced_ops": dict(ops[stage]),
+            "traced_ranges": dict(ranges[stage]),
         }
     return out
+
+
+def untraced_step_estimate(
+    breakdown: dict[str, Any], per_op_s: float, per_range_s: float, untraced_step_s: float
+) -> dict[str, Any]:
+    """A stage's parts as they were without the tracer: from each part, the tracer's measured
+    cost for the ops and module ranges whose bookkeeping ran in it (count x per-op or per-range
+    cost) is subtracted, then the parts are scaled so that they add up to the untraced step.
+    The scale takes up what the per-op floor misses (bigger ops' shape records, cache effects)."""
+    n = max(breakdown.get("steps", 1), 1)
+    ops, ranges = breakdown.get("traced_ops", {}), breakdown.get("traced_ranges", {})
+    tracer_s = {k: (ops.get(k, 0) * per_op_s + ranges.get(k, 0) * per_range_s) / n for k in STEP_PARTS}
+    corrected = {k: max(v - tracer_s[k], 0.0) for k, v in breakdown["per_step_s"].items() if k in STEP_PARTS}
+    total = sum(corrected.values())
+    scale = untraced_step_s / total if total > 0 else 0.0
+    return {
+        "step_s": untraced_step_s,
+        "per_step_s": {k: v * scale for k, v in corrected.items()},
+        "tracer_per_step_s": sum(tracer_s.values()),
+        "ops_per_step": sum(ops.values()) / n,
+        "ranges_per_step": sum(ranges.values()) / n,
+        "per_op_s": per_op_s,
+        "per_range_s": per_range_s,
+        "scale": scale,
+        "method": "the tracer's measured per-op and per-range cost subtracted from the part it ran in, "
+        "then the parts scaled to the untraced step",
+    }
 
 
 def copy_rows(roots: list[Node], windows, launches) -> list[dict[str, Any]]:

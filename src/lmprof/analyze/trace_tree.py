@@ -17,11 +17,35 @@ HOOK_FILE = "lmprof/collect/torch_trace.py"
 EPS_S = 1e-9
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
+    """One span in the tree. What the analyses ask of every node's ancestors (its nearest
+    module, the nearest module of a step-part category, whether an op encloses it, its stack of
+    frames) is worked out once, from the parent, as the tree is built: a decode step of a
+    30-layer model has thousands of ops, and walking each one's ancestors per question cost
+    seconds over 16 steps."""
+
     span: Span
     parent: Node | None = None
     children: list[Node] = field(default_factory=list)
+    module: str | None = None  # the nearest module path, this node's own when it is a range
+    category_module: str | None = None  # the nearest module path whose category is not "other"
+    in_op: bool = False  # an aten op (or a native op) encloses this node
+    frames: tuple[str, ...] = ()  # root first, this node's own frame last
+
+    def __post_init__(self) -> None:
+        parent = self.parent
+        path = self.module_path
+        if parent is not None:
+            self.module = path if path is not None else parent.module
+            self.category_module = parent.category_module
+            self.in_op = parent.in_op or parent.span.cat == "cpu_op"
+            self.frames = parent.frames + (frame_label(self),)
+        else:
+            self.module = path
+            self.frames = (frame_label(self),)
+        if path is not None and module_category(path) != "other_in_model":
+            self.category_module = path
 
     @property
     def self_s(self) -> float:
@@ -42,14 +66,43 @@ class Node:
             node = node.parent
 
     def nearest_module(self) -> str | None:
-        if self.is_module:
-            return self.module_path
-        return next((a.module_path for a in self.ancestors() if a.is_module), None)
+        return self.module
 
     def walk(self) -> Iterator[Node]:
         yield self
         for child in self.children:
             yield from child.walk()
+
+
+def module_category(path: str | None) -> str:
+    """Which part of a transformer block a module path is (for the decode-step breakdown)."""
+    if path is None:
+        return "outside_model"
+    leaf = path.rsplit(".", 1)[-1].lower()
+    # Norms first: "post_attention_layernorm" and "attention_norm" are norms, not attention.
+    if "norm" in leaf or leaf.startswith("ln"):
+        return "norm"
+    if "attn" in leaf or "attention" in leaf:
+        return "attention"
+    if "mlp" in leaf or leaf in ("ffn", "feed_forward"):
+        return "mlp"
+    if "embed" in leaf or leaf == "wte":
+        return "embedding"
+    if leaf in ("lm_head", "output"):
+        return "lm_head"
+    return "other_in_model"
+
+
+def frame_label(node: Node) -> str:
+    """A node's frame in a flame graph: its layer, then its name."""
+    s = node.span
+    if node.is_module:
+        return "module:" + (node.module_path or "")
+    if s.cat == "python_function":
+        return "py:" + s.name
+    if s.cat in LAUNCH_CATEGORIES:
+        return "cuda:" + s.name
+    return "op:" + s.name
 
 
 def _is_own_hook(span: Span) -> bool:
