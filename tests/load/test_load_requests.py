@@ -122,3 +122,15 @@ def test_no_metrics_endpoint_is_noted(load, mock_server):
     url, _ = mock_server(ttft_s=0.005, itl_s=0.001, metrics=False)
     run = load(url, requests=2)
     assert not run.metrics and "404" in run.metrics_note
+
+
+def test_chat_with_messages_from_a_prompts_file(load, mock_server, tmp_path):
+    prompts = tmp_path / "chat.jsonl"
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    prompts.write_text(json.dumps({"messages": messages, "output_tokens": 3}) + "\n")
+    url, server = mock_server(ttft_s=0.01, itl_s=0.002)
+    run = load(f"{url}/v1/chat/completions", requests=3, prompts_file=str(prompts))
+    assert run.server["endpoint"] == "/v1/chat/completions"
+    ok = [r for r in run.requests if r.level == 0]
+    assert all(r.ok and r.output_tokens == 3 for r in ok)
+    assert server.state.bodies[-1]["max_tokens"] == 3
