@@ -12,7 +12,14 @@ from lmprof.analyze.flames import (
     time_flame,
     trace_events,
 )
-from lmprof.analyze.inside_run import copy_rows, kernels_by_launch, module_rows, operator_rows, step_breakdown
+from lmprof.analyze.inside_run import (
+    copy_rows,
+    kernels_by_launch,
+    module_rows,
+    operator_rows,
+    step_breakdown,
+    untraced_step_estimate,
+)
 from lmprof.analyze.memory_kinds import device_memory_by_kind, expected_memory, host_memory_by_kind
 from lmprof.analyze.trace_tree import build_tree
 from lmprof.collect.torch_trace import TorchTrace
@@ -70,16 +77,20 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
         flames.append(cuda_memory_flame(trace.cuda_allocations))
     deep.flames = flames
     window = (trace.start_s, trace.start_s + trace.wall_s)
+    memory = [s for s in trace.spans if s.cat == "memory" and "Total Allocated" in s.args]
     cpu_allocated = [
-        (s.start_s, int(s.args["Total Allocated"]))
-        for s in trace.spans
-        if s.cat == "memory" and s.args.get("Device Type", 0) == 0 and "Total Allocated" in s.args
+        (s.start_s, int(s.args["Total Allocated"])) for s in memory if s.args.get("Device Type", 0) == 0
+    ]
+    cuda_live = [
+        (s.start_s, int(s.args["Total Allocated"]), int(s.args.get("Total Reserved", 0)))
+        for s in memory
+        if s.args.get("Device Type") == 1
     ]
     by_kind: dict[str, Any] = {}
     host = host_memory_by_kind(run, window, kv_samples, cpu_allocated)
     if host:
         by_kind["host"] = host
-    device = device_memory_by_kind(run, window, kv_samples)
+    device = device_memory_by_kind(run, window, kv_samples, cuda_live)
     if device:
         by_kind["device"] = device
     if run.model and gen:
@@ -88,9 +99,19 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
     deep.memory_by_kind = by_kind or None
     if trace.cuda_history_note:
         deep.notes.append(trace.cuda_history_note)
+    reference = untraced_reference(run.generations, trace.steps_traced)
+    if trace.tracer_cost:
+        for stage, untraced_s in reference.items():
+            if stage in deep.step_breakdown:
+                deep.step_breakdown[stage]["untraced"] = untraced_step_estimate(
+                    deep.step_breakdown[stage],
+                    trace.tracer_cost["per_op_s"],
+                    trace.tracer_cost["per_range_s"],
+                    untraced_s,
+                )
     deep.notes.append(
         f"torch.profiler traced one generate call ({trace.wall_s:.2f} s on the session clock) with "
-        f"nn.Module ranges{', Python stacks' if trace.with_stack else ''} and allocator events"
+        + ", ".join(trace.options.describe())
         + (
             f", prefill and the first {trace.steps_traced} decode steps."
             if trace.steps_traced is not None
@@ -98,6 +119,23 @@ def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float
         )
     )
     return deep
+
+
+def untraced_reference(generations, steps_traced: int | None) -> dict[str, float]:
+    """What each traced stage took per step untraced: the untraced call's prefill, and the mean
+    of its first `steps_traced` decode steps (the traced breakdown is a mean over those)."""
+    traced = next((g for g in generations if g.traced), None)
+    plain = next(
+        (g for g in generations if not g.traced and traced and g.new_tokens == traced.new_tokens), None
+    )
+    if plain is None:
+        return {}
+    out = {"prefill": plain.prefill_s} if plain.prefill_s else {}
+    k = steps_traced or len(plain.decode_step_latencies_s)
+    steps = plain.decode_step_latencies_s[:k]
+    if steps:
+        out["decode"] = sum(steps) / len(steps)
+    return out
 
 
 def _traced_generation(run: Run, trace: TorchTrace):
