@@ -19,7 +19,7 @@ from typing import Any
 
 from lmprof._version import __version__
 from lmprof.analyze.generation import derive_generation_figures
-from lmprof.analyze.phases import refine_phase_peaks
+from lmprof.analyze.phases import phase_gaps, refine_phase_peaks
 from lmprof.clock import Clock
 from lmprof.collect.device import detect_device
 from lmprof.collect.environment import describe_environment, snapshot_load
@@ -65,6 +65,7 @@ class ProfileSession:
         deep: bool = False,
         python_stacks: bool = False,
         deep_steps: int | None = 16,
+        deep_allocations: bool = False,
         python_profiler: str | None = None,
     ) -> None:
         self._clock = clock or Clock()
@@ -92,6 +93,7 @@ class ProfileSession:
         self._instrumentation: Any = None
         self._deep_pending = deep  # the first generate call gets traced
         self._python_stacks = python_stacks
+        self._deep_allocations = deep_allocations  # tracemalloc / CUDA allocator history: opt-in
         self._deep_steps = deep_steps
         self._python_profiler_name = python_profiler
         self._python_profiler: Any = None
@@ -175,6 +177,7 @@ class ProfileSession:
         # The run starts at the earliest phase: python_startup begins before the session did.
         run.wall_s = end_s - min([0.0] + [p.start_s for p in run.phases])
         refine_phase_peaks(run.phases, run.memory.host["t_s"], run.memory.host["rss_bytes"])
+        run.phase_gaps = phase_gaps(run)
         for gen in run.generations:
             derive_generation_figures(gen)
         if run.generation is None and run.generations:
@@ -185,8 +188,19 @@ class ProfileSession:
             from lmprof.record.deep import DeepProfile
 
             if deep_trace is not None:
-                run.deep = build_deep_profile(run, deep_trace, self._kv_samples)
-                run.deep.overhead.update(tracer_overhead(run.generations, deep_trace.steps_traced))
+                # lmprof's own work, after the measured window closed (the memory timeline and the
+                # kernel's high-water mark are read above): its time and memory are its own line
+                started_s = time.perf_counter()
+                trace = deep_trace.export()
+                analysis_started_s = time.perf_counter()
+                run.deep = build_deep_profile(run, trace, self._kv_samples)
+                run.deep.overhead.update(tracer_overhead(run.generations, trace.steps_traced))
+                run.deep.overhead["lmprof"] = {
+                    **trace.own_work_s,
+                    "analysis_s": time.perf_counter() - analysis_started_s,
+                    "wall_s": time.perf_counter() - started_s,
+                    "process_peak_rss_bytes": os_peak_rss_bytes(),
+                }
             else:
                 run.deep = DeepProfile()
             if python_profile is not None:
@@ -247,18 +261,20 @@ class ProfileSession:
         if not self._deep_pending:
             return None
         self._deep_pending = False
-        from lmprof.collect.torch_trace import TorchTraceCollector
+        from lmprof.collect.torch_trace import TorchTraceCollector, TraceOptions
 
         return TorchTraceCollector(
             model,
             self.now_s,
             cuda=self.device.is_cuda,
-            with_stack=self._python_stacks,
             max_decode_steps=self._deep_steps,
+            options=TraceOptions(with_stack=self._python_stacks, python_allocations=self._deep_allocations),
         )
 
     def finish_deep_trace(self, tracer: Any, kv_samples: list[tuple[float, int]]) -> None:
-        self._deep_trace = tracer.stop()
+        """At the traced call's exit: stop tracing only; reading the trace back waits for stop()."""
+        tracer.finish()
+        self._deep_trace = tracer
         self._kv_samples = kv_samples
 
     def observe_model(self, model: Any, name: str) -> None:

@@ -89,6 +89,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --deep: Python frames in the op trace and flame graph (several times costlier)",
     )
     p.add_argument(
+        "--deep-allocations",
+        action="store_true",
+        help="with --deep: host allocations by Python stack (tracemalloc; the CUDA allocator's history on a "
+        "GPU) as a flame graph (several times costlier)",
+    )
+    p.add_argument(
         "--deep-steps", type=int, default=16, help="with --deep: decode steps to trace (default 16; 0 = all)"
     )
     add_session_options(
@@ -144,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         settings={**req.as_settings(), "out": str(out)},
         deep=args.deep,
         python_stacks=args.python_stacks,
+        deep_allocations=args.deep_allocations,
         deep_steps=args.deep_steps or None,
         python_profiler=python_profiler_choice(args),
     )

@@ -48,6 +48,9 @@ def render_deep(run: Run, top: int = 12) -> RenderableType:
 
         parts.append(render_python_table(deep.python, sort_by="self", limit=15))
     for name, cost in deep.overhead.items():
+        if name == "lmprof":
+            parts.append(own_work_line(cost))
+            continue
         if "slowdown" in cost and "decode_slowdown" not in cost:
             parts.append(Text(f"Cost of watching: {name} slowed a calibration workload {cost['slowdown']:.2f}x "
                               f"(paired runs, median of {cost.get('repeats')}).", style="yellow"))  # fmt: skip
@@ -55,8 +58,13 @@ def render_deep(run: Run, top: int = 12) -> RenderableType:
             parts.append(
                 Text(
                     f"Cost of watching: {name} made the traced call's decode {cost['decode_slowdown']:.2f}x and "
-                    f"prefill {cost['prefill_slowdown']:.2f}x slower than the untraced repeat; the tables above "
-                    "are from the traced call, the generation figures from the untraced one.",
+                    f"prefill {cost['prefill_slowdown']:.2f}x slower than the untraced repeat; "
+                    + (
+                        "the step's shares are scaled to the untraced step, the operator and module tables are "
+                        "the traced call's, the generation figures the untraced one's."
+                        if any("untraced" in b for b in deep.step_breakdown.values())
+                        else "the tables above are from the traced call, the generation figures from the untraced one."
+                    ),
                     style="yellow",
                 )
             )
@@ -64,21 +72,62 @@ def render_deep(run: Run, top: int = 12) -> RenderableType:
 
 
 def step_table(breakdown: dict[str, Any], label: str) -> Table:
+    """The step part by part. With the tracer's measured cost (records since issue 21) the
+    shares describe the untraced step and the traced figures stand beside them; older records
+    show the traced step alone."""
     n = breakdown["steps"]
+    untraced = breakdown.get("untraced")
+    if untraced is None:
+        table = Table(
+            title=f"One {label}, on average over {n} (traced)", title_justify="left", box=box.SIMPLE_HEAD
+        )
+        table.add_column("part")
+        table.add_column("per step", justify="right")
+        table.add_column("share", justify="right")
+        wall = breakdown["wall_s"] or 1e-12
+        for key, label_text in PART_LABELS.items():
+            value = breakdown["parts_s"].get(key, 0.0)
+            table.add_row(label_text, fmt_s(value / n), fmt_pct(value / wall))
+        table.add_row(
+            Text("total", style="bold"), fmt_s(wall / n), fmt_pct(sum(breakdown["parts_s"].values()) / wall)
+        )
+        return table
     table = Table(
-        title=f"One {label}, on average over {n} (traced)", title_justify="left", box=box.SIMPLE_HEAD
+        title=f"One {label}, untraced (estimated from {n} traced)", title_justify="left", box=box.SIMPLE_HEAD
     )
     table.add_column("part")
-    table.add_column("per step", justify="right")
+    table.add_column("untraced", justify="right")
     table.add_column("share", justify="right")
-    wall = breakdown["wall_s"] or 1e-12
+    table.add_column("traced", justify="right")
+    step_s = untraced["step_s"] or 1e-12
     for key, label_text in PART_LABELS.items():
-        value = breakdown["parts_s"].get(key, 0.0)
-        table.add_row(label_text, fmt_s(value / n), fmt_pct(value / wall))
-    table.add_row(
-        Text("total", style="bold"), fmt_s(wall / n), fmt_pct(sum(breakdown["parts_s"].values()) / wall)
-    )
+        value = untraced["per_step_s"].get(key, 0.0)
+        table.add_row(
+            label_text, fmt_s(value), fmt_pct(value / step_s), fmt_s(breakdown["per_step_s"].get(key))
+        )
+    table.add_row(Text("total", style="bold"), fmt_s(step_s), fmt_pct(1.0), fmt_s(breakdown["wall_s"] / n))
+    table.caption = untraced_caption(untraced)
     return table
+
+
+def untraced_caption(untraced: dict[str, Any]) -> str:
+    return (
+        f"Shares describe the untraced step ({fmt_s(untraced['step_s'])}, measured): the tracer's measured cost "
+        f"({untraced['ops_per_step']:.0f} ops x {fmt_s(untraced['per_op_s'])} and {untraced['ranges_per_step']:.0f} "
+        f"module ranges x {fmt_s(untraced['per_range_s'])} a step) is subtracted from the part it ran in, then the "
+        f"parts are scaled by {untraced['scale']:.2f} to the untraced step."
+    )
+
+
+def own_work_line(cost: dict[str, Any]) -> Text:
+    """lmprof's own work on the trace, done after the measured window: not in the run's figures."""
+    return Text(
+        f"lmprof's own work, after the measured window (not in the figures above): trace export "
+        f"{fmt_s(cost.get('export_s'))}, analysis {fmt_s(cost.get('analysis_s'))}, tracer calibration "
+        f"{fmt_s(cost.get('calibrate_s'))}; the process's high-water mark afterwards "
+        f"{fmt_bytes(cost.get('process_peak_rss_bytes'))}.",
+        style="dim",
+    )
 
 
 def operator_table(rows: list[dict[str, Any]], stage: str, top: int) -> Table:
@@ -134,7 +183,9 @@ def copy_table(rows: list[dict[str, Any]], top: int) -> Table:
 
 
 def memory_kind_table(by_kind: dict[str, Any]) -> Table:
-    table = Table(title="Memory by kind at the traced call's peak", title_justify="left", box=box.SIMPLE_HEAD)
+    moment = next((by_kind[w].get("moment") for w in ("host", "device") if by_kind.get(w)), None)
+    title = f"Memory by kind at the traced call's {moment or 'peak'}"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("where")
     table.add_column("kind")
     table.add_column("measured", justify="right")
