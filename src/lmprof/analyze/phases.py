@@ -1,7 +1,8 @@
 """Phase figures: per-phase peaks from the memory samples, shares, self time, coverage.
 
 Coverage is the point of the phase table: the top-level phases plus an explicit
-"unattributed" row add up to the run's wall time, so nothing is hidden.
+"unattributed" row add up to the run's wall time, and every parent whose own time (wall
+less its children's) is over 2% of the run gets a "(rest of NAME)" row, so nothing is hidden.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from lmprof.record.run import Phase, Run
 
 UNATTRIBUTED = "(unattributed)"
+GAP_SHARE = 0.02  # a parent's own time over this share of the run gets a "(rest of ...)" row
+REPEAT_FLAG_S = 1.0  # repeated loading work over this many seconds is flagged
 
 
 def refine_phase_peaks(phases: Sequence[Phase], t_s: Sequence[float], rss_bytes: Sequence[int]) -> None:
@@ -40,33 +43,44 @@ class PhaseRow:
     device_peak_allocated_bytes: int | None
     complete: bool
     count: int = 1
+    functions: tuple[str, ...] = ()  # a rest row: the Python functions sampled most in it
 
 
-def phase_rows(run: Run) -> list[PhaseRow]:
+def rest_name(parent: str) -> str:
+    return f"(rest of {parent})"
+
+
+def is_filler(name: str) -> bool:
+    """The rows no phase recorded: (unattributed) and (rest of X)."""
+    return name == UNATTRIBUTED or name.startswith("(rest of ")
+
+
+def phase_rows(run: Run, gap_share: float = GAP_SHARE) -> list[PhaseRow]:
     """Rows in tree order (each phase followed by its children), then the unattributed row.
 
-    Consecutive siblings with the same name (tokenize called 3 times) are merged into one
-    row with a count, so a script that loops does not flood the table.
+    Siblings with the same name (tokenize called 3 times, a config read twice inside one
+    parent) are merged into one row with a count and their total, at the first one's place;
+    their children are merged the same way. Where a row's own time (its wall less its
+    children's) is over `gap_share` of the run, a `(rest of NAME)` row says so, so the time
+    that no phase names is never hidden.
     """
     children: dict[int | None, list[int]] = {}
     for i, p in enumerate(run.phases):
         children.setdefault(p.parent_index, []).append(i)
     total = run.wall_s or 1e-12
+    functions = {g.get("parent"): tuple(g.get("functions", ())) for g in run.phase_gaps}
     rows: list[PhaseRow] = []
 
-    def child_wall(i: int) -> float:
-        return sum(run.phases[c].wall_s for c in children.get(i, []))
-
-    def visit(parent: int | None) -> None:
-        groups: list[list[int]] = []
-        for i in children.get(parent, []):
-            if groups and run.phases[groups[-1][-1]].name == run.phases[i].name:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        for group in groups:
+    def visit(parents: list[int | None]) -> None:
+        groups: dict[str, list[int]] = {}
+        for parent in parents:
+            for i in children.get(parent, []):
+                groups.setdefault(run.phases[i].name, []).append(i)
+        for group in groups.values():
             ps = [run.phases[i] for i in group]
             wall = sum(p.wall_s for p in ps)
+            kids = [c for i in group for c in children.get(i, [])]
+            self_s = wall - sum(run.phases[c].wall_s for c in kids)
             payload = (
                 sum(p.payload_bytes for p in ps if p.payload_bytes is not None)
                 if any(p.payload_bytes is not None for p in ps)
@@ -78,7 +92,7 @@ def phase_rows(run: Run) -> list[PhaseRow]:
                     depth=ps[0].depth,
                     wall_s=wall,
                     share=wall / total,
-                    self_s=wall - sum(child_wall(i) for i in group),
+                    self_s=self_s,
                     cpu_s=sum(p.cpu_s for p in ps),
                     rss_end_bytes=ps[-1].rss_end_bytes,
                     rss_peak_bytes=max(p.rss_peak_bytes for p in ps),
@@ -90,42 +104,76 @@ def phase_rows(run: Run) -> list[PhaseRow]:
                     count=len(ps),
                 )
             )
-            if len(group) == 1:
-                visit(group[0])
-            else:
-                _visit_merged(group)
+            if kids:
+                visit(list(group))
+                if self_s > gap_share * total:
+                    rows.append(_filler(rest_name(ps[0].name), ps[0].depth + 1, self_s, total,
+                                        functions.get(ps[0].name, ())))  # fmt: skip
 
-    def _visit_merged(group: list[int]) -> None:
-        # Children of repeated phases are summed by name, one level deep.
-        merged: dict[str, list[Phase]] = {}
-        for i in group:
-            for c in children.get(i, []):
-                merged.setdefault(run.phases[c].name, []).append(run.phases[c])
-        for name, ps in merged.items():
-            wall = sum(p.wall_s for p in ps)
-            rows.append(
-                PhaseRow(
-                    name=name, depth=ps[0].depth, wall_s=wall, share=wall / total, self_s=wall,
-                    cpu_s=sum(p.cpu_s for p in ps), rss_end_bytes=ps[-1].rss_end_bytes,
-                    rss_peak_bytes=max(p.rss_peak_bytes for p in ps),
-                    file_rss_delta_bytes=sum(p.file_rss_end_bytes - p.file_rss_start_bytes for p in ps),
-                    payload_bytes=None, payload_gbps=None,
-                    device_peak_allocated_bytes=_max_or_none(p.device_peak_allocated_bytes for p in ps),
-                    complete=all(p.complete for p in ps), count=len(ps),
-                )
-            )  # fmt: skip
-
-    visit(None)
-    covered = sum(p.wall_s for p in run.phases if p.parent_index is None)
-    rest = run.wall_s - covered
-    rows.append(
-        PhaseRow(
-            name=UNATTRIBUTED, depth=0, wall_s=rest, share=rest / total, self_s=rest, cpu_s=0.0,
-            rss_end_bytes=None, rss_peak_bytes=None, file_rss_delta_bytes=None, payload_bytes=None,
-            payload_gbps=None, device_peak_allocated_bytes=None, complete=True,
-        )
-    )  # fmt: skip
+    visit([None])
+    rows.append(_filler(UNATTRIBUTED, 0, unattributed_s(run), total))
     return rows
+
+
+def _filler(name: str, depth: int, wall_s: float, total: float, functions: tuple[str, ...] = ()) -> PhaseRow:
+    return PhaseRow(
+        name=name, depth=depth, wall_s=wall_s, share=wall_s / total, self_s=wall_s, cpu_s=0.0,
+        rss_end_bytes=None, rss_peak_bytes=None, file_rss_delta_bytes=None, payload_bytes=None,
+        payload_gbps=None, device_peak_allocated_bytes=None, complete=True, functions=functions,
+    )  # fmt: skip
+
+
+def phase_gaps(run: Run, gap_share: float = GAP_SHARE) -> list[dict]:
+    """The time inside phases that no child names, where it is over `gap_share` of the run:
+    one entry per parent name (repeats summed), largest first. Saved in the Run as
+    `phase_gaps`, so a report names the gap without the rows."""
+    total = run.wall_s or 1e-12
+    gaps = [
+        {"parent": r.name.removeprefix("(rest of ").removesuffix(")"), "self_s": r.wall_s, "share": r.share}
+        for r in phase_rows(run, gap_share)
+        if r.name.startswith("(rest of ")
+    ]
+    rest = unattributed_s(run)
+    if rest > gap_share * total:
+        gaps.append({"parent": None, "self_s": rest, "share": rest / total})
+    return sorted(gaps, key=lambda g: -g["self_s"])
+
+
+# Loading work that a run should do once: (phase, how the summary words a repeat).
+REPEATABLE_WORK = {
+    "parse_gguf": "GGUF metadata parsed",
+    "read_gguf_header": "GGUF header read",
+    "map_gguf_names": "GGUF tensor names mapped",
+    "load_config": "config read",
+    "convert_tokenizer": "tokenizer converted",
+    "load_tokenizer": "tokenizer loaded",
+    "load_model": "model loaded",
+    "read_weights": "weights read",
+    "download": "files downloaded",
+}
+
+
+def repeated_work(run: Run, min_s: float = REPEAT_FLAG_S) -> list[tuple[str, int, float]]:
+    """(what, times, total seconds) for loading work done more than once, costing over
+    `min_s` in all; outermost calls only (a phase inside one of the same name is not a repeat)."""
+    found: dict[str, list[float]] = {}
+    for p in run.phases:
+        if p.name not in REPEATABLE_WORK or _inside_same(run, p):
+            continue
+        found.setdefault(p.name, []).append(p.wall_s)
+    out = [
+        (REPEATABLE_WORK[n], len(ws), sum(ws)) for n, ws in found.items() if len(ws) > 1 and sum(ws) > min_s
+    ]
+    return sorted(out, key=lambda t: -t[2])
+
+
+def _inside_same(run: Run, phase: Phase) -> bool:
+    i = phase.parent_index
+    while i is not None:
+        if run.phases[i].name == phase.name:
+            return True
+        i = run.phases[i].parent_index
+    return False
 
 
 def unattributed_s(run: Run) -> float:

@@ -2,8 +2,10 @@
 
 Installed for the length of a profiling session and removed after it, these turn calls
 into phases: `from_pretrained` (with resolve, build_model and read_weights inside it),
-the device copy, tokenizer load/encode/decode, pipeline set-up and calls, and
-`generate` (split into prefill and decode by `GenerationWatcher`). They patch classes,
+what loading does inside it (LOADING_POINTS: config files, GGUF parsing and
+dequantization, tokenizer conversion, downloads, weight finalization), the device copy and
+dtype cast, tokenizer load/encode/decode, pipeline set-up and calls, and `generate` (split
+into prefill and decode by `GenerationWatcher`). They patch classes,
 not names a script imported, so they see calls made through objects created before
 the session began. Each entry point is optional: what a transformers version lacks is
 skipped and left out of `Run.instrumented`, so a report can say what was watched.
@@ -22,6 +24,30 @@ from typing import Any, Protocol
 from lmprof.collect.generation import GenerationWatcher
 from lmprof.collect.phases import PhaseRecorder
 from lmprof.record.run import Generation
+
+# transformers' own functions where loading spends its time (as of transformers 5.24):
+# (module, class or None for a module function, attribute, phase). A point that a version
+# lacks is skipped. Points in modules that are expensive to import (the GGUF support) are in
+# GGUF_POINTS and are wrapped when a GGUF file is first parsed, never imported for nothing.
+LOADING_POINTS: tuple[tuple[str, str | None, str, str], ...] = (
+    ("transformers.configuration_utils", "PreTrainedConfig", "get_config_dict", "load_config"),
+    ("transformers.generation.configuration_utils", "GenerationConfig", "from_pretrained", "load_config"),
+    ("transformers.modeling_utils", "PreTrainedModel", "_finalize_model_loading", "finalize_weights"),
+    ("transformers.modeling_utils", "PreTrainedModel", "_move_missing_keys_from_meta_to_device", "init_missing"),
+    ("transformers.modeling_utils", "PreTrainedModel", "_initialize_missing_keys", "init_missing"),
+    ("transformers.modeling_utils", "PreTrainedModel", "tie_weights", "tie_weights"),
+    ("transformers.tokenization_utils_tokenizers", "TokenizersBackend", "convert_to_native_format",
+     "convert_tokenizer"),
+    ("transformers.quantizers.quantizer_gguf", "GgufHfQuantizer", "read_header", "parse_gguf"),
+    ("transformers.models.auto.tokenization_auto", "AutoTokenizer", "from_pretrained", "load_tokenizer"),
+)  # fmt: skip
+GGUF_POINTS: tuple[tuple[str, str | None, str, str], ...] = (
+    ("gguf.gguf_reader", "GGUFReader", "__init__", "read_gguf_header"),
+    ("transformers.integrations.gguf.reader", None, "read_gguf_metadata", "parse_gguf"),
+    ("transformers.modeling_gguf_pytorch_utils", None, "get_gguf_hf_weights_map", "map_gguf_names"),
+    ("transformers.integrations.gguf", None, "convert_gguf_tokenizer", "convert_tokenizer"),
+    ("gguf", None, "dequantize", "dequantize"),
+)
 
 
 class SessionHooks(Protocol):
@@ -55,6 +81,7 @@ class Instrumentation:
         self._session = session
         self._restore: list[tuple[Any, str, Any]] = []
         self.points: list[str] = []
+        self._gguf_installed = False
 
     # --- patching machinery ----------------------------------------------------------
 
@@ -73,12 +100,41 @@ class Instrumentation:
         setattr(owner, attr, replacement)
         self.points.append(label)
 
-    def _phase_around(self, name: str, describe: Callable[..., dict] | None = None):
+    def _patch_point(
+        self,
+        module_name: str,
+        owner_name: str | None,
+        attr: str,
+        phase: str,
+        *,
+        make: Callable[[Callable], Callable] | None = None,
+    ) -> None:
+        """Wrap `module.owner.attr` (or `module.attr`) as a phase; skip what this version lacks."""
+        import importlib
+
+        try:
+            module = importlib.import_module(module_name)
+            owner = getattr(module, owner_name) if owner_name else module
+            if owner_name is None:
+                getattr(module, attr)  # a lazy module resolves the name on first access
+        except (ImportError, AttributeError):
+            return
+        label = ".".join(p for p in (module_name.rsplit(".", 1)[-1], owner_name, attr) if p)
+        self._patch(owner, attr, make or self._phase_around(phase), label)
+
+    def _phase_around(
+        self,
+        name: str,
+        describe: Callable[..., dict] | None = None,
+        before: Callable[[], None] | None = None,
+    ):
         phases = self._session.phases
 
         def make(func: Callable) -> Callable:
             @functools.wraps(func)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if before is not None:
+                    before()
                 detail = describe(*args, **kwargs) if describe else {}
                 with phases.phase(name, **detail):
                     return func(*args, **kwargs)
@@ -106,6 +162,11 @@ class Instrumentation:
         self._patch(
             model_cls, "from_pretrained", self._wrap_from_pretrained, "PreTrainedModel.from_pretrained"
         )
+        # The auto class reads the config before it calls the model class's from_pretrained.
+        self._patch_point(
+            "transformers.models.auto.auto_factory", "_BaseAutoModelClass", "from_pretrained", "load_model",
+            make=self._wrap_from_pretrained,
+        )  # fmt: skip
         self._patch(
             modeling_utils,
             "_get_resolved_checkpoint_files",
@@ -123,6 +184,17 @@ class Instrumentation:
         )
         self._patch(model_cls, "to", self._wrap_to_device, "PreTrainedModel.to")
         self._patch(model_cls, "cuda", self._wrap_to_device, "PreTrainedModel.cuda")
+        for point in LOADING_POINTS:
+            gguf_entry = point[3] == "parse_gguf"  # the first GGUF parse wraps GGUF_POINTS
+            self._patch_point(*point, make=self._phase_around(point[3], before=self._install_gguf_points)
+                              if gguf_entry else None)  # fmt: skip
+        self._patch_point(
+            "transformers.modeling_gguf_pytorch_utils", None, "load_gguf_checkpoint", "parse_gguf",
+            make=self._wrap_parse_gguf,
+        )  # fmt: skip
+        self._patch_point(
+            "huggingface_hub.file_download", None, "http_get", "download", make=self._wrap_download
+        )
 
         tok = PreTrainedTokenizerBase
         self._patch(tok, "from_pretrained", self._phase_around("load_tokenizer"), "tokenizer.from_pretrained")
@@ -163,6 +235,50 @@ class Instrumentation:
                 model = func(cls, *args, **kwargs)
             session.observe_model(model, str(name))
             return model
+
+        return wrapper
+
+    def _wrap_parse_gguf(self, func: Callable) -> Callable:
+        """transformers' GGUF reader: the metadata (config, tokenizer) or, with
+        `return_tensors`, every tensor dequantized to the run dtype. Its first call wraps the
+        GGUF points inside it (GGUF_POINTS), whose modules a run without GGUF never imports."""
+        phases = self._session.phases
+
+        @functools.wraps(func)
+        def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
+            self._install_gguf_points()
+            tensors = bool(kwargs.get("return_tensors", args[0] if args else False))
+            with phases.phase("parse_gguf", file=Path(str(path)).name, tensors=tensors) as handle:
+                if tensors and os.path.exists(path):
+                    handle.add_payload(os.path.getsize(path))
+                start = phases_snapshot()
+                result = func(path, *args, **kwargs)
+                if not tensors:  # the header's pages that the parse made resident
+                    handle.add_payload(max(0, phases_snapshot()[1] - start[1]))
+            return result
+
+        return wrapper
+
+    def _install_gguf_points(self) -> None:
+        if self._gguf_installed:
+            return
+        self._gguf_installed = True
+        with self._session.phases.phase("import_gguf_support"):
+            for point in GGUF_POINTS:
+                self._patch_point(*point)
+
+    def _wrap_download(self, func: Callable) -> Callable:
+        """huggingface_hub's HTTP download of one file (only where a file is really fetched)."""
+        phases = self._session.phases
+
+        @functools.wraps(func)
+        def wrapper(url: Any, temp_file: Any, *args: Any, **kwargs: Any) -> Any:
+            name = str(kwargs.get("displayed_filename") or str(url).rsplit("/", 1)[-1])
+            with phases.phase("download", file=name) as handle:
+                start = _tell(temp_file)
+                result = func(url, temp_file, *args, **kwargs)
+                handle.add_payload(max(0, _tell(temp_file) - start))
+            return result
 
         return wrapper
 
@@ -210,7 +326,13 @@ class Instrumentation:
             target = _target_device(func.__name__, args, kwargs)
             moving = _bytes_not_on(module, target) if target is not None else 0
             if not moving:
-                return func(module, *args, **kwargs)
+                dtype = _target_dtype(args, kwargs)
+                casting = _bytes_not_of(module, dtype) if dtype is not None else 0
+                if not casting:
+                    return func(module, *args, **kwargs)
+                with session.phases.phase("cast", dtype=str(dtype).removeprefix("torch.")) as handle:
+                    handle.add_payload(casting)
+                    return func(module, *args, **kwargs)
             with session.phases.phase("to_device", target=str(target)) as handle:
                 handle.add_payload(moving)
                 moved = func(module, *args, **kwargs)
@@ -299,6 +421,34 @@ def _target_device(method: str, args: tuple, kwargs: dict) -> Any:
         except (RuntimeError, TypeError):
             return None
     return None
+
+
+def _target_dtype(args: tuple, kwargs: dict) -> Any:
+    import torch
+
+    for candidate in (kwargs.get("dtype"), *args):
+        if isinstance(candidate, torch.dtype):
+            return candidate
+    return None
+
+
+def _bytes_not_of(module: Any, dtype: Any) -> int:
+    """Bytes of floating-point parameters and buffers that a cast to `dtype` converts."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) in seen or not t.is_floating_point() or t.dtype == dtype:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _tell(stream: Any) -> int:
+    try:
+        return int(stream.tell())
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _bytes_not_on(module: Any, target: Any) -> int:

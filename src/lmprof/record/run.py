@@ -18,7 +18,8 @@ from typing import Any
 from lmprof.errors import RunFileError, UsageError
 from lmprof.record.deep import DeepProfile, deep_from_dict, deep_to_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: phase_gaps
+READABLE_VERSIONS = (1, 2)  # a version-1 run has no phase_gaps; the renderers derive them
 RUN_FILE = "run.json"
 
 STATUS_COMPLETE = "complete"
@@ -125,6 +126,8 @@ class Run:
     memory: MemoryTimeline | None = None
     wall_s: float = 0.0
     instrumented: list[str] = field(default_factory=list)  # entry points lmprof wrapped
+    # Time inside a phase that no child names, over 2% of the run (lmprof.analyze.phases.phase_gaps)
+    phase_gaps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     deep: DeepProfile | None = None  # `--deep`: operators, modules, flame graphs, memory by kind
     schema_version: int = SCHEMA_VERSION
@@ -143,9 +146,10 @@ class Run:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Run:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise RunFileError(
-                f"run record has schema_version {version!r}; this lmprof reads version {SCHEMA_VERSION}"
+                f"run record has schema_version {version!r}; this lmprof reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         kwargs = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
         kwargs["phases"] = [_phase_from_dict(p) for p in data.get("phases", [])]

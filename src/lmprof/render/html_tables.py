@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lmprof.analyze.phases import UNATTRIBUTED, phase_rows
+from lmprof.analyze.phases import is_filler, phase_rows
 from lmprof.record.run import Run
 from lmprof.render.deep_view import PART_LABELS, collapse_layers
 from lmprof.render.generation_facts import generation_facts
@@ -69,10 +69,11 @@ def phase_table_html(run: Run) -> str:
             + r.name
             + (f" ×{r.count}" if r.count > 1 else "")
             + ("" if r.complete else " (cut short)")
+            + (f": {', '.join(r.functions[:3])}" if r.functions else "")
         )
         row: list[Cell] = [
             name, _s(r.wall_s), _pct(r.share), _s(r.self_s),
-            _s(r.cpu_s) if r.name != UNATTRIBUTED else ("-", None),
+            _s(r.cpu_s) if not is_filler(r.name) else ("-", None),
             _b(r.rss_peak_bytes), _b(r.file_rss_delta_bytes, signed=True) if r.file_rss_delta_bytes else ("-", None),
             _b(r.payload_bytes), (f"{r.payload_gbps:.2f}" if r.payload_gbps is not None else "-", r.payload_gbps),
         ]  # fmt: skip

@@ -13,7 +13,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lmprof.analyze.phases import UNATTRIBUTED, phase_rows, weight_paging
+from lmprof.analyze.phases import (
+    UNATTRIBUTED,
+    is_filler,
+    phase_gaps,
+    phase_rows,
+    repeated_work,
+    weight_paging,
+)
 from lmprof.record.run import STATUS_COMPLETE, Run
 from lmprof.render.deep_view import render_deep
 from lmprof.render.generation_facts import generation_facts
@@ -24,7 +31,11 @@ TEXT_PREVIEW_CHARS = 300
 
 
 def render_run(run: Run, run_dir: Path | None = None) -> RenderableType:
-    parts: list[RenderableType] = [_header(run), phase_table(run)]
+    parts: list[RenderableType] = [_header(run)]
+    gaps = gaps_text(run)
+    if gaps.plain:
+        parts.append(gaps)
+    parts.append(phase_table(run))
     if run.generation is not None:
         parts.append(generation_table(run))
     parts.append(memory_text(run))
@@ -69,8 +80,27 @@ def _header(run: Run) -> Text:
     return text
 
 
+def gaps_text(run: Run) -> Text:
+    """The summary's first lines: the largest time no phase names, and loading work repeated."""
+    text = Text()
+    gaps = run.phase_gaps or phase_gaps(run)  # a version-1 Run has no saved gaps
+    if gaps:
+        g = gaps[0]
+        where = UNATTRIBUTED if g["parent"] is None else f"(rest of {g['parent']})"
+        text.append("Largest unnamed time: ", style="bold")
+        text.append(f"{where} {fmt_s(g['self_s'])} ({fmt_pct(g['share'])} of the run)")
+        if g.get("functions"):
+            text.append(f"; most sampled there: {', '.join(g['functions'][:3])}")
+    for what, times, total_s in repeated_work(run):
+        text.append("\n" if text.plain else "")
+        text.append("Repeated work: ", style="bold yellow")
+        text.append(f"{what} {times}x: {fmt_s(total_s)}")
+    return text
+
+
 def phase_table(run: Run) -> Table:
-    """Top-level phases plus an "(unattributed)" row sum to the run's wall time."""
+    """Top-level phases plus an "(unattributed)" row sum to the run's wall time; a parent's
+    own time over 2% of the run has its "(rest of NAME)" row."""
     has_device = any(p.device_peak_allocated_bytes is not None for p in run.phases)
     table = Table(title="Phases", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
     table.add_column("phase", no_wrap=True)
@@ -83,10 +113,10 @@ def phase_table(run: Run) -> Table:
         if not row.complete:
             name += " (cut short)"
         cells = [
-            Text(name, style="dim" if row.name == UNATTRIBUTED else ""),
+            Text(name, style="dim" if is_filler(row.name) else ""),
             fmt_s(row.wall_s),
             fmt_pct(row.share),
-            fmt_s(row.cpu_s) if row.name != UNATTRIBUTED else "-",
+            fmt_s(row.cpu_s) if not is_filler(row.name) else "-",
             fmt_bytes(row.rss_peak_bytes),
             fmt_bytes(row.file_rss_delta_bytes, signed=True) if row.file_rss_delta_bytes else "-",
             fmt_bytes(row.payload_bytes),
