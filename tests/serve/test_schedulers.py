@@ -71,7 +71,7 @@ def test_sequential_serves_one_http_request_at_a_time(model_transformers):
 
 
 def test_async_queues_requests_and_measures_it(model_transformers):
-    body = {"prompt": "Hello", "temperature": 0, "max_tokens": 30, "ignore_eos": True}
+    body = {"prompt": "Hello", "temperature": 0, "max_tokens": 200, "ignore_eos": True}
     with RunningServer(model_transformers, scheduler="async") as server:
         run(_all(server.url + "/v1/completions", [body] * 3, streamed=True))
     reqs = server.profiler.requests
@@ -132,10 +132,11 @@ def test_full_queue_answers_429_with_retry_after(model_transformers):
             running = await s.post(url, json={"prompt": "Busy", **LONG, "stream": True})
             await running.content.readline()  # it is running
             queued = asyncio.ensure_future(post(s, url, {"prompt": "Wait", "max_tokens": 2}))
-            for _ in range(200):
+            for _ in range(1000):
                 if server.server.worker.waiting == 1:
                     break
                 await asyncio.sleep(0.01)
+            assert server.server.worker.waiting == 1, "the second request never reached the queue"
             refused = await post(s, url, {"prompt": "No room", "max_tokens": 2})
             running.close()
             return refused, await queued
