@@ -62,3 +62,15 @@ def test_server_figures_over_a_level():
     assert figures["kv_cache_usage_max"] == pytest.approx(0.8)
     # From the last scrape before the level to the first after it: (190 - 40) / (300 - 100).
     assert figures["prefix_cache_hit_rate"] == pytest.approx(0.75)
+
+
+def test_other_servers_gauges_are_read():
+    tgi = MetricsSample(0.5, {"tgi_batch_current_size": 3.0, "tgi_queue_size": 1.0})
+    llama = MetricsSample(0.5, {"llamacpp:requests_processing": 2.0, "llamacpp:requests_deferred": 4.0})
+    assert (
+        server_figures([tgi], 0.0, 1.0)["running_max"] == 3
+        and server_figures([tgi], 0.0, 1.0)["waiting_max"] == 1
+    )
+    assert server_figures([llama], 0.0, 1.0)["waiting_max"] == 4
+    text = "# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 2\n"
+    assert parse_metrics(text) == {"llamacpp:requests_processing": 2.0}

@@ -30,8 +30,14 @@ CLIENT_CPU_LIMIT = 0.8  # share of one core above which the client may be the bo
 LOOP_LAG_LIMIT_S = 0.010  # event-loop lag p99 above which the client may be the bottleneck
 
 # Server gauges and counters, by what they mean; the first name present is used.
-RUNNING = ("vllm:num_requests_running", "lmprof:num_requests_running", "sglang:num_running_reqs")
-WAITING = ("vllm:num_requests_waiting", "lmprof:num_requests_waiting", "sglang:num_queue_reqs")
+RUNNING = (
+    "vllm:num_requests_running", "lmprof:num_requests_running", "sglang:num_running_reqs",
+    "tgi_batch_current_size", "llamacpp:requests_processing",
+)  # fmt: skip
+WAITING = (
+    "vllm:num_requests_waiting", "lmprof:num_requests_waiting", "sglang:num_queue_reqs",
+    "tgi_queue_size", "llamacpp:requests_deferred",
+)  # fmt: skip
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 PREFIX_PAIRS = (  # (hits, queries) counters
     ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"),

@@ -3,8 +3,8 @@
 after the run, on the run's clock.
 
 Only counters and gauges named for inference servers are kept (vLLM's `vllm:`, lmprof's
-own `lmprof:`, TGI's `tgi_`), each summed over its label sets, so a scrape is a small
-dict and a long run's record stays small.
+own `lmprof:`, TGI's `tgi_`, SGLang's `sglang:`, llama.cpp's `llamacpp:`), each summed over
+its label sets, so a scrape is a small dict and a long run's record stays small.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import aiohttp
 
 from lmprof.record.load import MetricsSample
 
-KEPT_PREFIXES = ("vllm:", "lmprof:", "tgi_", "sglang:")
+KEPT_PREFIXES = ("vllm:", "lmprof:", "tgi_", "sglang:", "llamacpp:")
 _KEPT_TYPES = ("counter", "gauge", "unknown", "untyped")  # untyped: a server that writes no TYPE line
 
 
