@@ -118,6 +118,7 @@ class LoadBench:
         self.origin_s = self.clock.wall()
         self._next_index = 0
         self._connect_failures = 0  # in a row
+        self._prompt_cache: dict[int, Prompt] = {}
 
     def now_s(self) -> float:
         return self.clock.wall() - self.origin_s
@@ -210,8 +211,14 @@ class LoadBench:
                 f"({record.error})"
             )
 
+    def _prefetch_prompts(self, count: int) -> None:
+        """Make the next `count` prompts before a level's window opens: with a tokenizer a
+        prompt takes about a millisecond to make, which would land in the client's queueing."""
+        start = self._next_index
+        self._prompt_cache = {i: self.prompts.get(i) for i in range(start, start + count)}
+
     def _prompt_for(self, record: RequestRecord) -> Prompt:
-        prompt = self.prompts.get(record.index)
+        prompt = self._prompt_cache.pop(record.index, None) or self.prompts.get(record.index)
         record.prefixed, record.repeat_of = prompt.prefixed, prompt.repeat_of
         return prompt
 
@@ -262,6 +269,8 @@ class LoadBench:
 
     async def _run_level(self, sender: RequestSender, plan: LevelPlan) -> LevelRecord:
         opts = self.opts
+        if opts.requests is not None:
+            self._prefetch_prompts(opts.requests)
         level = LevelRecord(
             index=len(self.run.levels), mode=plan.mode, concurrency=plan.concurrency,
             rate_rps=None if plan.rate_rps == math.inf else plan.rate_rps,  # JSON has no infinity
