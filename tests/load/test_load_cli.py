@@ -98,6 +98,11 @@ def test_bad_options_are_one_line_and_exit_2(capsys):
         (["http://127.0.0.1:9", "--requests", "1", "--slo", "ttft=soon"], "--slo"),
         (["http://127.0.0.1:9"], "--requests M or --duration S"),
         (["http://127.0.0.1:9", "--requests", "1", "--rate", "1", "--concurrency", "2"], "not both"),
+        (
+            ["http://127.0.0.1:9", "--requests", "1", "--concurrency", "2", "--max-concurrency", "2"],
+            "open loop",
+        ),
+        (["http://127.0.0.1:9", "--requests", "1", "--rate", "nan"], "positive"),
     ):
         assert main(["load", *args]) == 2
         err = capsys.readouterr().err

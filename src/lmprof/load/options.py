@@ -121,6 +121,10 @@ def check_options(opts: LoadOptions) -> None:
         raise UsageError("pass --concurrency (closed loop) or --rate (open loop), not both")
     if opts.sweep_steps and (opts.concurrency or opts.rates_rps):
         raise UsageError("--sweep chooses the rates itself; leave out --concurrency and --rate")
+    if opts.max_concurrency is not None and opts.concurrency:
+        raise UsageError(
+            "--max-concurrency caps an open loop (--rate, --sweep); a closed loop's cap is --concurrency"
+        )
     if opts.requests is not None and opts.requests <= 0:
         raise UsageError("--requests must be positive")
     if opts.duration_s is not None and opts.duration_s <= 0:
