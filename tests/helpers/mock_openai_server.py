@@ -253,7 +253,12 @@ class MockServer:
         return self.url
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        def stop() -> None:
+            for task in asyncio.all_tasks(self._loop):  # handlers still sleeping (FAIL_TIMEOUT)
+                task.cancel()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
         self._thread.join(10)
 
 
