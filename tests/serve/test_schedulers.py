@@ -125,7 +125,13 @@ def test_a_client_that_leaves_frees_its_slot(model_transformers):
     assert steps < 300, f"{steps} engine steps: the cancelled request kept decoding"
 
 
-def test_full_queue_answers_429_with_retry_after(model_transformers):
+def _waiting(server: RunningServer) -> int:
+    """Requests admitted but not running: in the worker's queue, or at the sequential lock."""
+    return server.server.worker.waiting + server.server.state.lock_waiters
+
+
+@pytest.mark.parametrize("scheduler", ["async", "sequential"])
+def test_full_queue_answers_429_with_retry_after(model_transformers, scheduler):
     async def go(server):
         url = server.url + "/v1/completions"
         async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
@@ -133,15 +139,15 @@ def test_full_queue_answers_429_with_retry_after(model_transformers):
             await running.content.readline()  # it is running
             queued = asyncio.ensure_future(post(s, url, {"prompt": "Wait", "max_tokens": 2}))
             for _ in range(1000):
-                if server.server.worker.waiting == 1:
+                if _waiting(server) == 1:
                     break
                 await asyncio.sleep(0.01)
-            assert server.server.worker.waiting == 1, "the second request never reached the queue"
+            assert _waiting(server) == 1, "the second request never reached the queue"
             refused = await post(s, url, {"prompt": "No room", "max_tokens": 2})
             running.close()
             return refused, await queued
 
-    with RunningServer(model_transformers, scheduler="async", max_queue=1) as server:
+    with RunningServer(model_transformers, scheduler=scheduler, max_queue=1) as server:
         (status, body, headers), (queued_status, _, _) = run(go(server))
     assert status == 429 and int(headers["Retry-After"]) >= 1
     assert body["error"]["code"] == "queue_full"
