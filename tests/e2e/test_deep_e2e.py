@@ -90,10 +90,14 @@ def test_flame_weight_is_the_run_wall_time(deep_run):
 
 def test_python_stacks_join_the_flame(run_cli, tmp_path):
     out = tmp_path / "stacks"
-    proc = run_cli("profile", "tiny", "--deep", "--python-stacks", "--python-profiler", "none",
-                   "--max-new-tokens", 4, "--out", out)  # fmt: skip
+    proc = run_cli("profile", "tiny", "--deep", "--python-stacks", "--deep-allocations", "--python-profiler",
+                   "none", "--max-new-tokens", 4, "--out", out)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     run = load_run(out)
+    # --deep-allocations: live Python allocations by stack (tracemalloc), opt-in since issue 21
+    allocations = run.deep.flame("memory-python")
+    assert allocations is not None and allocations.unit == "bytes" and allocations.total > 0
+    assert all(frame.startswith("py:") for stack in allocations.stacks for frame in stack)
     flame = run.deep.flame("time")
     assert flame.total == pytest.approx(run.wall_s, rel=0.01)
     # one stack from the phase through Python frames and the module path to the aten op
@@ -169,11 +173,64 @@ def test_only_the_first_decode_steps_are_traced(run_cli, tmp_path):
     assert "first 3 decode steps" in " ".join(run.deep.notes)
 
 
-def test_python_allocations_flame(deep_run):
+def test_python_allocations_are_opt_in(deep_run):
     _, run, _ = deep_run
-    flame = run.deep.flame("memory-python")
-    assert flame is not None and flame.unit == "bytes" and flame.total > 0
-    assert all(frame.startswith("py:") for stack in flame.stacks for frame in stack)
+    assert run.deep.flame("memory-python") is None  # tracemalloc costs: --deep-allocations
+
+
+def test_lmprof_s_own_work_stays_out_of_the_run_s_figures(deep_run, run_cli, tmp_path):
+    out, run, stdout = deep_run
+    own = run.deep.overhead["lmprof"]
+    assert own["export_s"] > 0 and own["analysis_s"] > 0 and "lmprof's own work" in stdout
+    # the trace is read back after the run's wall clock stopped, not inside pipeline_call
+    export = next(p for p in run.phases if p.name == "lmprof_trace_export")
+    assert export.wall_s < own["export_s"] + own["analysis_s"]
+    # a --deep run's headline peak RSS is the workload's: within 5% of a plain run's
+    plain_out = tmp_path / "plain"
+    proc = run_cli("profile", "tiny", "--max-new-tokens", 10, "--out", plain_out)
+    assert proc.returncode == 0, proc.stderr
+    plain = load_run(plain_out)
+    assert run.memory.peak_rss_bytes == pytest.approx(plain.memory.peak_rss_bytes, rel=0.05)
+
+
+def test_step_shares_describe_the_untraced_step(deep_run):
+    _, run, _ = deep_run
+    decode = run.deep.step_breakdown["decode"]
+    untraced = decode["untraced"]
+    plain = next(g for g in run.generations if not g.traced)
+    steps = plain.decode_step_latencies_s[: decode["steps"]]
+    assert untraced["step_s"] == pytest.approx(sum(steps) / len(steps))
+    assert sum(untraced["per_step_s"].values()) == pytest.approx(untraced["step_s"])
+    assert untraced["ops_per_step"] > 0 and untraced["ranges_per_step"] > 0
+    assert untraced["per_op_s"] >= 0 and untraced["per_range_s"] >= 0
+
+
+def test_kv_part_at_the_live_peak_is_the_cache_at_that_step(run_cli, tmp_path):
+    """A generation long enough for the KV cache to matter, every step traced: the memory-by-kind
+    moment is the traced call's own peak of live torch memory, and its KV part is the cache's
+    size at that step (prompt plus the tokens made so far, times the measured bytes per token)."""
+    out = tmp_path / "kv"
+    proc = run_cli("profile", "tiny", "--deep", "--deep-steps", 0, "--python-profiler", "none",
+                   "--max-new-tokens", 96, "--out", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = load_run(out)
+    by_kind = run.deep.memory_by_kind
+    host = by_kind["host"]
+    assert host["moment"] == "peak of live torch memory"
+    assert sum(host["parts"].values()) == host["measured_bytes"]
+    traced = next(g for g in run.generations if g.traced)
+    per_token = by_kind["kv_growth_bytes_per_token"]
+    assert per_token == by_kind["expected"]["kv_bytes_per_token"]
+    # which step ran at the peak: prefill leaves the prompt's tokens, decode step j one more each
+    t, boundary, step = host["t_s"], traced.first_token_s, 0
+    for latency in traced.decode_step_latencies_s:
+        if t < boundary:
+            break
+        boundary += latency
+        step += 1
+    tokens = traced.prompt_tokens + step
+    assert host["parts"]["kv_cache"] == pytest.approx(tokens * per_token, rel=0.05)
+    assert host["parts"]["kv_cache"] > 0.2 * host["live_bytes"]  # the cache matters at this length
 
 
 def test_show_sorts_the_function_table(run_cli, deep_run):
