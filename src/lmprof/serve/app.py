@@ -1,8 +1,8 @@
-"""The HTTP side: aiohttp handlers for the OpenAI endpoints, /health and /metrics.
+"""The HTTP side: aiohttp routes and middlewares, request checks, and admission.
 
 Handlers run on the event loop and never touch the model: they check the request, encode
-the prompt, hand a Job to the model thread and relay its events as they arrive, as SSE
-chunks or one JSON body. The scheduler shows here in one place: `sequential` holds a server
+the prompt, admit it, and leave the answer to relay.py (the model thread's events as SSE
+chunks or one JSON body). The scheduler shows here in one place: `sequential` holds a server
 lock for a request's whole life (so the server handles one HTTP request at a time and the
 rest wait at the lock, unqueued); `async` and `static-batch` admit requests into the worker's
 bounded queue at once, so their queueing is a phase the profile measures.
@@ -10,61 +10,29 @@ bounded queue at once, so their queueing is a phase the profile measures.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from lmprof.record.serve import ServedRequest
-from lmprof.serve.metrics import ServeMetrics
-from lmprof.serve.profiler import ServerProfiler
 from lmprof.serve.protocol import (
     CHAT,
     COMPLETIONS,
     ApiError,
     CompletionParams,
-    ResponseShape,
     error_body,
     parse_request,
-    sse,
-    usage,
+    queue_full_error,
 )
-from lmprof.serve.response_cache import CachedResponse, ResponseCache
-from lmprof.serve.settings import ServeSettings
-from lmprof.serve.worker import Failed, Finished, Job, ModelWorker, TextDelta
+from lmprof.serve.relay import generate, replay
+from lmprof.serve.state import STATE, ServerState
 
 log = logging.getLogger("lmprof.serve")
-RETRY_AFTER_S = 1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class ServerState:
-    settings: ServeSettings
-    served_model: str
-    tokenizer: Any  # the loop's own instance (the model thread decodes with another)
-    context_tokens: int
-    worker: ModelWorker
-    metrics: ServeMetrics
-    profiler: ServerProfiler
-    cache: ResponseCache | None
-    sequential_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    lock_waiters: int = 0
-    in_flight: int = 0
-    draining: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-
-STATE = web.AppKey("state", ServerState)
 
 
 def _error_response(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -181,13 +149,6 @@ def _encode(state: ServerState, params: CompletionParams) -> list[int]:
     return ids
 
 
-def _overloaded() -> ApiError:
-    return ApiError(
-        429, "the server's queue is full; retry later", error_type="rate_limit_error",
-        code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)},
-    )  # fmt: skip
-
-
 async def _answer(request: web.Request, endpoint: str) -> web.StreamResponse:
     state = request.app[STATE]
     try:
@@ -222,161 +183,20 @@ async def _answer_admitted(
         if hit is not None:
             state.metrics.cache_hits.inc()
             record.outcome = "cache_hit"
-            return await _replay(request, state, params, hit, record)
+            return await replay(request, state, params, hit, record)
     if state.settings.scheduler != "sequential":
-        return await _generate(request, state, params, prompt_ids, record)
+        return await generate(request, state, params, prompt_ids, record)
     if state.lock_waiters + state.worker.waiting >= state.settings.max_queue:
-        raise _overloaded()
+        raise queue_full_error()
     state.lock_waiters += 1
     try:
         await state.sequential_lock.acquire()
     finally:
         state.lock_waiters -= 1
     try:
-        return await _generate(request, state, params, prompt_ids, record)
+        return await generate(request, state, params, prompt_ids, record)
     finally:
         state.sequential_lock.release()
-
-
-def _cache_label(state: ServerState, params: CompletionParams, hit: bool) -> str | None:
-    if state.cache is None or not params.cacheable:
-        return None
-    return "hit" if hit else "miss"
-
-
-async def _replay(
-    request: web.Request,
-    state: ServerState,
-    params: CompletionParams,
-    hit: CachedResponse,
-    record: ServedRequest,
-) -> web.StreamResponse:
-    """A cached answer, in the same shape a generated one would have."""
-    shape = ResponseShape(params.endpoint, state.served_model)
-    usage_body = usage(hit.prompt_tokens, hit.completion_tokens, "hit")
-    record.completion_tokens = hit.completion_tokens
-    record.finish_reason = hit.finish_reason
-    record.first_token_s = record.finished_s = state.profiler.now_s()
-    if not params.stream:
-        record.responded_s = state.profiler.now_s()
-        return web.json_response(shape.full(hit.text, hit.finish_reason, usage_body))
-    stream = await _open_stream(request, shape, params)
-    try:
-        if hit.text:
-            await stream.write(sse(shape.chunk(hit.text)))
-        await _close_stream(stream, shape, params, hit.finish_reason, usage_body)
-    except ConnectionResetError:
-        record.outcome = "cancelled"
-    record.responded_s = state.profiler.now_s()
-    return stream
-
-
-async def _open_stream(
-    request: web.Request, shape: ResponseShape, params: CompletionParams
-) -> web.StreamResponse:
-    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await stream.prepare(request)
-    if params.endpoint == CHAT:
-        await stream.write(sse(shape.role_chunk()))
-    return stream
-
-
-async def _close_stream(
-    stream: web.StreamResponse, shape: ResponseShape, params: CompletionParams, reason: str, usage_body: dict
-) -> None:
-    # The closing chunk carries usage too, so every answer has it; include_usage adds
-    # OpenAI's own usage chunk (no choices) before [DONE].
-    await stream.write(sse(shape.chunk(None, reason, usage_body)))
-    if params.include_usage:
-        await stream.write(sse(shape.usage_chunk(usage_body)))
-    await stream.write(sse("[DONE]"))
-    await stream.write_eof()
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-async def _generate(
-    request: web.Request,
-    state: ServerState,
-    params: CompletionParams,
-    prompt_ids: list[int],
-    record: ServedRequest,
-) -> web.StreamResponse:
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    job = Job(
-        record=record, prompt_ids=prompt_ids, max_tokens=params.max_tokens, temperature=params.temperature,
-        seed=params.seed, stop=params.stop, ignore_eos=params.ignore_eos,
-        emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-    )  # fmt: skip
-    limit = 1 if state.settings.scheduler == "sequential" else state.settings.max_queue
-    if not state.worker.submit(job, limit):
-        raise _overloaded()
-    shape = ResponseShape(params.endpoint, state.served_model)
-    stream: web.StreamResponse | None = None
-    done = False
-    try:
-        if params.stream:
-            stream = await _open_stream(request, shape, params)
-        while True:
-            event = await events.get()
-            if isinstance(event, TextDelta):
-                record.completion_tokens = event.completion_tokens
-                if stream is not None:
-                    await stream.write(sse(shape.chunk(event.text)))
-                elif _client_gone(request):
-                    break
-                continue
-            done = True
-            if isinstance(event, Failed):
-                record.status, record.outcome = 500, "error"
-                if stream is None:
-                    raise ApiError(500, event.message, error_type="server_error", code="generation_failed")
-                await stream.write(sse(error_body(event.message, "server_error", code="generation_failed")))
-                await stream.write(sse("[DONE]"))
-                await stream.write_eof()
-                return stream
-            return await _finish(state, params, shape, stream, event, record)
-    except ConnectionResetError:
-        pass  # the client went away mid-stream
-    finally:
-        if not done:  # gone, or this handler was cancelled: the row leaves its batch next step
-            job.cancelled.set()
-            record.outcome = "cancelled"
-            record.responded_s = state.profiler.now_s()
-    if stream is not None:
-        return stream
-    record.status = 499  # nginx's "client closed request": no answer was sent
-    return web.Response(status=499)
-
-
-async def _finish(
-    state: ServerState,
-    params: CompletionParams,
-    shape: ResponseShape,
-    stream: web.StreamResponse | None,
-    event: Finished,
-    record: ServedRequest,
-) -> web.StreamResponse:
-    record.completion_tokens = event.completion_tokens
-    usage_body = usage(record.prompt_tokens, event.completion_tokens, _cache_label(state, params, hit=False))
-    if state.cache is not None and params.cacheable:
-        state.cache.put(
-            params.cache_key(),
-            CachedResponse(event.text, event.reason, record.prompt_tokens, event.completion_tokens),
-        )
-    if stream is None:
-        record.responded_s = state.profiler.now_s()
-        return web.json_response(shape.full(event.text, event.reason, usage_body))
-    try:
-        await _close_stream(stream, shape, params, event.reason, usage_body)
-    except ConnectionResetError:
-        record.outcome = "cancelled"
-    record.responded_s = state.profiler.now_s()
-    return stream
 
 
 def _count(state: ServerState, record: ServedRequest) -> None:

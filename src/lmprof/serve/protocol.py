@@ -13,6 +13,7 @@ COMPLETIONS = "completions"
 CHAT = "chat.completions"
 DEFAULT_MAX_TOKENS = {COMPLETIONS: 16, CHAT: 256}  # OpenAI's completions default; chat: a modest cap
 MAX_STOP_STRINGS = 4
+RETRY_AFTER_S = 1  # a queue that is full now has room within about one request's time
 
 
 class ApiError(Exception):
@@ -42,6 +43,13 @@ class ApiError(Exception):
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def queue_full_error() -> ApiError:
+    return ApiError(
+        429, "the server's queue is full; retry later", error_type="rate_limit_error",
+        code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)},
+    )  # fmt: skip
 
 
 def _bad(message: str, param: str | None) -> ApiError:

@@ -18,12 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from lmprof.errors import UsageError
-from lmprof.serve.app import ServerState, build_app
+from lmprof.serve.app import build_app
 from lmprof.serve.backends import LoadedModel, load_model
 from lmprof.serve.metrics import ServeMetrics
 from lmprof.serve.profiler import ServerProfiler
 from lmprof.serve.response_cache import ResponseCache
 from lmprof.serve.settings import ServeSettings
+from lmprof.serve.state import ServerState
 from lmprof.serve.worker import ModelWorker
 
 log = logging.getLogger("lmprof.serve")
