@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmprof.record.run import STATUS_COMPLETE, Run, write_atomic
+from lmprof.render.deep_view import PART_LABELS, own_work_line, untraced_caption
 from lmprof.render.flame_embed import inline_flame
 from lmprof.render.html_charts import (
     device_memory_svg,
@@ -33,10 +34,11 @@ from lmprof.render.html_tables import (
     operator_table_html,
     phase_table_html,
     step_table_html,
+    table_html,
 )
 from lmprof.render.system_view import system_line
 from lmprof.render.terminal import memory_text
-from lmprof.render.units import fmt_count, fmt_s
+from lmprof.render.units import fmt_count, fmt_pct, fmt_s
 
 REPORT_FILE = "report.html"
 
@@ -184,7 +186,11 @@ def _operators(run: Run) -> str:
     out = ['<p class="note">Click a column header to sort.</p>']
     for stage in ("decode", "prefill"):
         if stage in deep.step_breakdown:
-            out.append(step_table_html(deep.step_breakdown[stage], f"{stage} step"))
+            breakdown = deep.step_breakdown[stage]
+            if breakdown.get("untraced"):
+                out.append(_untraced_step_table_html(breakdown, f"{stage} step"))
+            else:  # records from before issue 21: the traced step only
+                out.append(step_table_html(breakdown, f"{stage} step"))
     for stage in ("decode", "prefill"):
         if deep.operators.get(stage):
             out.append(operator_table_html(deep.operators[stage], stage))
@@ -194,11 +200,14 @@ def _operators(run: Run) -> str:
     if deep.copies:
         out.append(copy_table_html(deep.copies))
     for name, cost in deep.overhead.items():
-        if "decode_slowdown" in cost:
+        if name == "lmprof":
+            out.append(f'<p class="note">{esc(own_work_line(cost).plain)}</p>')
+        elif "decode_slowdown" in cost:
             out.append(
                 f'<p class="note">Cost of watching: {esc(name)} made the traced call\'s decode {cost["decode_slowdown"]:.2f}x and '
-                f"prefill {cost.get('prefill_slowdown', float('nan')):.2f}x slower than the untraced repeat; these tables are "
-                "from the traced call, the generation figures from the untraced one.</p>"
+                f"prefill {cost.get('prefill_slowdown', float('nan')):.2f}x slower than the untraced repeat; the step's "
+                "shares are scaled to the untraced step, the operator and module tables are the traced call's, the "
+                "generation figures the untraced one's.</p>"
             )
         elif "slowdown" in cost:
             out.append(
@@ -206,6 +215,31 @@ def _operators(run: Run) -> str:
                 f"{cost['slowdown']:.2f}x (paired runs with and without it); every phase ran under it.</p>"
             )
     return "\n".join(out)
+
+
+def _untraced_step_table_html(breakdown: dict, label: str) -> str:
+    """The step part by part as it ran untraced (the tracer's measured cost taken out, scaled to
+    the untraced step), the traced figures beside it; the terminal's `step_table` in HTML."""
+    untraced = breakdown["untraced"]
+    step_s = untraced["step_s"] or 1e-12
+    rows = []
+    for key, text in PART_LABELS.items():
+        value = untraced["per_step_s"].get(key, 0.0)
+        traced = breakdown["per_step_s"].get(key)
+        rows.append(
+            [text, (fmt_s(value), value), (fmt_pct(value / step_s), value / step_s), (fmt_s(traced), traced)]
+        )
+    rows.append(
+        [
+            "total",
+            (fmt_s(step_s), step_s),
+            (fmt_pct(1.0), 1.0),
+            fmt_s(breakdown["wall_s"] / breakdown["steps"]),
+        ]
+    )
+    caption = f"One {label}, untraced (estimated from {breakdown['steps']} traced)"
+    table = table_html(["part", "untraced", "share", "traced"], rows, cls="sortable steps", caption=caption)
+    return table + f'<p class="note">{esc(untraced_caption(untraced))}</p>'
 
 
 def _flames(run: Run, scripts: list[str]) -> str:
