@@ -152,3 +152,19 @@ def test_full_queue_answers_429_with_retry_after(model_transformers, scheduler):
     assert status == 429 and int(headers["Retry-After"]) >= 1
     assert body["error"]["code"] == "queue_full"
     assert queued_status == 200
+
+
+def test_static_batch_rows_leave_when_done_while_the_batch_runs_on(model_transformers):
+    short = {"prompt": "Short one", "temperature": 0, "max_tokens": 3, "ignore_eos": True}
+    long = {"prompt": "A longer one", "temperature": 0, "max_tokens": 60, "ignore_eos": True}
+    with RunningServer(
+        model_transformers, scheduler="static-batch", batch_size=2, batch_wait_ms=500
+    ) as server:
+        run(_all(server.url + "/v1/completions", [short, long], streamed=True))
+    quick, slow = sorted(server.profiler.requests, key=lambda r: r.completion_tokens)
+    assert (quick.completion_tokens, slow.completion_tokens) == (3, 60)
+    assert quick.batch_size == slow.batch_size == 2
+    assert quick.responded_s < slow.finished_s, "the short request waited for the batch to end"
+    steps = server.profiler.steps
+    assert len(steps) == 60  # one batch: a prefill and 59 decode steps, not one run per request
+    assert [s.active_rows for s in steps[3:]] == [1] * 57  # the finished row rides along, inactive
