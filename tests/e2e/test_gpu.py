@@ -53,16 +53,21 @@ def test_profile_on_cuda(run_cli, tmp_path):
 
 def test_deep_on_cuda(run_cli, tmp_path):
     out = tmp_path / "cuda-deep"
-    proc = run_cli("profile", "tiny", "--device", "cuda", "--deep", "--max-new-tokens", 8, "--out", out)
+    proc = run_cli("profile", "tiny", "--device", "cuda", "--deep", "--deep-allocations", "--max-new-tokens", 8,
+                   "--out", out)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     run = load_run(out)
     validate_run_dict(run.to_dict())
     deep = run.deep
     names = {f.name for f in deep.flames}
-    assert {"time", "device", "memory-cuda"} <= names  # kernels by launching stack; allocator history
+    # kernels by launching stack; the allocator's history by Python stack (--deep-allocations)
+    assert {"time", "device", "memory-cuda"} <= names
     assert any(r["self_device_s"] > 0 for r in deep.operators["decode"])
     device = deep.memory_by_kind["device"]
+    # at the peak of allocated CUDA memory (the allocator's events), the parts add up to reserved
+    assert device["moment"] == "peak of allocated CUDA memory" and device["measured"] == "reserved"
     assert sum(device["parts"].values()) == device["measured_bytes"]
+    assert device["parts"]["kv_cache"] > 0 and device["parts"]["weights"] > 0
     kernel_stacks = [s for s in deep.flame("time").stacks if s[-1].startswith("kernel:")]
     assert kernel_stacks and any(f.startswith("module:") for f in kernel_stacks[0])
 

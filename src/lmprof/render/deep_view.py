@@ -210,6 +210,10 @@ def memory_kind_table(by_kind: dict[str, Any]) -> Table:
             "100.0%",
             "",
         )
+    device = by_kind.get("device") or {}
+    if device.get("beyond_reserved_bytes") is not None:
+        table.add_row("device", "beyond reserved (CUDA context, other processes)",
+                      fmt_bytes(device["beyond_reserved_bytes"]), "", "")  # fmt: skip
     if by_kind.get("kv_growth_bytes_per_token") is not None:
         table.caption = (
             f"KV cache grew {fmt_bytes(by_kind['kv_growth_bytes_per_token'])} per token (measured from the cache "
