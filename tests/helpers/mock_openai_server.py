@@ -38,6 +38,7 @@ class MockConfig:
     usage: bool = True  # report usage (streams: only when stream_options.include_usage)
     metrics: bool = True
     version: str | None = "mock-1.0"
+    version_path: str = "/version"  # Ollama says it at /api/version, TGI at /info
     tokens_per_chunk: int = 1
     reject_extras: tuple[str, ...] = ()  # answer 400 naming these body keys, as strict servers do
     stall_after_requests: int | None = None  # the Nth completion request starts a stall...
@@ -212,7 +213,7 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
 
     app = web.Application(middlewares=[check_key])
     app.router.add_get("/v1/models", models)
-    app.router.add_get("/version", version)
+    app.router.add_get(config.version_path, version)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/mock/stats", stats)
     app.router.add_post("/v1/completions", complete)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lmprof.analyze.load import summarize
 from lmprof.record.load import COUNT_CHUNKS, COUNT_TOKENIZER, COUNT_USAGE
 
@@ -134,3 +136,11 @@ def test_chat_with_messages_from_a_prompts_file(load, mock_server, tmp_path):
     ok = [r for r in run.requests if r.level == 0]
     assert all(r.ok and r.output_tokens == 3 for r in ok)
     assert server.state.bodies[-1]["max_tokens"] == 3
+
+
+@pytest.mark.parametrize("path", ["/version", "/api/version", "/info"])
+def test_server_version_is_found_where_the_server_says_it(load, mock_server, path):
+    url, _ = mock_server(ttft_s=0.002, itl_s=0.001, version="9.9", version_path=path)
+    run = load(url, requests=1)
+    assert (run.server["version"], run.server["version_from"]) == ("9.9", path)
+    assert run.server["server_header"] == "mock-openai"

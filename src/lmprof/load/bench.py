@@ -163,8 +163,9 @@ class LoadBench:
                 await scraper.stop()
                 if scraper.available:
                     await asyncio.shield(scraper.scrape())
-                self.run.server["server_header"] = (
-                    self.run.server.get("server_header") or sender.server_header
+                # The completions' own Server header first: a proxy may answer /version.
+                self.run.server["server_header"] = sender.server_header or self.run.server.get(
+                    "server_header"
                 )
                 self.run.wall_s = self.now_s()
         return self.run

@@ -36,22 +36,31 @@ async def get_models(
     return 200, [str(m["id"]) for m in items or [] if isinstance(m, dict) and "id" in m]
 
 
+# Where servers say their version: vLLM (and lmprof serve) /version, Ollama /api/version,
+# TGI /info; each answers {"version": ...}.
+VERSION_PATHS = ("/version", "/api/version", "/info")
+
+
 async def get_version(
     session: aiohttp.ClientSession, base_url: str, headers: dict[str, str]
 ) -> dict[str, Any]:
-    """{"version": ..., "server_header": ...}, either absent when the server does not say."""
+    """{"version": ..., "version_from": path, "server_header": ...}, each absent when the
+    server does not say."""
     out: dict[str, Any] = {}
-    try:
-        timeout = aiohttp.ClientTimeout(total=10.0)
-        async with session.get(f"{base_url}/version", headers=headers, timeout=timeout) as resp:
-            if resp.headers.get("Server"):
-                out["server_header"] = resp.headers["Server"]
-            if resp.status == 200:
+    timeout = aiohttp.ClientTimeout(total=10.0)
+    for path in VERSION_PATHS:
+        try:
+            async with session.get(f"{base_url}{path}", headers=headers, timeout=timeout) as resp:
+                if resp.headers.get("Server") and "server_header" not in out:
+                    out["server_header"] = resp.headers["Server"]
+                if resp.status != 200:
+                    continue
                 data = await resp.json(content_type=None)
-                if isinstance(data, dict) and data.get("version"):
-                    out["version"] = str(data["version"])
-    except (aiohttp.ClientError, ValueError, TimeoutError):
-        pass
+        except (aiohttp.ClientError, ValueError, TimeoutError):
+            continue
+        if isinstance(data, dict) and data.get("version"):
+            out["version"], out["version_from"] = str(data["version"]), path
+            break
     return out
 
 
