@@ -13,7 +13,7 @@ PERCENTILES = (50, 90, 99)
 
 # Each phase as (name, from mark, to mark) on the request's timeline.
 PHASES = (
-    ("wait", "arrived_s", "admitted_s"),  # sequential: at the server lock; else encoding only
+    ("wait", "arrived_s", "admitted_s"),  # reading, checking, encoding; sequential: and the lock
     ("queued", "admitted_s", "started_s"),  # in the worker's queue (async, static-batch)
     ("prefill", "started_s", "first_token_s"),  # its batch's prompt forward and first pick
     ("decode+stream", "first_token_s", "responded_s"),  # decode steps and writing to the client

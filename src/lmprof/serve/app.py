@@ -151,13 +151,14 @@ def _encode(state: ServerState, params: CompletionParams) -> list[int]:
 
 async def _answer(request: web.Request, endpoint: str) -> web.StreamResponse:
     state = request.app[STATE]
+    arrived_s = state.profiler.now_s()  # reading the body and encoding count as waiting
     try:
         params = await _read_params(request, endpoint)
         prompt_ids = _encode(state, params)
     except ApiError as exc:  # refused before it became a request of the profile: still counted
         state.metrics.requests.labels(endpoint, str(exc.status)).inc()
         raise
-    record = state.profiler.new_request(uuid.uuid4().hex[:12], endpoint, params.stream)
+    record = state.profiler.new_request(uuid.uuid4().hex[:12], endpoint, params.stream, arrived_s)
     record.prompt_tokens = len(prompt_ids)
     try:
         response = await _answer_admitted(request, state, params, prompt_ids, record)

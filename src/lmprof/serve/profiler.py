@@ -48,9 +48,15 @@ class ServerProfiler:
     def now_s(self) -> float:
         return self.clock() - self.zero
 
-    def new_request(self, request_id: str, endpoint: str, stream: bool) -> ServedRequest:
+    def new_request(
+        self, request_id: str, endpoint: str, stream: bool, arrived_s: float | None = None
+    ) -> ServedRequest:
+        """A request's record; `arrived_s` (default now) is when its handler began."""
         record = ServedRequest(
-            request_id=request_id, endpoint=endpoint, stream=stream, arrived_s=self.now_s()
+            request_id=request_id,
+            endpoint=endpoint,
+            stream=stream,
+            arrived_s=self.now_s() if arrived_s is None else arrived_s,
         )
         self.requests.append(record)
         return record
