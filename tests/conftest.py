@@ -60,15 +60,20 @@ def run_cli(lmprof_cache):
     return run
 
 
+E2E = Path(__file__).parent / "e2e"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` skip cleanly where torch sees no CUDA device."""
+    """Whole commands are `slow`: everything in tests/e2e/ and every test that starts lmprof in
+    a fresh process (`run_cli`), seconds of imports each; `-m "not slow"` is the fast path.
+    Tests marked `gpu` skip cleanly where torch sees no CUDA device."""
     import torch
 
-    if torch.cuda.is_available():
-        return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     for item in items:
-        if "gpu" in item.keywords:
+        if E2E in Path(item.fspath).parents or "run_cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
 
 
