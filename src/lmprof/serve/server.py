@@ -130,8 +130,6 @@ class Server:
         state = self.state
         self.metrics.running.set_function(lambda: self.worker.running)
         self.metrics.waiting.set_function(lambda: self.worker.waiting + state.lock_waiters)
-        self.profiler.start()
-        self.worker.start()
         self.runner = web.AppRunner(build_app(self.state), handle_signals=False, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
@@ -142,6 +140,9 @@ class Server:
             raise UsageError(
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
             ) from exc
+        # The threads start once the port is ours (a request that came first just waits queued).
+        self.profiler.start()
+        self.worker.start()
         host, port = self.runner.addresses[0][:2]
         host = f"[{host}]" if ":" in host else host
         self.url = f"http://{host}:{port}"
