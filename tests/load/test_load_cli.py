@@ -188,4 +188,6 @@ def test_a_server_that_goes_away_ends_the_run_saved_as_failed(mock_server, tmp_p
     record = load_load_run(out)
     assert record.status == "failed" and "refused" in record.error["message"]
     assert record.wall_s < 5  # stopped, not hammering a dead port for 20 s
-    assert sum(r.error_kind == "connect" for r in record.requests) <= 50 + 2  # + the other user's last
+    # 50 in a row ends it; a disconnect of a request in flight when the server went can
+    # break the first row, so allow a second one.
+    assert 50 <= sum(r.error_kind == "connect" for r in record.requests) < 150
