@@ -1,4 +1,3 @@
-import os
 import shutil
 
 import pytest
@@ -7,14 +6,9 @@ from serve_helpers import load_served
 
 @pytest.fixture(scope="session")
 def serve_cache(lmprof_cache):
-    """Built-in models for the serve tests: the session cache, also set for subprocesses."""
-    old = os.environ.get("LMPROF_CACHE")
-    os.environ["LMPROF_CACHE"] = str(lmprof_cache)
-    yield lmprof_cache
-    if old is None:
-        os.environ.pop("LMPROF_CACHE", None)
-    else:
-        os.environ["LMPROF_CACHE"] = old
+    """Built-in models for the serve tests: the session's private cache (subprocesses get it
+    through their env; the process environment is left alone for the other test folders)."""
+    return lmprof_cache
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +23,9 @@ def random_llama(serve_cache, tmp_path_factory):
 
     from lmprof.models import resolve_model
 
-    tiny = resolve_model("tiny", progress=False).path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMPROF_CACHE", str(serve_cache))
+        tiny = resolve_model("tiny", progress=False).path
     folder = tmp_path_factory.mktemp("random-llama")
     tokenizer = AutoTokenizer.from_pretrained(str(tiny))
     config = LlamaConfig(

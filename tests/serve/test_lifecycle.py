@@ -105,7 +105,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(random_llama, serve_cach
         (["no-such-model-anywhere"], "no-such-model"),
     ],
 )
-def test_bad_command_lines_are_one_line_and_exit_2(args, words, serve_cache, capsys):
+def test_bad_command_lines_are_one_line_and_exit_2(args, words, serve_cache, capsys, monkeypatch):
+    monkeypatch.setenv("LMPROF_CACHE", str(serve_cache))
     assert main(["serve", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err and words in err
