@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from lmprof.analyze.serve import serve_figures
 from lmprof.record.serve import EngineStep, MemorySample, ServedRequest, ServeRun, load_serve_run
-from lmprof.render.serve_figures import serve_figures
 from lmprof.render.serve_terminal import render_serve_run
 
 EXPECTED = """\

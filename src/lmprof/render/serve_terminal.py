@@ -3,8 +3,8 @@ Plain fixed-width text (no colour), so it reads the same in a pipe and in a gold
 
 from __future__ import annotations
 
+from lmprof.analyze.serve import PERCENTILES, serve_figures
 from lmprof.record.serve import ServeRun
-from lmprof.render.serve_figures import PERCENTILES, serve_figures
 from lmprof.render.units import fmt_bytes, fmt_s
 
 HISTOGRAM_BAR = 40  # characters of the longest bar

@@ -1,5 +1,5 @@
-"""Figures of a serve Run, derived at render time: per-phase percentiles, throughput, the
-batch-size histogram, memory peaks. Pure: a ServeRun in, plain numbers out."""
+"""Figures of a serve Run: per-phase percentiles, throughput, the batch-size histogram, memory
+peaks. Pure: a ServeRun in, plain numbers out (render/serve_terminal.py prints them)."""
 
 from __future__ import annotations
 
