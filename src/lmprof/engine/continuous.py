@@ -1,0 +1,441 @@
+"""Continuous batching: requests join the running batch between decode steps and leave it when
+they finish, over one loaded engine model.
+
+    batcher = ContinuousBatcher(model, max_batch=8, max_seq_len=1024, prefill_chunk=256)
+    state = batcher.submit(Request(prompt_ids, max_new_tokens=64, on_token=push))
+    while batcher.has_work:
+        record = batcher.step()  # one iteration; record.wall_s, record.decode_rows, ...
+
+Each `step()` is one iteration: cancellations are applied, waiting requests are admitted while
+a row of the KV pool is free and the token budget holds their context, at most
+`prefill_chunk` prompt tokens are prefilled (oldest admitted first, so a long prompt is cut
+into chunks and cannot stall the running streams for longer than one chunk), then ONE decode
+step runs for every request that was already decoding. A request leaves on one of its eos ids,
+at max_new_tokens, or on `cancel(request_id)`, and its row is free at that step.
+
+Memory: slot_pool.KVSlotPool (one row per request, why rows and not pages is said there).
+`kv_budget_tokens` caps the tokens held in the pool (default: all of it). When a decode
+step would go past it, the most recently admitted decoding request is preempted: its K/V go
+to the prefix cache when there is one, its row is freed, and it goes back to the front of the
+queue to be recomputed (prompt + the tokens it already produced); it is never dropped, and
+its stream goes on where it stopped.
+
+Prefix caching: with a PrefixCache, a request that ends leaves its full blocks of tokens there
+and an admitted request starts from the blocks its context begins with (RequestState.
+cached_tokens), skipping that much prefill.
+
+`submit` and `cancel` may be called from other threads (an event loop); `step` runs in one
+thread. Callbacks run in the stepping thread and must not block.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from lmprof.engine.generate import sample
+from lmprof.engine.model import Transformer, causal_mask
+from lmprof.engine.native_decode import NativeInputs, NativeStep, check_native_decode, native_inputs
+from lmprof.engine.prefix_cache import PrefixCache
+from lmprof.engine.slot_pool import KVSlotPool, RowsWrite
+from lmprof.errors import UsageError
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_k: int | None = None
+    seed: int | None = None  # a per-request generator when sampling
+    eos_token_ids: frozenset[int] = frozenset()
+    on_token: Callable[[int], None] | None = None  # each new token, as soon as it is picked
+    on_finish: Callable[[RequestState], None] | None = None  # once, when the request leaves
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(eq=False)
+class RequestState:
+    """What the batcher tracks for a request, and what it reports when the request ends."""
+
+    request: Request
+    tokens: list[int] = field(default_factory=list)  # generated so far
+    finish_reason: str | None = None  # "stop" (eos), "length" or "cancelled"
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache at first admission
+    preemptions: int = 0
+    # scheduling state
+    row: int | None = None
+    kv_tokens: int = 0  # tokens of the context whose K/V are in the row
+    admitted: bool = False  # admitted at least once (cached_tokens is set then)
+    admission: int = 0  # order of the latest admission: preemption takes the latest first
+    generator: torch.Generator | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def context(self) -> list[int]:
+        return self.request.prompt + self.tokens
+
+    @property
+    def prefill_target(self) -> int:
+        """K/V tokens needed before this request's next token can be picked: the whole context
+        (a preempted request recomputes its generated tokens too)."""
+        return len(self.request.prompt) + len(self.tokens)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One iteration, for the server's self-profile."""
+
+    index: int
+    start_s: float  # on the batcher's clock
+    wall_s: float
+    decode_rows: int  # batch size of the decode step (0: none ran)
+    prefill_tokens: int  # prompt tokens prefilled this step (cache hits not counted)
+    prefill_requests: int
+    admitted: int
+    finished: int
+    preempted: int
+    waiting: int  # queued after the step
+    kv_tokens: int  # tokens held in the pool after the step
+
+
+class ContinuousBatcher:
+    def __init__(
+        self,
+        model: Transformer,
+        max_batch: int = 8,
+        max_seq_len: int = 1024,
+        prefill_chunk: int = 256,
+        kv_budget_tokens: int | None = None,
+        prefix_cache: PrefixCache | None = None,
+        native_decode: bool | None = None,
+        columns: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """max_seq_len: the longest context (prompt + new tokens) a request may have;
+        columns: cache columns a row has (default 2 x max_seq_len, see slot_pool);
+        native_decode: default the model's own option."""
+        if prefill_chunk < 1 or max_batch < 1 or max_seq_len < 2:
+            raise UsageError("max_batch, prefill_chunk must be positive and max_seq_len at least 2")
+        self.model, self.max_batch, self.max_seq_len = model, max_batch, max_seq_len
+        self.prefill_chunk = prefill_chunk
+        self.kv_budget_tokens = kv_budget_tokens or max_batch * max_seq_len
+        self.prefix_cache = prefix_cache
+        self.native = model.options.native_decode if native_decode is None else native_decode
+        self.clock = clock
+        with torch.inference_mode():
+            self.pool = KVSlotPool(model, max_batch, columns or 2 * max_seq_len)
+        if self.pool.columns <= max_seq_len:
+            raise UsageError(f"columns must exceed max_seq_len ({max_seq_len})")
+        self._native_inputs: NativeInputs | None = None
+        if self.native:
+            check_native_decode(model)
+            with torch.inference_mode():
+                self._native_inputs = native_inputs(model, max_seq_len)
+        self._inbox: deque[RequestState] = deque()  # submitted, not yet seen by step()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._waiting: deque[RequestState] = deque()
+        self._prefilling: list[RequestState] = []  # admission order
+        self._decoding: list[RequestState] = []  # index = pool row
+        self._free_rows = list(range(max_batch - 1, -1, -1))  # pop() takes the lowest
+        self._by_id: dict[str, RequestState] = {}
+        self.steps: list[StepRecord] = []
+        self.preemptions = 0
+        self._admissions = 0
+
+    # ---- the API other threads call ----
+
+    def submit(self, request: Request) -> RequestState:
+        n = len(request.prompt)
+        if n == 0 or request.max_new_tokens < 1:
+            raise UsageError("a request needs at least one prompt token and max_new_tokens >= 1")
+        longest = n + request.max_new_tokens
+        if longest > min(self.max_seq_len, self.kv_budget_tokens):
+            raise UsageError(
+                f"prompt ({n}) + max_new_tokens ({request.max_new_tokens}) exceeds "
+                f"{min(self.max_seq_len, self.kv_budget_tokens)} tokens"
+            )
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in request.prompt):
+            raise UsageError(f"prompt token ids must lie in [0, {vocab})")
+        state = RequestState(request)
+        if request.temperature > 0 and request.seed is not None:
+            state.generator = torch.Generator(device=self.pool.positions.device).manual_seed(request.seed)
+        with self._lock:
+            if request.request_id in self._by_id:
+                raise UsageError(f"request id {request.request_id!r} is already in use")
+            self._by_id[request.request_id] = state
+            self._inbox.append(state)
+        return state
+
+    def cancel(self, request_id: str) -> None:
+        """The request leaves at the next step (a client disconnect); unknown ids are ignored."""
+        with self._lock:
+            self._cancelled.add(request_id)
+
+    @property
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._inbox or self._waiting or self._prefilling or self._decoding)
+
+    @property
+    def running(self) -> int:
+        return len(self._prefilling) + len(self._decoding)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting) + len(self._inbox)
+
+    @property
+    def kv_tokens(self) -> int:
+        return sum(s.kv_tokens for s in self._prefilling + self._decoding)
+
+    @property
+    def kv_bytes_in_use(self) -> int:
+        return self.kv_tokens * self.pool.bytes_per_token
+
+    # ---- one iteration ----
+
+    @torch.inference_mode()
+    def step(self) -> StepRecord:
+        start = self.clock()
+        with self._lock:
+            self._waiting.extend(self._inbox)
+            self._inbox.clear()
+            cancelled, self._cancelled = self._cancelled, set()
+        finished = self._apply_cancels(cancelled)
+        admitted = self._admit()
+        # Those decoding now take a step; those whose prefill ends below join from the next one.
+        preempted = self._make_room_for_decode()
+        decode_rows = len(self._decoding)
+        if decode_rows:
+            finished += self._decode()
+        prefill_tokens, prefill_requests, done = self._prefill()
+        finished += done
+        record = StepRecord(
+            index=len(self.steps), start_s=start, wall_s=self.clock() - start,
+            decode_rows=decode_rows, prefill_tokens=prefill_tokens, prefill_requests=prefill_requests,
+            admitted=admitted, finished=finished, preempted=preempted, waiting=self.waiting,
+            kv_tokens=self.kv_tokens,
+        )  # fmt: skip
+        self.steps.append(record)
+        return record
+
+    def run_until_idle(self, max_steps: int = 1_000_000) -> None:
+        for _ in range(max_steps):
+            if not self.has_work:
+                return
+            self.step()
+        raise RuntimeError(f"still busy after {max_steps} steps")
+
+    # ---- admission, preemption, leaving ----
+
+    def _reserved(self, state: RequestState) -> int:
+        # A prefilling request holds room for its whole context, so its chunks never run out.
+        return state.prefill_target if state in self._prefilling else state.kv_tokens
+
+    def _reserved_total(self) -> int:
+        return sum(self._reserved(s) for s in self._prefilling + self._decoding)
+
+    def _admit(self) -> int:
+        admitted = 0
+        while self._waiting and self._free_rows:
+            state = self._waiting[0]
+            # + 1: room for the first decode step's token
+            if self._reserved_total() + state.prefill_target + 1 > self.kv_budget_tokens:
+                break
+            self._waiting.popleft()
+            state.row = self._free_rows.pop()
+            self._admissions += 1
+            state.admission = self._admissions
+            self.pool.reset_row(state.row)
+            state.kv_tokens = self._take_cached_prefix(state)
+            self._prefilling.append(state)
+            admitted += 1
+        return admitted
+
+    def _take_cached_prefix(self, state: RequestState) -> int:
+        if self.prefix_cache is None:
+            return 0
+        context = state.context
+        found = self.prefix_cache.match(context, limit=len(context) - 1)
+        if not state.admitted:
+            state.cached_tokens = found.tokens
+        state.admitted = True
+        if not found.blocks:
+            return 0
+        keys = torch.cat([b.keys for b in found.blocks], dim=2)  # [L, KV, tokens, hd]
+        values = torch.cat([b.values for b in found.blocks], dim=2)
+        self.pool.write_prefix(state.row, 0, keys, values)
+        return found.tokens
+
+    def _make_room_for_decode(self) -> int:
+        """Preempt the most recently admitted requests until one more token a decoding row fits."""
+        preempted = 0
+        while self._decoding and self._reserved_total() + len(self._decoding) > self.kv_budget_tokens:
+            victim = max(self._prefilling + self._decoding, key=lambda s: s.admission)
+            self._leave(victim, reason=None)
+            victim.preemptions += 1
+            self._waiting.appendleft(victim)
+            preempted += 1
+        self.preemptions += preempted
+        return preempted
+
+    def _apply_cancels(self, cancelled: set[str]) -> int:
+        finished = 0
+        for request_id in cancelled:
+            state = self._by_id.get(request_id)
+            if state is None or state.finish_reason is not None:
+                continue
+            if state in self._waiting:
+                self._waiting.remove(state)
+                self._finish(state, "cancelled")
+            else:
+                self._leave(state, "cancelled")
+            finished += 1
+        return finished
+
+    def _leave(self, state: RequestState, reason: str | None) -> None:
+        """Free the request's row (keeping its blocks in the prefix cache); finish it unless it
+        is preempted (reason None)."""
+        row = state.row
+        if self.prefix_cache is not None and state.kv_tokens >= self.prefix_cache.block_tokens:
+            self.pool.compact_row(row)  # column = position, as the cache stores blocks
+            keys, values = self.pool.read_columns(row, 0, state.kv_tokens)
+            self.prefix_cache.insert(state.context[: state.kv_tokens], keys, values)
+        if state in self._prefilling:
+            self._prefilling.remove(state)
+            self.pool.reset_row(row)
+            self._free_rows.append(row)
+        else:
+            last = len(self._decoding) - 1
+            moved = self._decoding[last]
+            self.pool.move_row(last, row)  # keep decoding rows a prefix of the pool
+            self._decoding[row] = moved
+            moved.row = row
+            self._decoding.pop()
+            self.pool.reset_row(last)
+            self._free_rows.append(last)
+        self._free_rows.sort(reverse=True)
+        state.row, state.kv_tokens = None, 0
+        if reason is not None:
+            self._finish(state, reason)
+
+    def _finish(self, state: RequestState, reason: str) -> None:
+        state.finish_reason = reason
+        with self._lock:
+            self._by_id.pop(state.request_id, None)
+        if state.request.on_finish is not None:
+            state.request.on_finish(state)
+
+    def _emit(self, state: RequestState, token: int) -> bool:
+        """Record a new token; True when the request is done with it."""
+        state.tokens.append(token)
+        if state.request.on_token is not None:
+            state.request.on_token(token)
+        if token in state.request.eos_token_ids:
+            state.finish_reason = "stop"
+        elif len(state.tokens) >= state.request.max_new_tokens:
+            state.finish_reason = "length"
+        return state.finish_reason is not None
+
+    def _pick(self, logits: Tensor, states: list[RequestState]) -> list[int]:
+        picks = logits.argmax(dim=-1).tolist()  # [B]; greedy rows keep these
+        for i, state in enumerate(states):
+            request = state.request
+            if request.temperature > 0:
+                picks[i] = int(sample(logits[i : i + 1], request.temperature, request.top_k, state.generator))
+        return picks
+
+    # ---- the forward passes ----
+
+    def _decode(self) -> int:
+        pool, n = self.pool, len(self._decoding)
+        if pool.clock >= pool.columns:
+            pool.compact(n)
+        column = pool.clock
+        tokens = torch.tensor([s.tokens[-1] for s in self._decoding], device=pool.positions.device)
+        if self.native:
+            cache = SimpleNamespace(keys=[k[:n] for k in pool.keys], values=[v[:n] for v in pool.values])
+            step = NativeStep(self._native_inputs, pool.key_valid[:n], pool.positions[:n], column)
+            logits = self.model(tokens[:, None], cache=cache, native=step)[:, -1]  # [n, V]
+        else:
+            pool.key_valid[:n, column] = True
+            mask = pool.key_valid[:n, None, None, : column + 1]  # [n, 1, 1, S]
+            positions = pool.positions[:n, None]  # [n, 1]
+            write = RowsWrite(pool, slice(0, n), slice(column, column + 1), column + 1)
+            logits = self.model(tokens[:, None], positions, mask, write)[:, -1]  # [n, V]
+            pool.positions[:n] += 1
+        pool.clock += 1
+        states = list(self._decoding)
+        finished = 0
+        for state, token in zip(states, self._pick(logits, states), strict=True):
+            state.kv_tokens += 1
+            if self._emit(state, token):
+                self._leave(state, state.finish_reason)
+                finished += 1
+        return finished
+
+    def _prefill(self) -> tuple[int, int, int]:
+        budget, tokens_run, requests_run, finished = self.prefill_chunk, 0, 0, 0
+        for state in list(self._prefilling):
+            if budget == 0:
+                break
+            start = state.kv_tokens
+            end = min(state.prefill_target, start + budget)
+            logits = self._prefill_chunk(state, start, end)
+            state.kv_tokens = end
+            budget -= end - start
+            tokens_run += end - start
+            requests_run += 1
+            if end < state.prefill_target:
+                continue
+            if self._emit(state, self._pick(logits, [state])[0]):
+                self._leave(state, state.finish_reason)
+                finished += 1
+            else:
+                self._join_decoding(state)
+        return tokens_run, requests_run, finished
+
+    def _prefill_chunk(self, state: RequestState, start: int, end: int) -> Tensor:
+        """Context tokens [start, end) into columns [start, end) of the request's row -> logits [1, V]."""
+        pool, row = self.pool, state.row
+        device = pool.positions.device
+        tokens = torch.tensor([state.context[start:end]], device=device)  # [1, T]
+        columns = torch.arange(start, end, device=device)
+        pool.key_valid[row, start:end] = True
+        mask = causal_mask(columns, pool.key_valid[row : row + 1, :end])  # [1, 1, T, end]
+        write = RowsWrite(pool, slice(row, row + 1), slice(start, end), end)
+        logits = self.model(tokens, columns[None], mask, write, last_only=True)[:, -1]
+        pool.positions[row] = end
+        return logits
+
+    def _join_decoding(self, state: RequestState) -> None:
+        pool, target = self.pool, len(self._decoding)
+        self._prefilling.remove(state)
+        if state.row != target:
+            holder = next((s for s in self._prefilling if s.row == target), None)
+            if holder is not None:
+                pool.swap_rows(state.row, target)
+                holder.row = state.row
+            else:
+                pool.move_row(state.row, target)
+                self._free_rows.remove(target)
+                self._free_rows.append(state.row)
+                self._free_rows.sort(reverse=True)
+            state.row = target
+        self._decoding.append(state)
+        # Its keys sit at columns [0, kv_tokens): the shared decode column must lie past them.
+        pool.clock = max(pool.clock, state.kv_tokens)
