@@ -132,7 +132,8 @@ class RequestSender:
         record.end_s = self.now_s()
         record.error_kind = kind
         record.error = message
-        record.http_status = status
+        if status is not None:  # a stream that broke after its 200 keeps the 200
+            record.http_status = status
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, record: RequestRecord) -> None:
         text_parts: list[str] = []
