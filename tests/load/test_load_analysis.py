@@ -88,3 +88,24 @@ def test_fail_on_thresholds(hand_run):
 def test_bad_fail_on_is_a_usage_error(bad):
     with pytest.raises(UsageError, match="--fail-on"):
         parse_load_thresholds([bad])
+
+
+def test_loop_lag_ticker_reads_the_injected_clock():
+    import asyncio
+    import itertools
+
+    from lmprof.clock import Clock
+    from lmprof.load.client_health import LoopLagTicker
+
+    # A clock that moves 30 ms at every read: each tick asks to wake 1 ms after one read
+    # and is checked at the next, so every tick is 29 ms late on this clock.
+    ticks = itertools.count()
+    ticker = LoopLagTicker(Clock(wall=lambda: next(ticks) * 0.030), tick_s=0.001)
+
+    async def run() -> list[float]:
+        ticker.start()
+        await asyncio.sleep(0.05)
+        return await ticker.stop()
+
+    lags = asyncio.run(run())
+    assert len(lags) >= 3 and all(lag == pytest.approx(0.029) for lag in lags)
