@@ -7,6 +7,7 @@ import argparse
 import datetime as _dt
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -203,9 +204,23 @@ def _progress():
 
         def level_started(self, title: str, total_requests: int | None, duration_s: float | None) -> None:
             self.task = self.bar.add_task(title, total=total_requests)
+            self.done = 0
+            # --duration alone: the bar fills with time, and the count goes in the title.
+            self.timed = (
+                (time.monotonic(), duration_s, title) if total_requests is None and duration_s else None
+            )
+            if self.timed:
+                self.bar.update(self.task, total=duration_s)
 
         def request_done(self, record: RequestRecord) -> None:
-            if self.task is not None:
+            if self.task is None:
+                return
+            self.done += 1
+            if self.timed:
+                start, duration_s, title = self.timed
+                elapsed = min(time.monotonic() - start, duration_s)
+                self.bar.update(self.task, completed=elapsed, description=f"{title}: {self.done} done")
+            else:
                 self.bar.advance(self.task)
 
         def level_finished(self) -> None:

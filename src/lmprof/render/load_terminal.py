@@ -59,7 +59,7 @@ def levels_table(levels: list[LevelSummary]) -> Table:
     table = Table(title="Load levels (latency from send, as vLLM's benchmark)", title_justify="left")
     for name in ("level", "ok/sent", "errors", "req/s", "out tok/s", "total tok/s"):
         table.add_column(name, justify="left" if name == "level" else "right", no_wrap=True)
-    for name in ("TTFT p50", "TTFT p99", "TPOT p50", "ITL p99", "E2EL p99", "goodput"):
+    for name in ("TTFT p50", "TTFT p99", "TPOT p50", "ITL p99", "E2EL p99", "from sched.", "goodput"):
         table.add_column(name, justify="right", no_wrap=True)
     for s in levels:
         errors = sum(e["count"] for e in s.errors.values())
@@ -76,6 +76,7 @@ def levels_table(levels: list[LevelSummary]) -> Table:
             _pick(s.latency_s.get("tpot"), "p50"),
             _pick(s.latency_s.get("itl"), "p99"),
             _pick(s.latency_s.get("e2el"), "p99"),
+            _pick(s.scheduled_latency_s.get("e2el"), "p99"),  # with the client's queueing
             goodput,
         )
     return table
