@@ -1,0 +1,201 @@
+"""The continuous batcher (engine/continuous.py) against the same prompts run alone through
+lmprof.engine.generate, greedy fp32, on the tiny checkpoints of helpers/engine_models.py:
+requests of different lengths joining at random steps, chunked prefill, cancellation,
+preemption under a small token budget, cache compaction and the native decode step."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from helpers.engine_models import VOCAB
+
+from lmprof.engine import EngineOptions, generate, load_hf_folder
+from lmprof.engine.continuous import ContinuousBatcher, Request
+from lmprof.engine.generate import torch_threads
+from lmprof.errors import UsageError
+
+MAX_NEW = 12
+MAX_SEQ = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops: on a shared 2-core host, torch's thread pool makes each one cost milliseconds."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def engines(model_dirs):
+    return {name: load_hf_folder(model_dirs[name]) for name in ("llama3-untied", "qwen2")}
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = random.Random(7)
+    return [[rng.randrange(1, VOCAB) for _ in range(rng.randint(1, 40))] for _ in range(12)]
+
+
+_ALONE: dict[tuple[int, int], list[int]] = {}
+
+
+def alone(model, prompt: list[int]) -> list[int]:
+    """MAX_NEW greedy tokens of `prompt` run by itself through generate()."""
+    key = (id(model), hash(tuple(prompt)))
+    if key not in _ALONE:
+        _ALONE[key] = generate(model, [prompt], MAX_NEW).tokens[0].tolist()
+    return _ALONE[key]
+
+
+def expected(model, prompt: list[int], max_new: int, eos: frozenset[int]) -> list[int]:
+    tokens = alone(model, prompt)[:max_new]
+    cut = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+    return tokens[:cut]
+
+
+def run_scenario(model, prompts, seed: int, **batcher_kwargs) -> ContinuousBatcher:
+    """Submit every prompt at a random step with random lengths, eos and cancellations; check
+    every request's tokens against the prompt alone."""
+    rng = random.Random(seed)
+    batcher = ContinuousBatcher(model, **batcher_kwargs)
+    order = rng.sample(range(len(prompts)), k=rng.randint(3, len(prompts)))
+    arrivals = sorted(rng.randint(0, 12) for _ in order)
+    plans = []
+    for index, arrival in zip(order, arrivals, strict=True):
+        prompt = prompts[index]
+        max_new = rng.randint(1, MAX_NEW)
+        reference = alone(model, prompt)
+        eos = frozenset({reference[rng.randrange(MAX_NEW)]}) if rng.random() < 0.3 else frozenset()
+        cancel_at = arrival + rng.randint(0, 10) if rng.random() < 0.2 else None
+        plans.append((arrival, cancel_at, Request(prompt, max_new, eos_token_ids=eos)))
+    states, step = [], 0
+    while step <= 12 or batcher.has_work:
+        for arrival, cancel_at, request in plans:
+            if arrival == step:
+                states.append((batcher.submit(request), cancel_at))
+            if cancel_at == step:
+                batcher.cancel(request.request_id)
+        batcher.step()
+        step += 1
+        assert step < 2000
+    for state, cancel_at in states:
+        request = state.request
+        want = expected(model, request.prompt, request.max_new_tokens, request.eos_token_ids)
+        if state.finish_reason == "cancelled":
+            assert cancel_at is not None and state.tokens == want[: len(state.tokens)]
+        else:
+            assert state.tokens == want, (seed, state.request_id)
+            assert state.finish_reason == ("stop" if want[-1] in request.eos_token_ids else "length")
+    return batcher
+
+
+@pytest.mark.parametrize("name", ["llama3-untied", "qwen2"])
+def test_random_arrivals_equal_each_prompt_alone(engines, prompts, name):
+    model = engines[name]
+    rng = random.Random(name)
+    for seed in range(60):
+        batcher = run_scenario(
+            model, prompts, seed,
+            max_batch=rng.randint(1, 5), max_seq_len=MAX_SEQ, prefill_chunk=rng.choice([1, 3, 8, 64]),
+            columns=rng.choice([MAX_SEQ + 1, MAX_SEQ + 7, 2 * MAX_SEQ]),  # small: compaction often
+        )  # fmt: skip
+        assert not batcher.has_work and batcher.kv_tokens == 0
+        assert all(r.decode_rows <= batcher.max_batch for r in batcher.steps)
+        assert all(r.prefill_tokens <= batcher.prefill_chunk for r in batcher.steps)
+
+
+def test_preemption_under_a_small_budget_recomputes_and_loses_nothing(engines, prompts):
+    model = engines["llama3-untied"]
+    preempted = 0
+    for seed in range(25):
+        batcher = run_scenario(
+            model, prompts, 100 + seed, max_batch=4, max_seq_len=MAX_SEQ, prefill_chunk=16, kv_budget_tokens=60
+        )
+        assert max(r.kv_tokens for r in batcher.steps) <= 60
+        preempted += batcher.preemptions
+    assert preempted > 0  # the budget did bite
+
+
+def test_native_decode_step_runs_the_continuous_batch(engines, prompts, model_dirs, ops):
+    model = load_hf_folder(model_dirs["llama3-untied"], EngineOptions(native_decode=True))
+    torch_model = engines["llama3-untied"]
+    for prompt in prompts:  # same weights: references from the torch model are shared
+        _ALONE[(id(model), hash(tuple(prompt)))] = alone(torch_model, prompt)
+    for seed in range(8):
+        run_scenario(model, prompts, 200 + seed, max_batch=4, max_seq_len=MAX_SEQ, prefill_chunk=8,
+                     columns=MAX_SEQ + 3)  # fmt: skip
+
+
+def test_a_long_prompt_is_chunked_and_running_streams_get_a_token_every_step(engines):
+    model = engines["qwen2"]
+    batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, prefill_chunk=4)
+    short = batcher.submit(Request([5, 6, 7], max_new_tokens=MAX_NEW))
+    batcher.step()  # its prefill and first token
+    seen = len(short.tokens)
+    long = batcher.submit(Request(list(range(1, 41)), max_new_tokens=2))
+    while not long.tokens:
+        record = batcher.step()
+        assert record.prefill_tokens <= 4 and record.decode_rows == 1
+        assert len(short.tokens) == seen + 1  # the running stream was not stalled
+        seen += 1
+    assert long.tokens == expected(model, list(range(1, 41)), 2, frozenset())[:1]
+
+
+def test_sampling_settings_are_per_request(engines, prompts):
+    model = engines["llama3-untied"]
+
+    def run(company: list[Request]) -> tuple[list[int], list[list[int]]]:
+        batcher = ContinuousBatcher(model, max_batch=4, max_seq_len=MAX_SEQ)
+        sampled = batcher.submit(Request(prompts[0], MAX_NEW, temperature=1.5, seed=3))
+        others = [batcher.submit(request) for request in company]
+        batcher.run_until_idle()
+        return sampled.tokens, [state.tokens for state in others]
+
+    lone, _ = run([])
+    assert lone != alone(model, prompts[0])  # it did sample
+    beside, (greedy, _) = run([Request(prompts[1], MAX_NEW), Request(prompts[2], 5, temperature=0.7, seed=9)])
+    assert beside == lone  # its own generator, whatever the company
+    assert greedy == alone(model, prompts[1])  # greedy rows beside sampled ones stay greedy
+
+
+def test_callbacks_stream_every_token_once_and_finish_once(engines, prompts):
+    model = engines["qwen2"]
+    streamed: dict[str, list[int]] = {}
+    finished: list[str] = []
+    batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, kv_budget_tokens=50)
+    states = []
+    for i, prompt in enumerate(prompts[:5]):
+        streamed[str(i)] = []
+        states.append(batcher.submit(Request(
+            prompt, MAX_NEW, request_id=str(i), on_token=streamed[str(i)].append,
+            on_finish=lambda s: finished.append(s.request_id),
+        )))  # fmt: skip
+    batcher.cancel("4")  # still waiting: leaves without a token
+    batcher.run_until_idle()
+    assert sorted(finished) == ["0", "1", "2", "3", "4"]
+    for state in states:
+        assert streamed[state.request_id] == state.tokens
+    assert states[4].finish_reason == "cancelled" and states[4].tokens == []
+
+
+def test_step_records_use_the_injected_clock(engines):
+    ticks = iter(range(1000))
+    batcher = ContinuousBatcher(engines["qwen2"], max_batch=2, max_seq_len=MAX_SEQ, clock=lambda: next(ticks))
+    batcher.submit(Request([1, 2, 3], max_new_tokens=3))
+    batcher.run_until_idle()
+    assert [(r.start_s, r.wall_s) for r in batcher.steps] == [(0, 1), (2, 1), (4, 1)]
+    assert [(r.decode_rows, r.prefill_tokens, r.finished) for r in batcher.steps] == [(0, 3, 0), (1, 0, 0), (1, 0, 1)]
+
+
+def test_requests_that_cannot_fit_are_refused(engines):
+    batcher = ContinuousBatcher(engines["qwen2"], max_batch=2, max_seq_len=16, kv_budget_tokens=12)
+    with pytest.raises(UsageError):
+        batcher.submit(Request([1] * 10, max_new_tokens=7))  # > max_seq_len
+    with pytest.raises(UsageError):
+        batcher.submit(Request([1] * 10, max_new_tokens=4))  # > kv budget
+    with pytest.raises(UsageError):
+        batcher.submit(Request([VOCAB], max_new_tokens=1))
+    batcher.submit(Request([1], max_new_tokens=1, request_id="x"))
+    with pytest.raises(UsageError):
+        batcher.submit(Request([1], max_new_tokens=1, request_id="x"))
