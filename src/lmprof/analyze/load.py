@@ -181,7 +181,7 @@ def summarize_level(run: LoadRun, level: LevelRecord, slo_s: dict[str, float] | 
         "e2el": distribution(v for v in (e2el_s(r, True) for r in ok) if v is not None),
     }
     s.client_queue_s = distribution(r.sent_s - r.scheduled_s for r in live)
-    slo = run.settings.get("slo_s") or {} if slo_s is None else slo_s
+    slo = (run.settings.get("slo_s") or {}) if slo_s is None else slo_s
     if slo and live:
         good = sum(meets_slo(r, slo) for r in live)
         good_sched = sum(meets_slo(r, slo, True) for r in live)

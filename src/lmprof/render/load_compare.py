@@ -60,7 +60,9 @@ def render_load_comparison(comparison: LoadComparison, checks: Sequence[LoadChec
     for note in comparison.notes:
         parts.append(Text(note, style="yellow"))
     for check in checks:
-        verdict = "BREACHED" if check.breached else ("ok" if check.value is not None else "not measured")
+        verdict = "BREACHED" if check.breached else ("ok" if check.value is not None else "not evaluated")
+        if check.value is None:  # a relative change of a zero baseline, or a figure a run lacks
+            verdict += " (the figure is missing, or 0 in the baseline: give an absolute amount)"
         parts.append(Text(f"--fail-on {check.threshold.text} at {check.level} ({check.run}): {verdict}"))
     return Group(*parts)
 
