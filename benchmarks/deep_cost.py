@@ -191,7 +191,7 @@ def main() -> None:
     results = {"started": started, "threads": torch.get_num_threads(), "models": []}
     for name in args.models.split(","):
         print(f"{name}: {args.rounds} rounds of {len(CONFIGS)} configurations", file=sys.stderr, flush=True)
-        res = option_rounds(name, args.rounds, args.steps)
+        res = option_rounds(name, args.rounds, args.steps) if args.rounds else {"loads": [], "step_s": {}}
         if args.cli_pairs:
             res["cli"] = cli_pairs(name, args.cli_pairs, args.steps)
         results["models"].append(res)
@@ -202,7 +202,7 @@ def main() -> None:
             "| configuration | decode step, ms: median (min-max) | x untraced: median of rounds (min-max) |"
         )
         print("|---|---|---|")
-        for label, *_ in CONFIGS:
+        for label, *_ in CONFIGS if args.rounds else []:  # --rounds 0: the lmprof profile pairs only
             ms = [s * 1e3 for s in res["step_s"][label]]
             print(f"| {label} | {spread(ms)} | {spread(res['ratio'][label])} |")
         cli = res.get("cli")

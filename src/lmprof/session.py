@@ -66,6 +66,7 @@ class ProfileSession:
         python_stacks: bool = False,
         deep_steps: int | None = 16,
         deep_allocations: bool = False,
+        deep_flops: bool = False,
         python_profiler: str | None = None,
     ) -> None:
         self._clock = clock or Clock()
@@ -94,6 +95,7 @@ class ProfileSession:
         self._deep_pending = deep  # the first generate call gets traced
         self._python_stacks = python_stacks
         self._deep_allocations = deep_allocations  # tracemalloc / CUDA allocator history: opt-in
+        self._deep_flops = deep_flops  # FLOPs per operator: opt-in
         self._deep_steps = deep_steps
         self._python_profiler_name = python_profiler
         self._python_profiler: Any = None
@@ -268,7 +270,11 @@ class ProfileSession:
             self.now_s,
             cuda=self.device.is_cuda,
             max_decode_steps=self._deep_steps,
-            options=TraceOptions(with_stack=self._python_stacks, python_allocations=self._deep_allocations),
+            options=TraceOptions(
+                with_stack=self._python_stacks,
+                python_allocations=self._deep_allocations,
+                with_flops=self._deep_flops,
+            ),
         )
 
     def finish_deep_trace(self, tracer: Any, kv_samples: list[tuple[float, int]]) -> None:

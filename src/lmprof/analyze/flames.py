@@ -151,13 +151,15 @@ def trace_events(roots: list[Node], spans: list[Span], cap: int = 20000) -> list
     """Module ranges, ops and kernels for the timeline, the first `cap` of them in time order
     (a long generation has hundreds of thousands; the flame and tables keep the totals)."""
     out: list[TraceEvent] = []
-    for node in all_nodes(roots):
+    for node in all_nodes(roots):  # in time order: the first `cap` are all the timeline keeps
+        if len(out) >= cap:
+            break
         if node.span.cat == "python_function":
             continue  # too many for a timeline; the flame graph has them
         cat = "module" if node.is_module else ("launch" if node.span.cat in LAUNCH_CATEGORIES else "op")
         out.append(
             TraceEvent(
-                frame_of(node).split(":", 1)[1], cat, node.span.start_s, node.span.dur_s, "cpu main thread"
+                node.frames[-1].split(":", 1)[1], cat, node.span.start_s, node.span.dur_s, "cpu main thread"
             )
         )
     for s in spans:

@@ -7,6 +7,7 @@ one walk gives the call stack of every op: Python -> nn.Module path -> op -> lau
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -17,7 +18,7 @@ HOOK_FILE = "lmprof/collect/torch_trace.py"
 EPS_S = 1e-9
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One span in the tree. What the analyses ask of every node's ancestors (its nearest
     module, the nearest module of a step-part category, whether an op encloses it, its stack of
@@ -49,7 +50,7 @@ class Node:
 
     @property
     def self_s(self) -> float:
-        return max(self.span.dur_s - sum(c.span.dur_s for c in self.children), 0.0)
+        return max(self.span.dur_s - sum([c.span.dur_s for c in self.children]), 0.0)
 
     @property
     def is_module(self) -> bool:
@@ -69,11 +70,16 @@ class Node:
         return self.module
 
     def walk(self) -> Iterator[Node]:
-        yield self
-        for child in self.children:
-            yield from child.walk()
+        """This node and everything under it, in time order (an explicit stack: nested
+        generators cost a frame per level for every node)."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children))
 
 
+@functools.lru_cache(maxsize=4096)
 def module_category(path: str | None) -> str:
     """Which part of a transformer block a module path is (for the decode-step breakdown)."""
     if path is None:
@@ -138,8 +144,12 @@ def build_tree(spans: Iterable[Span], main_tid: int | str) -> list[Node]:
 
 
 def all_nodes(roots: list[Node]) -> Iterator[Node]:
-    for root in roots:
-        yield from root.walk()
+    """Every node, in time order (pre-order of a tree nested by time)."""
+    stack = list(reversed(roots))
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(node.children))
 
 
 def innermost_at(roots: list[Node], t_s: float) -> Node | None:
