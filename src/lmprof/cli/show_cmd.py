@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmprof.cli.common import add_json_option
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
 from lmprof.record.load import is_load_run
@@ -18,7 +19,7 @@ from lmprof.render.terminal import render_run
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="re-render a saved run", description="Render RUN_DIR/run.json again.")
     p.add_argument("run_dir", type=Path, help="a folder written by `lmprof profile` (or its run.json)")
-    p.add_argument("--json", action="store_true", help="print the Run record as JSON")
+    add_json_option(p, what="the Run record")
     p.add_argument(
         "--html", action="store_true", help="write RUN_DIR/report.html again from run.json and print its path"
     )
