@@ -94,7 +94,7 @@ def run_scenario(model, prompts, seed: int, **batcher_kwargs) -> ContinuousBatch
 def test_random_arrivals_equal_each_prompt_alone(engines, prompts, name):
     model = engines[name]
     rng = random.Random(name)
-    for seed in range(60):
+    for seed in range(40):
         batcher = run_scenario(
             model, prompts, seed,
             max_batch=rng.randint(1, 5), max_seq_len=MAX_SEQ, prefill_chunk=rng.choice([1, 3, 8, 64]),

@@ -136,7 +136,7 @@ def test_a_prefix_hit_gives_the_same_tokens_and_skips_that_prefill(model, monkey
         b = serve(batcher, second, 6)
     assert sum(seen) == len(second) - 32 + 5  # the uncached prompt tokens, then one a decode step
     assert b.cached_tokens == 32 and b.tokens == want
-    assert sum(r.prefill_tokens for r in batcher.steps[-6:]) == len(second) - 32
+    assert sum(r.prefill_tokens for r in list(batcher.steps)[-6:]) == len(second) - 32
     # a second turn: the first exchange (prompt and reply) is cached too
     turn = a.context + [11, 12]
     c = serve(batcher, turn, 4)

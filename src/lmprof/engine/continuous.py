@@ -122,10 +122,12 @@ class ContinuousBatcher:
         native_decode: bool | None = None,
         columns: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        keep_steps: int | None = 100_000,
     ) -> None:
         """max_seq_len: the longest context (prompt + new tokens) a request may have;
-        columns: cache columns a row has (default 2 x max_seq_len, see slot_pool);
-        native_decode: default the model's own option."""
+        columns: cache columns a row has (default max_seq_len + a quarter, at least 16 more:
+        see slot_pool); native_decode: default the model's own option; keep_steps: the
+        StepRecords kept in `steps` (the newest; None: all)."""
         if prefill_chunk < 1 or max_batch < 1 or max_seq_len < 2:
             raise UsageError("max_batch, prefill_chunk must be positive and max_seq_len at least 2")
         self.model, self.max_batch, self.max_seq_len = model, max_batch, max_seq_len
@@ -135,7 +137,7 @@ class ContinuousBatcher:
         self.native = model.options.native_decode if native_decode is None else native_decode
         self.clock = clock
         with torch.inference_mode():
-            self.pool = KVSlotPool(model, max_batch, columns or 2 * max_seq_len)
+            self.pool = KVSlotPool(model, max_batch, columns or max_seq_len + max(16, max_seq_len // 4))
         if self.pool.columns <= max_seq_len:
             raise UsageError(f"columns must exceed max_seq_len ({max_seq_len})")
         self._native_inputs: NativeInputs | None = None
@@ -151,7 +153,8 @@ class ContinuousBatcher:
         self._decoding: list[RequestState] = []  # index = pool row
         self._free_rows = list(range(max_batch - 1, -1, -1))  # pop() takes the lowest
         self._by_id: dict[str, RequestState] = {}
-        self.steps: list[StepRecord] = []
+        self.steps: deque[StepRecord] = deque(maxlen=keep_steps)
+        self.step_count = 0
         self.preemptions = 0
         self._admissions = 0
 
@@ -225,12 +228,13 @@ class ContinuousBatcher:
         prefill_tokens, prefill_requests, done = self._prefill()
         finished += done
         record = StepRecord(
-            index=len(self.steps), start_s=start, wall_s=self.clock() - start,
+            index=self.step_count, start_s=start, wall_s=self.clock() - start,
             decode_rows=decode_rows, prefill_tokens=prefill_tokens, prefill_requests=prefill_requests,
             admitted=admitted, finished=finished, preempted=preempted, waiting=self.waiting,
             kv_tokens=self.kv_tokens,
         )  # fmt: skip
         self.steps.append(record)
+        self.step_count += 1
         return record
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
@@ -253,8 +257,10 @@ class ContinuousBatcher:
         admitted = 0
         while self._waiting and self._free_rows:
             state = self._waiting[0]
-            # + 1: room for the first decode step's token
-            if self._reserved_total() + state.prefill_target + 1 > self.kv_budget_tokens:
+            # Room for its context and its first decode token, beside this step's decode tokens
+            # of the rows already decoding (else it would be preempted at once).
+            need = state.prefill_target + 1 + len(self._decoding)
+            if self._reserved_total() + need > self.kv_budget_tokens:
                 break
             self._waiting.popleft()
             state.row = self._free_rows.pop()

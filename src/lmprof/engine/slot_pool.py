@@ -14,8 +14,11 @@ rope positions (`positions`) and per-row validity.
   `keys[:n]`, `key_valid[:n]`, `positions[:n]` without copying the cache; a request that
   leaves has its row filled by the last decoding row (one row copy, its valid columns only).
 - When the clock reaches the last column, every decoding row is compacted (its valid columns
-  moved to the left, order kept) and the clock restarts after the longest row. With
-  `columns = 2 x max_seq_len` that happens at most once every max_seq_len steps.
+  moved to the left, order kept) and the clock restarts after the longest row. With `slack`
+  columns beyond max_seq_len that happens at most once every `slack` steps and copies the
+  live cache once. The batcher's default slack, max_seq_len / 4, amortizes to a copy of
+  4 / max_seq_len of the live cache per step, and bounds the columns attention scans to a
+  quarter more than the longest row.
 
 Why rows and not pages of a shared pool: on CPU, torch's SDPA and the native step read a
 contiguous [B, KV, S, hd] cache; pages would have to be gathered into one every step and
