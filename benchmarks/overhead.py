@@ -14,7 +14,11 @@ sampler that takes the interpreter lock costs most).
 
 `--parts` adds arms that take the session apart: the memory sampler alone (child process or
 thread), the session with its sampler in a thread (the design before 2026-12-07), and the
-session without periodic samples (hooks, phases and boundary samples only).
+session without periodic samples (hooks, phases and boundary samples only); and it times each
+part alone, many times over, which a busy machine disturbs far less than a whole decode: one
+in-process memory sample (what a sampler thread holds the interpreter lock for, and what a phase
+boundary costs), a phase's open and close, the per-step forward hook, and the CPU the child
+sampler process uses per second.
 
 Target (issue #18): the default session at most 2% slower decode than the baseline.
 """
@@ -165,6 +169,8 @@ def measure(label: str, model, inputs, args) -> None:
     print(
         f"  baseline decode tok/s: median {statistics.median(base):.2f} (min {min(base):.2f}, max {max(base):.2f})"
     )
+    if args.parts:
+        part_costs(model, inputs, 1.0 / statistics.median(base))
     for name, values in rates.items():
         if name == "baseline":
             continue
@@ -173,6 +179,58 @@ def measure(label: str, model, inputs, args) -> None:
         median = statistics.median(ratios)
         print(f"  {name:40s} median per-round ratio {median:.3f} ({100 * (1 - median):+.1f}% slower)  "
               f"IQR {q1:.3f}-{q3:.3f}  min-max {ratios[0]:.3f}-{ratios[-1]:.3f}")  # fmt: skip
+
+
+def per_call_s(fn: Callable[[], object], calls: int, repeats: int = 5) -> float:
+    """The fastest of `repeats` means over `calls` calls: the cost without other processes' noise."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def part_costs(model, inputs, step_s: float) -> None:
+    """Each part of the default session, timed alone, beside one decode step."""
+    from lmprof.clock import Clock
+    from lmprof.collect.device import CpuDevice
+    from lmprof.collect.generation import GenerationWatcher
+    from lmprof.collect.phases import PhaseRecorder
+
+    interval_s = memory_sampler.DEFAULT_INTERVAL_S
+    in_process = MemorySampler(time.perf_counter, interval_s, mode="thread")
+    sample_s = per_call_s(in_process.sample_once, 2000)
+    recorder = PhaseRecorder(Clock(), time.perf_counter(), on_boundary=in_process.sample_once)
+
+    def phase_pair() -> None:
+        recorder.close(recorder.open("part"))
+
+    phase_s = per_call_s(phase_pair, 500)
+    watcher = GenerationWatcher(model, recorder, time.perf_counter, CpuDevice(), "generate", 0.0)
+    watcher.attach()
+    args, kwargs = (), {"input_ids": inputs["input_ids"]}
+    watcher._on_forward(model, args, kwargs)  # prefill
+    watcher._on_forward(model, args, kwargs)  # the first decode step: prefill closes
+    hook_s = per_call_s(lambda: watcher._on_forward(model, args, kwargs), 20000)
+    watcher.detach(None)
+    child = MemorySampler(time.perf_counter, interval_s, mode="process")
+    child.start()
+    time.sleep(3.0)
+    child.stop()
+    print(f"  parts, each timed alone (fastest of 5 means), beside a {step_s * 1e3:.2f} ms decode step:")
+    per_step = step_s / interval_s
+    print(f"    one in-process memory sample     {sample_s * 1e6:7.1f} us; a sampler thread takes the lock "
+          f"{per_step:.2f}x per step: {100 * sample_s * per_step / step_s:.2f}% of a step, before the lock handoffs")  # fmt: skip
+    print(f"    one phase opened and closed      {phase_s * 1e6:7.1f} us; a generate call opens 3 "
+          f"(generate, prefill, decode): {100 * 3 * phase_s / (step_s * 64):.3f}% of a 64-token decode")  # fmt: skip
+    print(
+        f"    the per-step forward hook        {hook_s * 1e6:7.1f} us: {100 * hook_s / step_s:.3f}% of a step"
+    )
+    if child.child_cpu_s is not None:
+        print(f"    the child sampler process        {100 * child.child_cpu_s / 3.0:.2f}% of one CPU over 3 s "
+              f"({len(child.samples.t_s)} samples, start-up included), outside the interpreter lock")  # fmt: skip
 
 
 def cpu_model() -> str:

@@ -52,6 +52,24 @@ with open(path, "wb", buffering=1 << 16) as out:
 _RECORD = struct.Struct("<dqq")  # perf_counter seconds, resident bytes, file-backed resident bytes
 
 
+def _reap(child: subprocess.Popen) -> float | None:
+    """Wait for the child (killing it after CHILD_STOP_TIMEOUT_S); its CPU seconds, where known."""
+    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            pid, _, usage = os.wait4(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            child.wait()
+            return None
+        if pid:
+            child.returncode = 0
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.002)
+    child.kill()
+    child.wait()
+    return None
+
+
 @dataclass
 class MemorySamples:
     t_s: list[float] = field(default_factory=list)
@@ -98,6 +116,7 @@ class MemorySampler:
         self._child: subprocess.Popen | None = None
         self._child_file: Path | None = None
         self._clock_offset_s = 0.0  # perf_counter() - now_s(): the child stamps perf_counter
+        self.child_cpu_s: float | None = None  # CPU seconds the child used, read when it exits
 
     def sample_once(self) -> None:
         """Take one sample now (also called at phase boundaries so no peak falls between)."""
@@ -175,13 +194,9 @@ class MemorySampler:
         child, path = self._child, self._child_file
         self._child = self._child_file = None
         assert child is not None and path is not None
-        try:
-            if child.stdin is not None:
-                child.stdin.close()  # the child's signal to write its last sample and exit
-            child.wait(timeout=CHILD_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        if child.stdin is not None:
+            child.stdin.close()  # the child's signal to write its last sample and exit
+        self.child_cpu_s = _reap(child)
         data = path.read_bytes() if path.exists() else b""
         path.unlink(missing_ok=True)
         usable = len(data) - len(data) % _RECORD.size  # a killed child may leave half a record
