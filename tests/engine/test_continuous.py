@@ -5,7 +5,9 @@ preemption under a small token budget, cache compaction and the native decode st
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 
 import pytest
 from helpers.engine_models import VOCAB
@@ -199,3 +201,27 @@ def test_requests_that_cannot_fit_are_refused(engines):
     batcher.submit(Request([1], max_new_tokens=1, request_id="x"))
     with pytest.raises(UsageError):
         batcher.submit(Request([1], max_new_tokens=1, request_id="x"))
+
+
+def test_an_engine_thread_wakes_on_submit_and_streams_to_another_thread(engines):
+    model = engines["qwen2"]
+    batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ)
+    assert not batcher.wait_for_work(timeout=0.01)
+    stop = threading.Event()
+
+    def engine_loop():
+        with torch_threads(1):
+            while not stop.is_set():
+                if batcher.wait_for_work(timeout=0.05):
+                    batcher.step()
+
+    tokens: queue.Queue[int | None] = queue.Queue()
+    worker = threading.Thread(target=engine_loop)
+    worker.start()
+    try:
+        batcher.submit(Request([3, 4, 5], 6, on_token=tokens.put, on_finish=lambda s: tokens.put(None)))
+        got = list(iter(lambda: tokens.get(timeout=30), None))
+    finally:
+        stop.set()
+        worker.join()
+    assert got == expected(model, [3, 4, 5], 6, frozenset())

@@ -148,6 +148,7 @@ class ContinuousBatcher:
         self._inbox: deque[RequestState] = deque()  # submitted, not yet seen by step()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # wakes wait_for_work on submit and cancel
         self._waiting: deque[RequestState] = deque()
         self._prefilling: list[RequestState] = []  # admission order
         self._decoding: list[RequestState] = []  # index = pool row
@@ -181,17 +182,28 @@ class ContinuousBatcher:
                 raise UsageError(f"request id {request.request_id!r} is already in use")
             self._by_id[request.request_id] = state
             self._inbox.append(state)
+            self._arrived.notify_all()
         return state
 
     def cancel(self, request_id: str) -> None:
         """The request leaves at the next step (a client disconnect); unknown ids are ignored."""
         with self._lock:
             self._cancelled.add(request_id)
+            self._arrived.notify_all()
+
+    def wait_for_work(self, timeout: float | None = None) -> bool:
+        """Block until there is something to step (or `timeout`); True when there is. A
+        server's engine thread loops `if batcher.wait_for_work(0.1): batcher.step()`."""
+        with self._arrived:
+            return self._arrived.wait_for(self._busy, timeout)
+
+    def _busy(self) -> bool:
+        return bool(self._inbox or self._cancelled or self._waiting or self._prefilling or self._decoding)
 
     @property
     def has_work(self) -> bool:
         with self._lock:
-            return bool(self._inbox or self._waiting or self._prefilling or self._decoding)
+            return self._busy()
 
     @property
     def running(self) -> int:
