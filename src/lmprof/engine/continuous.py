@@ -6,19 +6,22 @@ they finish, over one loaded engine model.
     while batcher.has_work:
         record = batcher.step()  # one iteration; record.wall_s, record.decode_rows, ...
 
-Each `step()` is one iteration: cancellations are applied, waiting requests are admitted while
-a row of the KV pool is free and the token budget holds their context, at most
-`prefill_chunk` prompt tokens are prefilled (oldest admitted first, so a long prompt is cut
-into chunks and cannot stall the running streams for longer than one chunk), then ONE decode
-step runs for every request that was already decoding. A request leaves on one of its eos ids,
-at max_new_tokens, or on `cancel(request_id)`, and its row is free at that step.
+Each `step()` is one iteration: cancellations are applied; waiting requests are admitted while
+a row of the KV pool is free and the token budget holds their context; ONE decode step runs
+for every request already decoding; then at most `prefill_chunk` prompt tokens are prefilled
+(oldest admitted first), so a long prompt is cut into chunks and stalls the running streams by
+one chunk a step at most. A request whose prefill ends gets its first token in that step and
+decodes from the next. A request leaves on one of its eos ids, at max_new_tokens, or on
+`cancel(request_id)`, and its row is free at that step.
 
-Memory: slot_pool.KVSlotPool (one row per request, why rows and not pages is said there).
-`kv_budget_tokens` caps the tokens held in the pool (default: all of it). When a decode
-step would go past it, the most recently admitted decoding request is preempted: its K/V go
-to the prefix cache when there is one, its row is freed, and it goes back to the front of the
-queue to be recomputed (prompt + the tokens it already produced); it is never dropped, and
-its stream goes on where it stopped.
+Memory: slot_pool.KVSlotPool (one row per request; why rows and not pages is said there).
+`kv_budget_tokens` caps the tokens the pool may hold at once (default: every row full; a
+server with a KV byte limit passes bytes // pool.bytes_per_token). The pool itself is
+allocated up front, so the budget is the admission and preemption rule, not an allocator.
+When a decode step would go past it, the most recently admitted request is preempted: its
+K/V go to the prefix cache when there is one, its row is freed, and it goes back to the front
+of the queue to be recomputed (prompt + the tokens it already produced); it is never
+dropped, and its stream goes on where it stopped.
 
 Prefix caching: with a PrefixCache, a request that ends leaves its full blocks of tokens there
 and an admitted request starts from the blocks its context begins with (RequestState.
