@@ -96,6 +96,7 @@ def run_scenario(model, prompts, seed: int, **batcher_kwargs) -> ContinuousBatch
 def test_random_arrivals_equal_each_prompt_alone(engines, prompts, name):
     model = engines[name]
     rng = random.Random(name)
+    compactions = 0
     for seed in range(40):
         batcher = run_scenario(
             model, prompts, seed,
@@ -105,6 +106,8 @@ def test_random_arrivals_equal_each_prompt_alone(engines, prompts, name):
         assert not batcher.has_work and batcher.kv_tokens == 0
         assert all(r.decode_rows <= batcher.max_batch for r in batcher.steps)
         assert all(r.prefill_tokens <= batcher.prefill_chunk for r in batcher.steps)
+        compactions += batcher.pool.compactions
+    assert compactions > 0  # the shared decode column did wrap
 
 
 def test_preemption_under_a_small_budget_recomputes_and_loses_nothing(engines, prompts):

@@ -49,6 +49,7 @@ class KVSlotPool:
         self.key_valid = torch.zeros(rows, columns, dtype=torch.bool, device=device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)  # next token's rope position
         self.clock = 0  # the column the next decode step writes, for every decoding row
+        self.compactions = 0
 
     @property
     def bytes_per_token(self) -> int:
@@ -118,6 +119,7 @@ class KVSlotPool:
     def compact(self, decoding: int) -> None:
         """Compact every decoding row and restart the clock after the longest."""
         self.clock = max((self.compact_row(row) for row in range(decoding)), default=0)
+        self.compactions += 1
 
 
 class RowsWrite:
