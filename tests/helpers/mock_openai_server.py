@@ -4,7 +4,8 @@ aiohttp.web on 127.0.0.1 (port 0: the OS picks). Each completion streams `max_to
 content chunks: the first `ttft_s` after the request arrived, then one every `itl_s`, on
 absolute deadlines so that sleep overshoot does not add up. It reports `usage`, serves
 /v1/models, /version and Prometheus /metrics with lmprof's own names, and fails on purpose
-when the prompt says so (FAIL_500, FAIL_TIMEOUT, FAIL_DISCONNECT, FAIL_BADSTREAM).
+when the prompt says so (FAIL_500, FAIL_TIMEOUT, FAIL_DISCONNECT, FAIL_BADSTREAM);
+`TTFT_MS=<n>` in a prompt sets that request's TTFT.
 
 In a thread: `with MockServer(MockConfig(...)) as url:`. In its own process, so that it
 does not share the test's GIL: `with spawned_mock_server(ttft_ms=50) as url:`, or
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -143,6 +145,8 @@ def build_app(config: MockConfig, state: MockState) -> web.Application:
         if state.received <= config.cold_requests:
             arrived += config.cold_ttft_s - config.ttft_s
         prompt = json.dumps(body.get("messages")) if chat else str(body.get("prompt", ""))
+        if (marker := re.search(r"TTFT_MS=([0-9.]+)", prompt)) is not None:  # this request's own TTFT
+            arrived += float(marker.group(1)) / 1e3 - config.ttft_s
         n_out = int(body.get("max_tokens") or 16)
         n_in = len(prompt.split())
         state.cache_queries += 1

@@ -4,11 +4,12 @@ streams, and a server stall shows in latency from the scheduled time (coordinate
 from __future__ import annotations
 
 import json
+import statistics
 import urllib.request
 
 from helpers.mock_openai_server import spawned_mock_server
 
-from lmprof.analyze.load import summarize
+from lmprof.analyze.load import summarize, tpot_s, ttft_s
 
 TTFT_S = 0.050
 ITL_S = 0.020
@@ -42,24 +43,27 @@ def test_itl_and_tpot_match_injected_at_64_concurrent_streams(load):
     assert level.count_methods == {"usage": 192}
 
 
-def test_ttft_matches_injected(load):
+def test_ttft_matches_injected(load, tmp_path):
     # One stream at a time; the server spins the last 1.5 ms before each chunk, as epoll
-    # would otherwise wake it up to 1 ms late. TTFT holds the HTTP round trip of two Python
-    # stacks too: a run with no injected TTFT measures it, and the injected 50 ms must show
-    # on top of it. Within 1 ms on a quiet machine; 2 ms here, because a process that slept
-    # 50 ms waits for the kernel to run it again, and on a busy 2-core machine (others' test
-    # suites) that alone has measured 1.2-1.4 ms, against 0.8 ms for a process kept busy.
-    def ttft_p50(ttft_ms: float) -> float:
-        with spawned_mock_server(ttft_ms=ttft_ms, itl_ms=5, precise=True) as url:
-            run = load(url, concurrency=[1], requests=20, warmup=2, output_tokens=4)
-        lat = summarize(run).levels[0].latency_s
-        assert abs(lat["tpot"]["p50"] - 0.005) < 1e-3, lat["tpot"]
-        return lat["ttft"]["p50"]
-
-    round_trip_s = ttft_p50(0.0)
-    with_ttft_s = ttft_p50(TTFT_S * 1e3)
+    # would otherwise wake it up to 1 ms late. TTFT also holds the HTTP round trip of two
+    # Python stacks: every other request has no TTFT at all (`TTFT_MS=0`) and measures it,
+    # interleaved so that both see the same machine. The injected 50 ms must show on top of
+    # it: within 1 ms on a quiet machine, 2 ms here, because a client that slept 50 ms
+    # waits for the kernel to run it again, which on a busy 2-core machine (others' test
+    # suites) has measured 0.3-1.4 ms, against nothing for a client kept busy.
+    prompts = tmp_path / "ttft.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "TTFT_MS=0 hello"}) + "\n" + json.dumps({"prompt": "hello"}) + "\n"
+    )
+    with spawned_mock_server(ttft_ms=TTFT_S * 1e3, itl_ms=5, precise=True) as url:
+        run = load(url, concurrency=[1], requests=40, warmup=2, output_tokens=4, prompts_file=str(prompts))
+    measured = [r for r in run.requests if r.level == 0 and r.ok]
+    assert len(measured) == 40
+    round_trip_s = statistics.median(ttft_s(r) for r in measured if r.index % 2 == 0)
+    with_ttft_s = statistics.median(ttft_s(r) for r in measured if r.index % 2 == 1)
     assert abs(with_ttft_s - round_trip_s - TTFT_S) < 2e-3, (with_ttft_s, round_trip_s)
     assert TTFT_S <= with_ttft_s < TTFT_S + 4e-3
+    assert abs(statistics.median(tpot_s(r) for r in measured) - 0.005) < 1e-3
 
 
 def test_server_stall_shows_in_latency_from_scheduled_time(load, mock_server):

@@ -52,7 +52,7 @@ def test_closed_loop_users_send_when_their_last_request_ends(load, mock_server):
         assert mine[0].scheduled_s == run.levels[0].start_s
         for before, after in zip(mine, mine[1:]):
             assert after.scheduled_s == before.end_s  # free when the last one ended
-            assert 0 <= after.sent_s - after.scheduled_s < 0.02
+            assert 0 <= after.sent_s - after.scheduled_s < 0.1  # (a busy machine can hold a task 20 ms)
     assert server.state.max_running == 3
 
 
