@@ -15,6 +15,9 @@ load; the ratio continuous / fixed is taken per round and its median printed. Th
 run: requests with random output lengths join and leave, so the batch changes nearly every
 step; its decode-only steps are grouped by batch size and set beside the fixed step.
 
+Then the prefix cache: time to first token of a 256-token shared prompt + 16 own tokens on a
+miss and then on a hit (the issue's target: the hit at least 3x faster).
+
 Last, the measurement behind the KV layout (engine/slot_pool.py): the time to gather a paged
 KV pool into the contiguous [B, KV, S, hd] tensors that SDPA and the native step read, every
 layer, once per step, as a paged pool without a paged-attention kernel would have to.
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lmprof.engine import EngineOptions, decode_step, load_hf_folder, new_decode_state, prefill  # noqa: E402
 from lmprof.engine.continuous import ContinuousBatcher, Request  # noqa: E402
 from lmprof.engine.generate import prepare_native_decode, sample  # noqa: E402
+from lmprof.engine.prefix_cache import PrefixCache  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
 BATCHES = (1, 2, 4, 8)
@@ -113,6 +117,24 @@ def churn_steps_s(model, native: bool, prompt_len: int, requests: int, seed: int
     return by_batch
 
 
+def prefix_ttft_s(model, shared: int, own: int, seed: int) -> tuple[float, float]:
+    """Time to first token (one step: prefill and pick) of a prompt of `shared` + `own` tokens
+    on a miss, then of another prompt with the same `shared` tokens on a prefix-cache hit."""
+    vocab = model.config.vocab_size
+    system = prompts_for(1, shared, vocab, seed)[0]
+    tails = prompts_for(2, own, vocab, seed + 1)
+    cache = PrefixCache(budget_bytes=1 << 30, block_tokens=16)
+    batcher = ContinuousBatcher(
+        model, max_batch=1, max_seq_len=shared + own + 2, prefill_chunk=shared + own, prefix_cache=cache
+    )
+    times = []
+    for tail in tails:
+        state = batcher.submit(Request(system + tail, max_new_tokens=1))
+        times.append(batcher.step().wall_s)
+        assert state.tokens and state.cached_tokens == (shared if times[1:] else 0)
+    return times[0], times[1]
+
+
 def paged_gather_s(model, batch: int, context: int, page: int = 16, repeats: int = 5) -> float:
     """One step's gather of a paged pool into contiguous K/V for every layer (median of repeats)."""
     config = model.config
@@ -184,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path:<7} " + "; ".join(cells))
 
     model = next(iter(models.values()))
+    pairs = [prefix_ttft_s(model, 256, 16, seed) for seed in range(args.rounds)]
+    miss, hit = (statistics.median(p[i] for p in pairs) * 1e3 for i in (0, 1))
+    ratio = statistics.median(p[0] / p[1] for p in pairs)
+    print(f"\nprefix cache, 256 shared + 16 own prompt tokens, time to first token: miss {miss:.1f} ms, "
+          f"hit {hit:.1f} ms, miss/hit {ratio:.1f}x (median of {args.rounds} pairs)")  # fmt: skip
     step_ms = statistics.median(medians[(next(iter(models)), "continuous", 8)]) * 1e3
     kv_bytes = 2 * model.config.n_layers * model.config.n_kv_heads * model.config.head_dim * 4
     print(f"\npaged pool gathered for attention every step, batch 8 (row pool's decode step: {step_ms:.2f} ms "
