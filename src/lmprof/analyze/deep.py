@@ -22,7 +22,7 @@ from lmprof.analyze.inside_run import (
 )
 from lmprof.analyze.memory_kinds import device_memory_by_kind, expected_memory, host_memory_by_kind
 from lmprof.analyze.trace_tree import build_tree
-from lmprof.collect.torch_trace import TorchTrace
+from lmprof.collect.torch_trace import TorchTrace, gc_paused
 from lmprof.record.deep import DeepProfile
 from lmprof.record.run import Run
 
@@ -49,6 +49,11 @@ def stage_windows(run: Run, trace: TorchTrace) -> dict[str, tuple[float, float]]
 
 
 def build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float, int]]) -> DeepProfile:
+    with gc_paused():
+        return _build_deep_profile(run, trace, kv_samples)
+
+
+def _build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[float, int]]) -> DeepProfile:
     roots = build_tree(trace.spans, trace.main_tid)
     launches = kernels_by_launch(trace.spans)
     windows = stage_windows(run, trace)

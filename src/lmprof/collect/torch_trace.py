@@ -18,6 +18,7 @@ time.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -285,13 +286,14 @@ class TorchTraceCollector:
         window), and measure the tracer's own per-op and per-range cost with the same options."""
         self.finish()
         t0 = time.perf_counter()
-        self._prof.stop()
-        if self._cuda or self.options.with_stack:
-            # Python frames and device activity (streams, kernels, the allocator's own totals)
-            # are only in the exported Chrome trace
-            spans = self._spans_from_chrome_trace()
-        else:
-            spans = read_kineto_events(self._prof.profiler.kineto_results.events(), self._marker_s)
+        with gc_paused():
+            self._prof.stop()
+            if self._cuda or self.options.with_stack:
+                # Python frames and device activity (streams, kernels, the allocator's own totals)
+                # are only in the exported Chrome trace
+                spans = self._spans_from_chrome_trace()
+            else:
+                spans = read_kineto_events(self._prof.profiler.kineto_results.events(), self._marker_s)
         self._prof = None  # the profiler's own copy of the events goes once the spans exist
         # allocator events recorded while the profiler waited, paused, are not the traced call's
         spans = [s for s in spans if s.cat != "memory" or s.start_s <= self._end_s_final]
@@ -337,6 +339,19 @@ class TorchTraceCollector:
         """finish() and export() at once (library callers that do not separate the two)."""
         self.finish()
         return self.export()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a trace's hundred thousand spans and nodes are
+    made: each full collection walks every one of them, and they make no cycles to collect."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @contextmanager
