@@ -38,8 +38,9 @@ def test_itl_and_tpot_match_injected_at_64_concurrent_streams(load):
     assert abs(lat["tpot"]["p50"] - ITL_S) < 1e-3, lat["tpot"]
     assert abs(lat["tpot"]["mean"] - ITL_S) < 1e-3, lat["tpot"]
     # TTFT also holds the server's own HTTP handling and both event loops' turns, which on a
-    # shared 2-core machine under 64 streams come to a few ms: never less than injected.
-    assert TTFT_S <= lat["ttft"]["p50"] < TTFT_S + 5e-3, lat["ttft"]
+    # shared 2-core machine under 64 streams come to a few ms: never less than injected, and
+    # well clear of the second chunk, 20 ms on.
+    assert TTFT_S <= lat["ttft"]["p50"] < TTFT_S + 0.010, lat["ttft"]
     assert level.count_methods == {"usage": 192}
 
 
@@ -55,15 +56,17 @@ def test_ttft_matches_injected(load, tmp_path):
     prompts.write_text(
         json.dumps({"prompt": "TTFT_MS=0 hello"}) + "\n" + json.dumps({"prompt": "hello"}) + "\n"
     )
-    with spawned_mock_server(ttft_ms=TTFT_S * 1e3, itl_ms=5, precise=True) as url:
-        run = load(url, concurrency=[1], requests=40, warmup=2, output_tokens=4, prompts_file=str(prompts))
+    with spawned_mock_server(ttft_ms=TTFT_S * 1e3, itl_ms=20, precise=True) as url:
+        run = load(url, concurrency=[1], requests=40, warmup=2, output_tokens=3, prompts_file=str(prompts))
     measured = [r for r in run.requests if r.level == 0 and r.ok]
     assert len(measured) == 40
     round_trip_s = statistics.median(ttft_s(r) for r in measured if r.index % 2 == 0)
     with_ttft_s = statistics.median(ttft_s(r) for r in measured if r.index % 2 == 1)
     assert abs(with_ttft_s - round_trip_s - TTFT_S) < 2e-3, (with_ttft_s, round_trip_s)
-    assert TTFT_S <= with_ttft_s < TTFT_S + 4e-3
-    assert abs(statistics.median(tpot_s(r) for r in measured) - 0.005) < 1e-3
+    # Never under the injected value, and well clear of the second chunk (20 ms on) however
+    # busy the machine: TTFT is the first content chunk.
+    assert TTFT_S <= with_ttft_s < TTFT_S + 0.010 and round_trip_s < 0.010
+    assert abs(statistics.median(tpot_s(r) for r in measured) - 0.020) < 1e-3
 
 
 def test_server_stall_shows_in_latency_from_scheduled_time(load, mock_server):
