@@ -228,3 +228,34 @@ def test_an_engine_thread_wakes_on_submit_and_streams_to_another_thread(engines)
         stop.set()
         worker.join()
     assert got == expected(model, [3, 4, 5], 6, frozenset())
+
+
+def test_a_failing_pass_fails_only_the_requests_it_ran(engines, prompts, monkeypatch):
+    model = engines["llama3-untied"]
+    poison = VOCAB - 1  # a prompt holding it fails in prefill
+    forward = model.forward
+    decode_calls = []
+
+    def failing(tokens, *args, **kwargs):
+        if tokens.shape[1] > 1 and bool((tokens == poison).any()):
+            raise RuntimeError("prefill out of memory")
+        if tokens.shape[1] == 1 and tokens.shape[0] == 2:
+            decode_calls.append(1)
+            if len(decode_calls) == 3:
+                raise RuntimeError("decode out of memory")
+        return forward(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", failing)
+    batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, prefill_chunk=8)
+    clean = [p for p in prompts if poison not in p]
+    bad = batcher.submit(Request([3, poison, 4, 5], MAX_NEW))
+    first, second = (batcher.submit(Request(p, MAX_NEW)) for p in clean[:2])
+    batcher.step()
+    assert bad.finish_reason == "error" and "prefill" in str(bad.error)
+    batcher.run_until_idle()
+    for state in (first, second):  # they decoded together until the third two-row step failed
+        assert state.finish_reason == "error" and "decode" in str(state.error)
+    later = batcher.submit(Request(clean[2], MAX_NEW))
+    batcher.run_until_idle()
+    monkeypatch.undo()
+    assert later.finish_reason == "length" and later.tokens == alone(model, clean[2])

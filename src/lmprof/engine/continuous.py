@@ -28,7 +28,9 @@ and an admitted request starts from the blocks its context begins with (RequestS
 cached_tokens), skipping that much prefill.
 
 `submit` and `cancel` may be called from other threads (an event loop); `step` runs in one
-thread. Callbacks run in the stepping thread and must not block.
+thread. Callbacks run in the stepping thread and must not block. A forward pass that raises
+fails only the requests it ran (one request's prefill chunk, or every row of a decode step):
+they finish with finish_reason "error" and `error` set, and the others go on.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class RequestState:
 
     request: Request
     tokens: list[int] = field(default_factory=list)  # generated so far
-    finish_reason: str | None = None  # "stop" (eos), "length" or "cancelled"
+    finish_reason: str | None = None  # "stop" (eos), "length", "cancelled" or "error"
+    error: BaseException | None = None  # what its forward pass or callback raised ("error")
     cached_tokens: int = 0  # prompt tokens taken from the prefix cache at first admission
     preemptions: int = 0
     # scheduling state
@@ -332,7 +335,8 @@ class ContinuousBatcher:
         """Free the request's row (keeping its blocks in the prefix cache); finish it unless it
         is preempted (reason None)."""
         row = state.row
-        if self.prefix_cache is not None and state.kv_tokens >= self.prefix_cache.block_tokens:
+        keep = reason != "error"  # a failed pass may have left anything in the row
+        if keep and self.prefix_cache is not None and state.kv_tokens >= self.prefix_cache.block_tokens:
             self.pool.compact_row(row)  # column = position, as the cache stores blocks
             keys, values = self.pool.read_columns(row, 0, state.kv_tokens)
             self.prefix_cache.insert(state.context[: state.kv_tokens], keys, values)
@@ -365,7 +369,11 @@ class ContinuousBatcher:
         """Record a new token; True when the request is done with it."""
         state.tokens.append(token)
         if state.request.on_token is not None:
-            state.request.on_token(token)
+            try:
+                state.request.on_token(token)
+            except Exception as error:  # the consumer failed: this request ends, the others go on
+                state.error, state.finish_reason = error, "error"
+                return True
         if token in state.request.eos_token_ids:
             state.finish_reason = "stop"
         elif len(state.tokens) >= state.request.max_new_tokens:
@@ -386,7 +394,28 @@ class ContinuousBatcher:
         pool, n = self.pool, len(self._decoding)
         if pool.clock >= pool.columns:
             pool.compact(n)
-        column = pool.clock
+        states = list(self._decoding)
+        try:
+            logits = self._decode_forward(n, pool.clock)
+            picks = self._pick(logits, states)
+        except Exception as error:  # the whole batch ran as one: every row of it fails
+            for state in states:
+                state.error = error
+                self._leave(state, "error")
+            return len(states)
+        finally:
+            pool.clock += 1
+        finished = 0
+        for state, token in zip(states, picks, strict=True):
+            state.kv_tokens += 1
+            if self._emit(state, token):
+                self._leave(state, state.finish_reason)
+                finished += 1
+        return finished
+
+    def _decode_forward(self, n: int, column: int) -> Tensor:
+        """One new token for each of the first n rows, written at the shared `column` -> logits [n, V]."""
+        pool = self.pool
         tokens = torch.tensor([s.tokens[-1] for s in self._decoding], device=pool.positions.device)
         if self.native:
             cache = SimpleNamespace(keys=[k[:n] for k in pool.keys], values=[v[:n] for v in pool.values])
@@ -399,15 +428,7 @@ class ContinuousBatcher:
             write = RowsWrite(pool, slice(0, n), slice(column, column + 1), column + 1)
             logits = self.model(tokens[:, None], positions, mask, write)[:, -1]  # [n, V]
             pool.positions[:n] += 1
-        pool.clock += 1
-        states = list(self._decoding)
-        finished = 0
-        for state, token in zip(states, self._pick(logits, states), strict=True):
-            state.kv_tokens += 1
-            if self._emit(state, token):
-                self._leave(state, state.finish_reason)
-                finished += 1
-        return finished
+        return logits
 
     def _prefill(self) -> tuple[int, int, int]:
         budget, tokens_run, requests_run, finished = self.prefill_chunk, 0, 0, 0
@@ -416,14 +437,21 @@ class ContinuousBatcher:
                 break
             start = state.kv_tokens
             end = min(state.prefill_target, start + budget)
-            logits = self._prefill_chunk(state, start, end)
-            state.kv_tokens = end
             budget -= end - start
             tokens_run += end - start
             requests_run += 1
-            if end < state.prefill_target:
+            try:
+                logits = self._prefill_chunk(state, start, end)
+                pick = self._pick(logits, [state])[0] if end == state.prefill_target else None
+            except Exception as error:  # this request alone fails (a prompt too long for memory...)
+                state.error = error
+                self._leave(state, "error")
+                finished += 1
                 continue
-            if self._emit(state, self._pick(logits, [state])[0]):
+            state.kv_tokens = end
+            if pick is None:
+                continue
+            if self._emit(state, pick):
                 self._leave(state, state.finish_reason)
                 finished += 1
             else:
