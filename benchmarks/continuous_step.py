@@ -103,7 +103,11 @@ def churn_steps_s(model, native: bool, prompt_len: int, requests: int, seed: int
     rng = random.Random(seed)
     vocab = model.config.vocab_size
     batcher = ContinuousBatcher(
-        model, max_batch=max(BATCHES), max_seq_len=prompt_len + 64, prefill_chunk=prompt_len, native_decode=native
+        model,
+        max_batch=max(BATCHES),
+        max_seq_len=prompt_len + 64,
+        prefill_chunk=prompt_len,
+        native_decode=native,
     )
     by_batch: dict[int, list[float]] = {}
     pending = [Request(prompts_for(1, prompt_len, vocab, rng.randrange(1 << 30))[0], rng.randint(4, 48))
@@ -153,7 +157,9 @@ def paged_gather_s(model, batch: int, context: int, page: int = 16, repeats: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None, help="HF folder (default: lmprof's default model)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="HF folder (default: lmprof's default model)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=16, help="decode steps timed per contender per round")
@@ -188,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, value in got.items():
                     medians.setdefault((path, name, B), []).append(value)
                 ratios.setdefault((path, B), []).append(got["continuous"] / got["fixed"])
-    print(f"\n{'path':<7} {'batch':>5} {'fixed ms':>9} {'continuous ms':>14} {'ratio':>6} {'ratio range':>14}")
+    print(
+        f"\n{'path':<7} {'batch':>5} {'fixed ms':>9} {'continuous ms':>14} {'ratio':>6} {'ratio range':>14}"
+    )
     for (path, B), values in ratios.items():
         fixed = statistics.median(medians[(path, "fixed", B)]) * 1e3
         cont = statistics.median(medians[(path, "continuous", B)]) * 1e3

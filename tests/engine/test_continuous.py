@@ -115,7 +115,13 @@ def test_preemption_under_a_small_budget_recomputes_and_loses_nothing(engines, p
     preempted = 0
     for seed in range(25):
         batcher = run_scenario(
-            model, prompts, 100 + seed, max_batch=4, max_seq_len=MAX_SEQ, prefill_chunk=16, kv_budget_tokens=60
+            model,
+            prompts,
+            100 + seed,
+            max_batch=4,
+            max_seq_len=MAX_SEQ,
+            prefill_chunk=16,
+            kv_budget_tokens=60,
         )
         assert max(r.kv_tokens for r in batcher.steps) <= 60
         preempted += batcher.preemptions
@@ -190,7 +196,11 @@ def test_step_records_use_the_injected_clock(engines):
     batcher.submit(Request([1, 2, 3], max_new_tokens=3))
     batcher.run_until_idle()
     assert [(r.start_s, r.wall_s) for r in batcher.steps] == [(0, 1), (2, 1), (4, 1)]
-    assert [(r.decode_rows, r.prefill_tokens, r.finished) for r in batcher.steps] == [(0, 3, 0), (1, 0, 0), (1, 0, 1)]
+    assert [(r.decode_rows, r.prefill_tokens, r.finished) for r in batcher.steps] == [
+        (0, 3, 0),
+        (1, 0, 0),
+        (1, 0, 1),
+    ]
 
 
 def test_requests_that_cannot_fit_are_refused(engines):
