@@ -96,7 +96,7 @@ def run_scenario(model, prompts, seed: int, **batcher_kwargs) -> ContinuousBatch
 def test_random_arrivals_equal_each_prompt_alone(engines, prompts, name):
     model = engines[name]
     rng = random.Random(name)
-    compactions = 0
+    compactions = joint_prefills = 0
     for seed in range(40):
         batcher = run_scenario(
             model, prompts, seed,
@@ -107,7 +107,9 @@ def test_random_arrivals_equal_each_prompt_alone(engines, prompts, name):
         assert all(r.decode_rows <= batcher.max_batch for r in batcher.steps)
         assert all(r.prefill_tokens <= batcher.prefill_chunk for r in batcher.steps)
         compactions += batcher.pool.compactions
+        joint_prefills += sum(r.prefill_requests > 1 for r in batcher.steps)
     assert compactions > 0  # the shared decode column did wrap
+    assert joint_prefills > 0  # several requests' chunks ran as one padded pass
 
 
 def test_preemption_under_a_small_budget_recomputes_and_loses_nothing(engines, prompts):

@@ -50,7 +50,7 @@ from lmprof.engine.generate import sample
 from lmprof.engine.model import Transformer, causal_mask
 from lmprof.engine.native_decode import NativeInputs, NativeStep, check_native_decode, native_inputs
 from lmprof.engine.prefix_cache import PrefixCache
-from lmprof.engine.slot_pool import KVSlotPool, RowsWrite
+from lmprof.engine.slot_pool import KVSlotPool, RowsScatter, RowsWrite
 from lmprof.errors import UsageError
 
 
@@ -431,44 +431,90 @@ class ContinuousBatcher:
         return logits
 
     def _prefill(self) -> tuple[int, int, int]:
-        budget, tokens_run, requests_run, finished = self.prefill_chunk, 0, 0, 0
-        for state in list(self._prefilling):
+        """Up to prefill_chunk context tokens of the prefilling requests, oldest first, as one
+        forward pass over their rows (one pass each if that one raises, so only the failing
+        request fails); a request whose context is done gets its first token."""
+        budget, plan = self.prefill_chunk, []
+        for state in self._prefilling:
             if budget == 0:
                 break
-            start = state.kv_tokens
-            end = min(state.prefill_target, start + budget)
-            budget -= end - start
-            tokens_run += end - start
-            requests_run += 1
-            try:
-                logits = self._prefill_chunk(state, start, end)
-                pick = self._pick(logits, [state])[0] if end == state.prefill_target else None
-            except Exception as error:  # this request alone fails (a prompt too long for memory...)
-                state.error = error
+            end = min(state.prefill_target, state.kv_tokens + budget)
+            plan.append((state, state.kv_tokens, end))
+            budget -= end - state.kv_tokens
+        if not plan:
+            return 0, 0, 0
+        tokens_run = sum(end - start for _, start, end in plan)
+        try:
+            outcomes = list(zip(plan, self._prefill_rows(plan), strict=True))
+        except Exception as error:  # a request alone fails (a prompt too long for memory...)
+            if len(plan) == 1:
+                outcomes = [(plan[0], error)]
+            else:
+                outcomes = [(chunk, self._prefill_alone(chunk)) for chunk in plan]
+        finished = 0
+        for (state, _, end), logits in outcomes:
+            if isinstance(logits, Exception):
+                state.error = logits
                 self._leave(state, "error")
                 finished += 1
                 continue
             state.kv_tokens = end
-            if pick is None:
+            if end < state.prefill_target:
                 continue
-            if self._emit(state, pick):
+            if self._emit(state, self._pick(logits[None], [state])[0]):
                 self._leave(state, state.finish_reason)
                 finished += 1
             else:
                 self._join_decoding(state)
-        return tokens_run, requests_run, finished
+        return tokens_run, len(plan), finished
 
-    def _prefill_chunk(self, state: RequestState, start: int, end: int) -> Tensor:
-        """Context tokens [start, end) into columns [start, end) of the request's row -> logits [1, V]."""
-        pool, row = self.pool, state.row
+    def _prefill_alone(self, chunk: tuple[RequestState, int, int]) -> Tensor | Exception:
+        state, start, _ = chunk
+        self.pool.key_valid[state.row, start:] = False  # undo what the failed joint pass marked
+        try:
+            return self._prefill_rows([chunk])[0]
+        except Exception as error:
+            return error
+
+    def _prefill_rows(self, plan: list[tuple[RequestState, int, int]]) -> Tensor:
+        """Context tokens [start, end) of each planned request into columns [start, end) of its
+        row (column = position in a prefilling row) -> each row's last logits [k, V].
+
+        One row runs on a view of its row; several are left-padded to one [k, T] batch whose
+        padding writes a scratch column no prefilling row attends to."""
+        pool = self.pool
         device = pool.positions.device
-        tokens = torch.tensor([state.context[start:end]], device=device)  # [1, T]
-        columns = torch.arange(start, end, device=device)
-        pool.key_valid[row, start:end] = True
-        mask = causal_mask(columns, pool.key_valid[row : row + 1, :end])  # [1, 1, T, end]
-        write = RowsWrite(pool, slice(row, row + 1), slice(start, end), end)
-        logits = self.model(tokens, columns[None], mask, write, last_only=True)[:, -1]
-        pool.positions[row] = end
+        if len(plan) == 1:
+            (state, start, end), row = plan[0], plan[0][0].row
+            tokens = torch.tensor([state.context[start:end]], device=device)  # [1, T]
+            columns = torch.arange(start, end, device=device)
+            pool.key_valid[row, start:end] = True
+            mask = causal_mask(columns, pool.key_valid[row : row + 1, :end])  # [1, 1, T, end]
+            write = RowsWrite(pool, slice(row, row + 1), slice(start, end), end)
+            logits = self.model(tokens, columns[None], mask, write, last_only=True)[:, -1]
+            pool.positions[row] = end
+            return logits
+        T = max(end - start for _, start, end in plan)
+        S = max(end for _, _, end in plan)
+        scratch = pool.columns - 1  # past max_seq_len: never a prefilling row's key
+        tokens = torch.zeros(len(plan), T, dtype=torch.long)
+        write_columns = torch.full((len(plan), T), scratch, dtype=torch.long)
+        query_columns = torch.zeros(len(plan), T, dtype=torch.long)
+        for i, (state, start, end) in enumerate(plan):
+            n = end - start
+            tokens[i, T - n :] = torch.tensor(state.context[start:end])
+            write_columns[i, T - n :] = torch.arange(start, end)
+            query_columns[i] = start  # padding sees the row's first new key, so no row is all masked
+            query_columns[i, T - n :] = torch.arange(start, end)
+            pool.key_valid[state.row, start:end] = True
+        rows = torch.tensor([state.row for state, _, _ in plan], device=device)
+        tokens, write_columns, query_columns = (t.to(device) for t in (tokens, write_columns, query_columns))
+        before = torch.arange(S, device=device)[None, None, :] <= query_columns[:, :, None]  # [k, T, S]
+        mask = (before & pool.key_valid[rows, :S][:, None, :])[:, None]  # [k, 1, T, S]
+        write = RowsScatter(pool, rows, write_columns, S)
+        logits = self.model(tokens, query_columns, mask, write, last_only=True)[:, -1]  # [k, V]
+        for state, _, end in plan:
+            pool.positions[state.row] = end
         return logits
 
     def _join_decoding(self, state: RequestState) -> None:

@@ -137,3 +137,18 @@ class RowsWrite:
         keys[self.rows, :, self.columns] = k
         values[self.rows, :, self.columns] = v
         return keys[self.rows, :, : self.attend], values[self.rows, :, : self.attend]
+
+
+class RowsScatter:
+    """The cache of a forward pass over several rows at once, each writing its own columns:
+    rows [k], columns [k, T]; returns copies of those rows' first `attend_columns` columns."""
+
+    def __init__(self, pool: KVSlotPool, rows: Tensor, columns: Tensor, attend_columns: int) -> None:
+        self.pool, self.rows, self.columns, self.attend = pool, rows, columns, attend_columns
+
+    def update(self, layer: int, slots: Tensor | None, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # k, v: [k, KV, T, hd]; indexing [rows, :, columns] puts the indexed dims first: [k, T, KV, hd]
+        keys, values = self.pool.keys[layer], self.pool.values[layer]
+        keys[self.rows[:, None], :, self.columns] = k.transpose(1, 2)
+        values[self.rows[:, None], :, self.columns] = v.transpose(1, 2)
+        return keys[self.rows, :, : self.attend], values[self.rows, :, : self.attend]
