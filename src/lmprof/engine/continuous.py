@@ -9,8 +9,9 @@ they finish, over one loaded engine model.
 Each `step()` is one iteration: cancellations are applied; waiting requests are admitted while
 a row of the KV pool is free and the token budget holds their context; ONE decode step runs
 for every request already decoding; then at most `prefill_chunk` prompt tokens are prefilled
-(oldest admitted first), so a long prompt is cut into chunks and stalls the running streams by
-one chunk a step at most. A request whose prefill ends gets its first token in that step and
+(oldest admitted first, the chunks of several requests left-padded into one forward pass, so
+the weights are read once for all of them), so a long prompt is cut into chunks and stalls
+the running streams by one chunk a step at most. A request whose prefill ends gets its first token in that step and
 decodes from the next. A request leaves on one of its eos ids, at max_new_tokens, or on
 `cancel(request_id)`, and its row is free at that step.
 
