@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lmprof.analyze.ablation import token_agreement
-
 Contender = Callable[[int], tuple[float, list[int]]]  # new tokens -> (decode tokens/s, tokens)
 CHILD_TIMEOUT_S = 300
 
@@ -154,6 +152,8 @@ def llama_cpp_contender(
         for token in tokens[:-1]:  # fed the reference's own context, as the engine's check is
             llm.eval([token])
             predicted.append(int(last_logits().argmax()))
+        from lmprof.analyze.ablation import token_agreement  # lazily: the server launcher runs without lmprof
+
         return token_agreement(predicted, tokens)
 
     return run, forced, note

@@ -52,6 +52,19 @@ def test_client_bottleneck_warns(hand_run):
     assert not summarize(hand_run()).warnings
 
 
+def test_answers_shorter_than_asked_are_flagged(hand_run):
+    # A server that cuts streams short (llama-cpp-python's server lets a new request interrupt
+    # the running one) must not pass for a fast one: its answers are shorter than asked.
+    run = hand_run()
+    for r in run.requests:
+        r.planned_output_tokens = 10
+    warnings = " ".join(summarize(run).warnings)
+    assert "2 of 3 answers ended before the 10 tokens asked (median 5)" in warnings
+    for r in run.requests:
+        r.planned_output_tokens = r.output_tokens
+    assert not summarize(run).warnings
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [("ttft=500ms,tpot=50ms,e2el=2s", {"ttft": 0.5, "tpot": 0.05, "e2el": 2.0}), ("ttft=200", {"ttft": 0.2})],

@@ -288,6 +288,19 @@ def count_warnings(run: LoadRun, levels: Sequence[LevelSummary]) -> list[str]:
         )
     if run.settings.get("ignore_eos_sent") is False:
         out.append("ignore_eos was not sent (the server refused it): outputs may end before --output-tokens")
+    short = [
+        r for r in run.requests
+        if not r.warmup and r.error_kind is None and r.planned_output_tokens and r.output_tokens is not None
+        and r.output_tokens < r.planned_output_tokens
+    ]  # fmt: skip
+    if short:
+        answered = sum(1 for r in run.requests if not r.warmup and r.error_kind is None)
+        lengths = sorted(r.output_tokens for r in short)
+        out.append(
+            f"WARN {len(short)} of {answered} answers ended before the {short[0].planned_output_tokens} tokens "
+            f"asked (median {lengths[len(lengths) // 2]}): the server stopped them early (an EOS it did not "
+            "ignore, a stop string, or a stream cut short); throughput and TPOT describe shorter answers"
+        )
     return out
 
 
