@@ -134,3 +134,28 @@ def test_fast_module_ranges_are_read_as_ranges():
     cats = {s.name: s.cat for s in spans}
     assert cats == {"module:model.layers.0": "user_annotation", "aten::mm": "cpu_op"}
     assert spans[0].start_s == pytest.approx(1.0 + 10e-6)
+
+
+def test_the_step_table_shows_the_untraced_estimate_and_older_records_still_render():
+    from rich.console import Console
+
+    from lmprof.render.deep_view import step_table
+
+    traced = {"wall_s": 0.040, "steps": 2, "parts_s": {"mlp": 0.030, "python_in_model": 0.010},
+              "per_step_s": {"mlp": 0.015, "python_in_model": 0.005}}  # fmt: skip
+
+    def text(breakdown: dict) -> str:
+        console = Console(width=140, record=True, color_system=None)
+        console.print(step_table(breakdown, "decode step"))
+        return console.export_text()
+
+    old = text(traced)  # a record from before issue 21: the traced step alone
+    assert "One decode step, on average over 2 (traced)" in old and "untraced" not in old
+    estimate = untraced_step_estimate(
+        {**traced, "traced_ops": {"python_in_model": 200}, "traced_ranges": {}}, 10e-6, 0.0, 0.016
+    )
+    new = text({**traced, "untraced": estimate})
+    assert "One decode step, untraced (estimated from 2 traced)" in new
+    assert "Shares describe the untraced step (16.0 ms, measured)" in new
+    # python: 5 ms - 100 ops x 10 µs = 4 ms; 15 + 4 = 19 ms scaled to 16 ms
+    assert estimate["per_step_s"]["python_in_model"] == pytest.approx(0.004 * 16 / 19)
