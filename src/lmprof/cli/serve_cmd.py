@@ -37,14 +37,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument(
-        "--scheduler", choices=["sequential", "async", "static-batch"], default="sequential",
+        "--scheduler", choices=["sequential", "async", "static-batch", "continuous"], default="sequential",
         help="sequential: one HTTP request at a time; async: accept and queue, serve one at a time; "
-        "static-batch: run queued requests as left-padded batches",
+        "static-batch: run queued requests as left-padded batches; continuous: requests join and "
+        "leave the running batch between decode steps (--engine lmprof)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None, help="static-batch: most requests per batch (8)")
     p.add_argument(
         "--batch-wait-ms", type=float, default=None, help="static-batch: wait to fill a batch (10)"
     )
+    p.add_argument("--max-batch", type=int, default=None, help="continuous: most running requests (8)")
+    p.add_argument(
+        "--prefill-chunk", type=int, default=None, metavar="T",
+        help="continuous: most prompt tokens prefilled per step, so a long prompt cannot stall the streams (256)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-model-len", type=int, default=None, metavar="TOKENS",
+        help="continuous: longest prompt + completion; the KV pool is sized for it (2048)",
+    )  # fmt: skip
+    p.add_argument("--prefix-cache", type=_bytes, default=0, metavar="BYTES",
+                   help="continuous: keep K/V of prompt prefixes for later requests, this many bytes (e.g. 256M)")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429 (default 64)")
     p.add_argument("--response-cache", type=_bytes, default=0, metavar="BYTES",
                    help="exact-match cache of greedy or seeded responses, this many bytes (e.g. 16M)")  # fmt: skip
@@ -70,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, response_cache_bytes=args.response_cache, api_key=args.api_key,
         max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
         max_tokens_limit=args.max_tokens_limit, served_model_name=args.served_model_name,
-        profile_out=args.profile_out, threads=args.threads,
+        profile_out=args.profile_out, threads=args.threads, max_batch_rows=args.max_batch,
+        prefill_chunk=args.prefill_chunk, max_model_len=args.max_model_len, prefix_cache_bytes=args.prefix_cache,
     )  # fmt: skip
     settings.validate()  # bad input is one line before anything loads
     if args.profile_out is not None:

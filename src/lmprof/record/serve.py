@@ -36,7 +36,8 @@ class ServedRequest:
     responded_s: float | None = None  # the last byte was written
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    batch_size: int = 0  # rows in the batch it ran in
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache (continuous scheduler)
+    batch_size: int = 0  # rows in the batch it ran in (continuous: decode rows when it joined)
     status: int = 200
     outcome: str = "ok"  # ok, cache_hit, cancelled, rejected, error
     finish_reason: str | None = None
@@ -51,6 +52,10 @@ class EngineStep:
     kind: str  # "prefill" or "decode"
     batch_size: int  # rows in the batch
     active_rows: int  # rows still producing tokens (the rest are finished or cancelled)
+    # continuous: one step may decode `batch_size` rows and prefill chunks of others
+    prefill_tokens: int = 0
+    waiting: int = 0  # requests queued after the step
+    kv_tokens: int = 0  # tokens held in the KV pool after the step
 
 
 @dataclass

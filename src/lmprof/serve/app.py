@@ -4,8 +4,8 @@ Handlers run on the event loop and never touch the model: they check the request
 the prompt, admit it, and leave the answer to relay.py (the model thread's events as SSE
 chunks or one JSON body). The scheduler shows here in one place: `sequential` holds a server
 lock for a request's whole life (so the server handles one HTTP request at a time and the
-rest wait at the lock, unqueued); `async` and `static-batch` admit requests into the worker's
-bounded queue at once, so their queueing is a phase the profile measures.
+rest wait at the lock, unqueued); `async`, `static-batch` and `continuous` admit requests into
+the worker's bounded queue at once, so their queueing is a phase the profile measures.
 """
 
 from __future__ import annotations

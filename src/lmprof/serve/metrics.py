@@ -48,5 +48,38 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS_S, registry=r,
         )  # fmt: skip
 
+        # The prefix cache's counters are tokens, as vLLM counts them, under vLLM's names (so a
+        # load run reads the hit rate of either server the same way) and lmprof's own.
+        self.prefix_queries = [
+            Counter(f"{ns}:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", registry=r)
+            for ns in ("vllm", "lmprof")
+        ]
+        self.prefix_hits = [
+            Counter(f"{ns}:prefix_cache_hits", "Prompt tokens found in the prefix cache", registry=r)
+            for ns in ("vllm", "lmprof")
+        ]
+        self._prefix_counted = (0, 0)
+
+    def count_prefix_cache(self, cache) -> None:
+        """Bring the counters up to the cache's own totals (the model thread calls it per step)."""
+        queries, hits = cache.queries_tokens, cache.hits_tokens
+        d_queries, d_hits = queries - self._prefix_counted[0], hits - self._prefix_counted[1]
+        self._prefix_counted = (queries, hits)
+        for counter in self.prefix_queries:
+            counter.inc(d_queries)
+        for counter in self.prefix_hits:
+            counter.inc(d_hits)
+
+    def watch_kv(self, kv_bytes, kv_usage) -> None:
+        """KV-cache gauges read at scrape time: bytes of K/V held, and the share of the budget
+        (vLLM's kv_cache_usage_perc is that fraction, 0 to 1)."""
+        r = self.registry
+        Gauge("lmprof:kv_cache_bytes", "Bytes of K/V held by running requests", registry=r).set_function(
+            kv_bytes
+        )
+        for ns in ("vllm", "lmprof"):
+            gauge = Gauge(f"{ns}:kv_cache_usage_perc", "Share of the KV budget in use (0-1)", registry=r)
+            gauge.set_function(kv_usage)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

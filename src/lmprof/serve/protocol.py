@@ -205,12 +205,18 @@ def parse_request(body: Any, endpoint: str, served_model: str, max_tokens_limit:
     )
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cache: str | None = None) -> dict[str, Any]:
+def usage(
+    prompt_tokens: int, completion_tokens: int, cache: str | None = None, cached_tokens: int | None = None
+) -> dict[str, Any]:
+    """OpenAI's usage body; `cached_tokens` (prompt tokens whose K/V came from the prefix cache)
+    goes in `prompt_tokens_details` as OpenAI and vLLM put it, where a prefix cache is on."""
     body: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
     if cache is not None:
         body["lmprof"] = {"response_cache": cache}
     return body

@@ -134,7 +134,7 @@ async def generate(
         pass  # the client went away mid-stream
     finally:
         if not done:  # gone, or this handler was cancelled: the row leaves its batch next step
-            job.cancelled.set()
+            job.cancel()
             record.outcome = "cancelled"
             record.responded_s = state.profiler.now_s()
     if stream is not None:
@@ -152,7 +152,10 @@ async def _finish(
     record: ServedRequest,
 ) -> web.StreamResponse:
     record.completion_tokens = event.completion_tokens
-    usage_body = usage(record.prompt_tokens, event.completion_tokens, _cache_label(state, params, hit=False))
+    cached = record.cached_tokens if state.settings.prefix_cache_bytes else None
+    usage_body = usage(
+        record.prompt_tokens, event.completion_tokens, _cache_label(state, params, hit=False), cached
+    )
     if state.cache is not None and params.cacheable:
         state.cache.put(
             params.cache_key(),

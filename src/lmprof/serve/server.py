@@ -20,6 +20,7 @@ from aiohttp import web
 from lmprof.errors import UsageError
 from lmprof.serve.app import build_app
 from lmprof.serve.backends import LoadedModel, load_model
+from lmprof.serve.continuous_worker import ContinuousWorker
 from lmprof.serve.metrics import ServeMetrics
 from lmprof.serve.profiler import ServerProfiler
 from lmprof.serve.response_cache import ResponseCache
@@ -106,11 +107,7 @@ class Server:
         self.settings.validate()
         self.profiler = ServerProfiler(device_memory_bytes=_device_memory_reader(loaded.model))
         self.metrics = ServeMetrics()
-        self.worker = ModelWorker(
-            loaded.model, loaded.worker_tokenizer, threads=model_threads(self.settings),
-            max_batch=self.settings.max_batch, batch_wait_s=self.settings.batch_wait_s,
-            now_s=self.profiler.now_s, on_step=self._on_step,
-        )  # fmt: skip
+        self.worker = _new_worker(loaded, self.settings, self.profiler.now_s, self._on_step)
         self.state: ServerState | None = None
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -118,18 +115,29 @@ class Server:
     def _on_step(self, step: Any) -> None:
         self.profiler.add_step(step)
         self.metrics.batch_size.observe(step.batch_size)
+        if isinstance(self.worker, ContinuousWorker) and self.worker.prefix_cache is not None:
+            self.metrics.count_prefix_cache(self.worker.prefix_cache)
+
+    @property
+    def context_tokens(self) -> int:
+        """The longest prompt + completion this server takes."""
+        limit = self.settings.model_len
+        model = self.loaded.model.context_tokens
+        return model if limit is None else min(model, limit)
 
     async def start(self) -> str:
         """Bind and serve; returns the base URL (with the real port when --port 0)."""
         cache_bytes = self.settings.response_cache_bytes
         self.state = ServerState(
             settings=self.settings, served_model=self.loaded.served_name, tokenizer=self.loaded.loop_tokenizer,
-            context_tokens=self.loaded.model.context_tokens, worker=self.worker, metrics=self.metrics,
+            context_tokens=self.context_tokens, worker=self.worker, metrics=self.metrics,
             profiler=self.profiler, cache=ResponseCache(cache_bytes) if cache_bytes else None,
         )  # fmt: skip
         state = self.state
         self.metrics.running.set_function(lambda: self.worker.running)
         self.metrics.waiting.set_function(lambda: self.worker.waiting + state.lock_waiters)
+        if isinstance(self.worker, ContinuousWorker):
+            self.metrics.watch_kv(lambda: self.worker.kv_bytes_in_use, lambda: self.worker.kv_usage)
         self.runner = web.AppRunner(build_app(self.state), handle_signals=False, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
@@ -168,17 +176,37 @@ class Server:
         run.save(self.settings.profile_out)
 
 
+def _new_worker(
+    loaded: LoadedServerModel, settings: ServeSettings, now_s: Callable[[], float], on_step: Callable
+) -> ModelWorker | ContinuousWorker:
+    if settings.scheduler == "continuous":
+        context = loaded.model.context_tokens
+        return ContinuousWorker(
+            loaded.model, loaded.worker_tokenizer, threads=model_threads(settings),
+            max_batch=settings.max_batch, max_seq_len=min(context, settings.model_len or context),
+            prefill_chunk=settings.prefill_chunk_tokens, prefix_cache_bytes=settings.prefix_cache_bytes,
+            now_s=now_s, on_step=on_step,
+        )  # fmt: skip
+    return ModelWorker(
+        loaded.model, loaded.worker_tokenizer, threads=model_threads(settings),
+        max_batch=settings.max_batch, batch_wait_s=settings.batch_wait_s, now_s=now_s, on_step=on_step,
+    )  # fmt: skip
+
+
 def startup_line(server: Server) -> str:
     s = server.settings
     sched = s.scheduler
     if s.scheduler == "static-batch":
         sched += f" (batch {s.max_batch}, wait {s.batch_wait_s * 1000:g} ms)"
+    if s.scheduler == "continuous":
+        sched += f" (max batch {s.max_batch}, prefill chunk {s.prefill_chunk_tokens}, max len {server.context_tokens})"
     model = server.loaded.description
     parts = [
         f"lmprof serve: {server.url}/v1 model={server.loaded.served_name}",
         f"engine={s.engine} device={model['device']} dtype={model['dtype']} threads={model_threads(s)}",
         f"scheduler={sched}",
-        f"max_queue={s.max_queue} response_cache={s.response_cache_bytes or 'off'}",
+        f"max_queue={s.max_queue} response_cache={s.response_cache_bytes or 'off'}"
+        f" prefix_cache={s.prefix_cache_bytes or 'off'}",
         f"api_key={'on' if s.api_key else 'off'}",
     ]
     if s.profile_out:

@@ -9,9 +9,15 @@ from typing import Any
 from lmprof.errors import UsageError
 from lmprof.serve.backends import ENGINES
 
-SCHEDULERS = ("sequential", "async", "static-batch")
+SCHEDULERS = ("sequential", "async", "static-batch", "continuous")
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 10.0
+DEFAULT_MAX_BATCH = 8  # continuous: rows of the KV pool
+DEFAULT_PREFILL_CHUNK = 256  # continuous: prompt tokens prefilled per step at most
+# continuous: the longest context a request may have. The KV pool is allocated up front for
+# max_batch rows of this many tokens (plus a quarter), so the model's own context (8192 for
+# the default model) would reserve GBs for contexts a benchmark never uses.
+DEFAULT_MAX_MODEL_LEN = 2048
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,10 @@ class ServeSettings:
     served_model_name: str | None = None  # the name /v1/models lists; default: the model as typed
     profile_out: Path | None = None
     threads: int | None = None
+    max_batch_rows: int | None = None  # continuous only (default DEFAULT_MAX_BATCH)
+    prefill_chunk: int | None = None  # continuous only (default DEFAULT_PREFILL_CHUNK)
+    max_model_len: int | None = None  # continuous only (default DEFAULT_MAX_MODEL_LEN)
+    prefix_cache_bytes: int = 0  # continuous only; 0: no prefix cache
 
     def validate(self) -> None:
         if self.engine not in ENGINES:
@@ -48,6 +58,15 @@ class ServeSettings:
             self.batch_size is not None or self.batch_wait_ms is not None
         ):
             raise UsageError("--batch-size and --batch-wait-ms apply to --scheduler static-batch")
+        continuous_only = {
+            "--max-batch": self.max_batch_rows, "--prefill-chunk": self.prefill_chunk,
+            "--max-model-len": self.max_model_len, "--prefix-cache": self.prefix_cache_bytes or None,
+        }  # fmt: skip
+        given = [flag for flag, value in continuous_only.items() if value is not None]
+        if self.scheduler != "continuous" and given:
+            raise UsageError(f"{', '.join(given)}: only with --scheduler continuous")
+        if self.scheduler == "continuous" and self.engine != "lmprof":
+            raise UsageError("--scheduler continuous runs on lmprof's engine: add --engine lmprof")
         positive = {
             "--batch-size": self.batch_size,
             "--max-queue": self.max_queue,
@@ -55,12 +74,18 @@ class ServeSettings:
             "--max-prompt-tokens": self.max_prompt_tokens,
             "--max-tokens-limit": self.max_tokens_limit,
             "--threads": self.threads,
+            "--max-batch": self.max_batch_rows,
+            "--prefill-chunk": self.prefill_chunk,
         }
         for flag, value in positive.items():
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be a positive integer, got {value}")
         if self.batch_wait_ms is not None and self.batch_wait_ms < 0:
             raise UsageError(f"--batch-wait-ms must be 0 or more, got {self.batch_wait_ms}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise UsageError(f"--max-model-len must be at least 2 tokens, got {self.max_model_len}")
+        if self.prefix_cache_bytes < 0:
+            raise UsageError(f"--prefix-cache must be 0 or more bytes, got {self.prefix_cache_bytes}")
         if self.response_cache_bytes < 0:
             raise UsageError(f"--response-cache must be 0 or more bytes, got {self.response_cache_bytes}")
         if self.api_key is not None and not self.api_key.strip():
@@ -70,9 +95,22 @@ class ServeSettings:
 
     @property
     def max_batch(self) -> int:
+        if self.scheduler == "continuous":
+            return self.max_batch_rows or DEFAULT_MAX_BATCH
         if self.scheduler != "static-batch":
             return 1
         return self.batch_size or DEFAULT_BATCH_SIZE
+
+    @property
+    def prefill_chunk_tokens(self) -> int:
+        return self.prefill_chunk or DEFAULT_PREFILL_CHUNK
+
+    @property
+    def model_len(self) -> int | None:
+        """The longest context a continuous server takes (None: the model's own)."""
+        if self.scheduler != "continuous":
+            return None
+        return self.max_model_len or DEFAULT_MAX_MODEL_LEN
 
     @property
     def batch_wait_s(self) -> float:

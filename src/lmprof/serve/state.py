@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lmprof.serve.continuous_worker import ContinuousWorker
 from lmprof.serve.metrics import ServeMetrics
 from lmprof.serve.profiler import ServerProfiler
 from lmprof.serve.response_cache import ResponseCache
@@ -22,7 +23,7 @@ class ServerState:
     served_model: str
     tokenizer: Any  # the loop's own instance (the model thread decodes with another)
     context_tokens: int
-    worker: ModelWorker
+    worker: ModelWorker | ContinuousWorker
     metrics: ServeMetrics
     profiler: ServerProfiler
     cache: ResponseCache | None

@@ -58,6 +58,14 @@ class Job:
     ignore_eos: bool = False
     emit: Callable[[Event], None] = print  # must be safe to call from the model thread
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set by a worker that must hear of a cancel at once (the continuous batcher's cancel).
+    on_cancel: Callable[[], None] | None = None
+
+    def cancel(self) -> None:
+        """The client went away: the job leaves its batch at the next step."""
+        self.cancelled.set()
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
 class RowDecoder:
