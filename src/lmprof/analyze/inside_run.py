@@ -58,11 +58,12 @@ def operator_rows(roots: list[Node], windows, launches, limit: int = 60) -> dict
         stage = stage_of(node.span.start_s, windows)
         if stage is None:
             continue
-        row = agg.setdefault(
-            (stage, node.span.name),
-            {"name": node.span.name, "calls": 0, "self_cpu_s": 0.0, "total_cpu_s": 0.0,
-             "self_device_s": 0.0, "total_device_s": 0.0, "flops": 0, "_shapes": Counter()},
-        )  # fmt: skip
+        row = agg.get((stage, node.span.name))
+        if row is None:  # not setdefault: its default (a dict and a Counter) was built for every op
+            row = agg[(stage, node.span.name)] = {
+                "name": node.span.name, "calls": 0, "self_cpu_s": 0.0, "total_cpu_s": 0.0,
+                "self_device_s": 0.0, "total_device_s": 0.0, "flops": 0, "_shapes": Counter(),
+            }  # fmt: skip
         row["calls"] += 1
         row["total_cpu_s"] += node.span.dur_s
         row["self_cpu_s"] += node.self_s
@@ -95,11 +96,10 @@ def module_rows(
             continue
         path = node.module_path or ""
         inner_modules = [n for n in _nearest_module_descendants(node)]
-        row = agg.setdefault(
-            (stage, path),
-            {"path": path, "type": module_types.get(path, ""), "calls": 0, "total_s": 0.0, "self_s": 0.0,
-             "device_s": 0.0},
-        )  # fmt: skip
+        row = agg.get((stage, path))
+        if row is None:
+            row = agg[(stage, path)] = {"path": path, "type": module_types.get(path, ""), "calls": 0,
+                                        "total_s": 0.0, "self_s": 0.0, "device_s": 0.0}  # fmt: skip
         row["calls"] += 1
         row["total_s"] += node.span.dur_s
         row["self_s"] += node.span.dur_s - sum(n.span.dur_s for n in inner_modules)

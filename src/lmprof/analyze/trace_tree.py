@@ -48,9 +48,13 @@ class Node:
         if path is not None and module_category(path) != "other_in_model":
             self.category_module = path
 
+    own_s: float | None = None  # self_s, once asked (the tree is complete by then)
+
     @property
     def self_s(self) -> float:
-        return max(self.span.dur_s - sum([c.span.dur_s for c in self.children]), 0.0)
+        if self.own_s is None:
+            self.own_s = max(self.span.dur_s - sum([c.span.dur_s for c in self.children]), 0.0)
+        return self.own_s
 
     @property
     def is_module(self) -> bool:
