@@ -515,7 +515,7 @@ def read_kineto_events(events: list[Any], marker_s: float) -> list[Span]:
         cat = e.activity_type()
         if name.startswith(STEP_MARKER):
             cat = "step_marker"
-        elif name.startswith(MODULE_PREFIX) or e.is_user_annotation():
+        elif name.startswith(MODULE_PREFIX):  # fast ranges are filed as ops
             cat = "user_annotation"
         elif cat not in KEPT_CATEGORIES:
             continue
