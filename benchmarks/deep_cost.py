@@ -47,6 +47,7 @@ NOTHING = TraceOptions(
     record_shapes=False, profile_memory=False, with_flops=False, module_ranges=False, step_markers=False
 )
 DEFAULT = TraceOptions()
+BEFORE = dataclasses.replace(DEFAULT, with_flops=True, python_allocations=True)  # and record_function ranges
 # (label, options, how the module ranges are opened, py-spy alongside)
 CONFIGS: list[tuple[str, TraceOptions | None, str, bool]] = [
     ("untraced", None, "fast", False),
@@ -60,7 +61,7 @@ CONFIGS: list[tuple[str, TraceOptions | None, str, bool]] = [
     ("+ Python stacks (with_stack)", dataclasses.replace(NOTHING, with_stack=True), "fast", False),
     ("+ tracemalloc (allocations by stack)", dataclasses.replace(NOTHING, python_allocations=True), "fast", False),
     ("--deep default (this version)", DEFAULT, "fast", False),
-    ("--deep default before issue 21", dataclasses.replace(DEFAULT, python_allocations=True), "slow", False),
+    ("--deep default before issue 21", BEFORE, "slow", False),
     ("--deep default + py-spy alongside", DEFAULT, "fast", True),
 ]  # fmt: skip
 
