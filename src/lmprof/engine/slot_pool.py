@@ -24,8 +24,11 @@ Why rows and not pages of a shared pool: on CPU, torch's SDPA and the native ste
 contiguous [B, KV, S, hd] cache; pages would have to be gathered into one every step and
 every layer (a copy of the whole live cache per step, about as many bytes as the attention
 reads itself), and the memory pages save (no per-request maximum reserved) matters less
-than that copy on a host with tens of GB. The price of rows is max_batch x columns reserved up
-front and gap columns that attention scans but masks.
+than that copy on a host with tens of GB. Measured (benchmarks/continuous_step.py, SmolLM2-135M
+fp32, one thread, 2-core Xeon, 2026-12-07): gathering 8 rows of 512 tokens from 16-token
+pages took 36 ms a step, beside 49 ms for the whole native decode step at batch 8; at 2048
+tokens, 325 ms. The price of rows is max_batch x columns reserved up front and gap columns
+that attention scans but masks.
 """
 
 from __future__ import annotations
