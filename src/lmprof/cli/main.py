@@ -13,6 +13,7 @@ import traceback
 from lmprof._version import __version__
 from lmprof.cli import (
     ablate_cmd,
+    bench_cmd,
     compare_cmd,
     load_cmd,
     models_cmd,
@@ -34,6 +35,7 @@ COMMANDS = (
     sysinfo_cmd,
     serve_cmd,
     load_cmd,
+    bench_cmd,
 )
 
 

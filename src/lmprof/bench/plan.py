@@ -1,0 +1,155 @@
+"""What `lmprof bench throughput` runs, checked once (bad input is one UsageError line).
+
+Rows are server configurations on workloads that exercise them. Every row runs on lmprof's
+engine in fp32, so a row differs from another only by its scheduler and caches:
+
+- no sharing: the four schedulers (sequential, async, static-batch, continuous);
+- a shared 256-token system prompt: sequential, continuous, continuous + prefix cache,
+  continuous + both caches;
+- a share of exact repeats: sequential, continuous, continuous + response cache,
+  continuous + both caches.
+
+Each row's gain is taken over the sequential row of its workload at the same concurrency in
+the same round (`--quick` keeps sequential on the no-sharing workload only; a cache row's gain
+over the same scheduler without caches is given too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmprof.errors import UsageError
+from lmprof.record.throughput import BenchRow
+
+NO_SHARING, SHARED_PREFIX, REPEATS = "no-sharing", "shared-prefix", "repeats"
+WORKLOADS = (NO_SHARING, SHARED_PREFIX, REPEATS)
+SCHEDULERS = ("sequential", "async", "static-batch", "continuous")
+DEFAULT_CONCURRENCY = [1, 2, 4, 8, 16]
+QUICK_CONCURRENCY = [1, 8]
+DEFAULT_SLO = "ttft=2s,tpot=200ms"  # a chat user on this class of CPU: first words within 2 s, 5+ tokens/s
+RESPONSE_CACHE_BYTES = 64 << 20
+PREFIX_CACHE_BYTES = 512 << 20
+
+
+@dataclass
+class BenchOptions:
+    model: str | None
+    out: Path
+    concurrency: list[int] = field(default_factory=lambda: list(DEFAULT_CONCURRENCY))
+    requests: int | None = None  # per level; None: 4 per user, at least 8
+    input_tokens: int = 64
+    output_tokens: int = 32
+    prefix_tokens: int = 256
+    repeat_share: float = 0.5
+    rounds: int = 2
+    quick: bool = False
+    slo: str = DEFAULT_SLO
+    threads: int | None = None  # the server's model thread (default: lmprof serve's)
+    timeout_s: float = 120.0  # per request
+    startup_timeout_s: float = 300.0
+    workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+
+    def validate(self) -> None:
+        for name in ("input_tokens", "output_tokens", "rounds"):
+            if getattr(self, name) < 1:
+                raise UsageError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}"
+                )
+        if self.requests is not None and self.requests < 1:
+            raise UsageError(f"--requests must be a positive integer, got {self.requests}")
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            raise UsageError("--concurrency needs positive levels, e.g. 1,2,4,8")
+        if max(self.concurrency) > 64:
+            raise UsageError(
+                f"--concurrency {max(self.concurrency)}: at most 64 users on one loopback server"
+            )
+        if not 0.0 < self.repeat_share < 1.0:
+            raise UsageError(f"--repeat-share {self.repeat_share}: a share strictly between 0 and 1")
+        if self.prefix_tokens < 16:
+            raise UsageError(f"--prefix-tokens {self.prefix_tokens}: at least one 16-token cache block")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {self.threads}")
+        unknown = [w for w in self.workloads if w not in WORKLOADS]
+        if unknown or not self.workloads:
+            raise UsageError(
+                f"--workloads {','.join(unknown) or '(none)'}: choose from {', '.join(WORKLOADS)}"
+            )
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out '{self.out}' exists and is not a folder")
+
+    def requests_at(self, concurrency: int) -> int:
+        return self.requests if self.requests is not None else max(8, 4 * concurrency)
+
+    @property
+    def max_batch(self) -> int:
+        """Rows of static-batch's batch and of continuous's KV pool: the most users offered."""
+        return max(self.concurrency)
+
+    @property
+    def max_model_len(self) -> int:
+        """The continuous pool's context: synthetic prompts made of random token ids may encode
+        to more tokens than asked (a decoded id run re-encodes differently), hence the margin."""
+        longest = self.input_tokens + (self.prefix_tokens if SHARED_PREFIX in self.workloads else 0)
+        return max(512, 2 * longest + self.output_tokens + 64)
+
+    def to_settings(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        data["max_batch"] = self.max_batch
+        data["max_model_len"] = self.max_model_len
+        data["response_cache_bytes"] = RESPONSE_CACHE_BYTES
+        data["prefix_cache_bytes"] = PREFIX_CACHE_BYTES
+        return data
+
+
+def _row(scheduler: str, workload: str, response: bool = False, prefix: bool = False) -> BenchRow:
+    row = BenchRow("", scheduler, workload, response, prefix)
+    return BenchRow(f"{row.technique} @ {workload}", scheduler, workload, response, prefix)
+
+
+def plan_rows(opts: BenchOptions) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    if NO_SHARING in opts.workloads:
+        rows += [_row(s, NO_SHARING) for s in SCHEDULERS]
+    baseline = [] if opts.quick else [_row("sequential", SHARED_PREFIX)]
+    if SHARED_PREFIX in opts.workloads:
+        rows += baseline + [_row("continuous", SHARED_PREFIX), _row("continuous", SHARED_PREFIX, prefix=True)]
+        if not opts.quick:
+            rows.append(_row("continuous", SHARED_PREFIX, response=True, prefix=True))
+    if REPEATS in opts.workloads:
+        rows += ([] if opts.quick else [_row("sequential", REPEATS)]) + [
+            _row("continuous", REPEATS),
+            _row("continuous", REPEATS, response=True),
+        ]
+        if not opts.quick:
+            rows.append(_row("continuous", REPEATS, response=True, prefix=True))
+    return rows
+
+
+def serve_args(row: BenchRow, opts: BenchOptions) -> list[str]:
+    """`lmprof serve` options of a row (after MODEL)."""
+    args = ["--engine", "lmprof", "--dtype", "float32", "--device", "cpu", "--port", "0",
+            "--scheduler", row.scheduler, "--max-queue", str(4 * opts.max_batch + 16)]  # fmt: skip
+    if opts.threads is not None:
+        args += ["--threads", str(opts.threads)]
+    if row.scheduler == "static-batch":
+        args += ["--batch-size", str(opts.max_batch)]
+    if row.scheduler == "continuous":
+        args += ["--max-batch", str(opts.max_batch), "--max-model-len", str(opts.max_model_len)]
+    if row.response_cache:
+        args += ["--response-cache", str(RESPONSE_CACHE_BYTES)]
+    if row.prefix_cache:
+        args += ["--prefix-cache", str(PREFIX_CACHE_BYTES)]
+    return args
+
+
+def workload_options(workload: str, opts: BenchOptions) -> dict[str, Any]:
+    """lmprof load's prompt options for a workload."""
+    if workload == SHARED_PREFIX:
+        return {"input_tokens": opts.prefix_tokens + opts.input_tokens, "prefix_tokens": opts.prefix_tokens,
+                "prefix_share": 1.0}  # fmt: skip
+    if workload == REPEATS:
+        return {"input_tokens": opts.input_tokens, "repeat_share": opts.repeat_share}
+    return {"input_tokens": opts.input_tokens}

@@ -1,0 +1,151 @@
+"""The throughput report from a hand-built record: figures come from each point's load run,
+gains are paired by round with their spread, the targets say met or missed by the measured
+figure, and the terminal, JSON and HTML renderings show them (fixed input, no model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmprof.analyze.throughput import summarize_throughput
+from lmprof.record.load import LevelRecord, LoadRun, MetricsSample, RequestRecord
+from lmprof.record.throughput import BenchPoint, BenchRow, ThroughputReport, load_throughput_report
+from lmprof.render.throughput_html import render_throughput_html
+from lmprof.render.throughput_json import throughput_dict
+from lmprof.render.throughput_terminal import render_throughput
+
+ROWS = [
+    BenchRow("sequential @ no-sharing", "sequential", "no-sharing"),
+    BenchRow("static-batch @ no-sharing", "static-batch", "no-sharing"),
+    BenchRow("continuous @ no-sharing", "continuous", "no-sharing"),
+    BenchRow("continuous @ shared-prefix", "continuous", "shared-prefix"),
+    BenchRow("continuous+prefix-cache @ shared-prefix", "continuous", "shared-prefix", prefix_cache=True),
+    BenchRow("continuous+response-cache @ repeats", "continuous", "repeats", response_cache=True),
+]
+
+
+def load_run(
+    users: int, tokens_per_s: float, ttft_s: float, *, repeats: float = 0.0, prefix_hits: float = 0.0
+):
+    """A 10 s closed-loop level: `users` requests of 100 tokens, spread to `tokens_per_s`."""
+    n = round(tokens_per_s * 10 / 100)
+    reqs = []
+    for i in range(n):
+        sent = i * 10 / n
+        repeat = i > 0 and i < n * repeats + 1
+        end = sent + (0.002 if repeat else ttft_s + 0.99)
+        first = sent + (0.001 if repeat else ttft_s)
+        reqs.append(
+            RequestRecord(
+                index=i,
+                level=0,
+                warmup=False,
+                scheduled_s=sent,
+                sent_s=sent,
+                end_s=end,
+                first_token_s=first,
+                last_token_s=end,
+                output_tokens=100,
+                output_tokens_method="usage",
+                input_tokens=64,
+                repeat_of=0 if repeat else None,
+            )  # fmt: skip
+        )
+    metrics = [
+        MetricsSample(-1.0, {"lmprof:prefix_cache_queries_total": 0, "lmprof:prefix_cache_hits_total": 0,
+                             "lmprof:kv_cache_bytes": 0}),
+        MetricsSample(5.0, {"lmprof:prefix_cache_queries_total": 500, "lmprof:prefix_cache_hits_total": 100,
+                            "lmprof:kv_cache_bytes": 3 << 20}),
+        MetricsSample(11.0, {"lmprof:prefix_cache_queries_total": 1000,
+                             "lmprof:prefix_cache_hits_total": 1000 * prefix_hits, "lmprof:kv_cache_bytes": 0}),
+    ]  # fmt: skip
+    level = LevelRecord(index=0, mode="closed", concurrency=users, start_s=0.0, end_s=10.0)
+    run = LoadRun(run_id="x", created_at="2026-12-07T00:00:00+00:00", lmprof_version="0", levels=[level],
+                  requests=reqs, metrics=metrics)  # fmt: skip
+    return run.to_dict()
+
+
+def point(row: str, round_k: int, users: int, tps: float, ttft: float, **kw) -> BenchPoint:
+    return BenchPoint(row=row, round=round_k, concurrency=users, load=load_run(users, tps, ttft, **kw),
+                      server_rss_peak_bytes=(400 + users) << 20, other_cpu_share=0.05, load_avg_start=[0.5])  # fmt: skip
+
+
+@pytest.fixture
+def report() -> ThroughputReport:
+    points = []
+    for k, noise in ((1, 1.0), (2, 0.5)):  # round 2 ran on a machine twice as slow: ratios hold
+        points += [
+            point("sequential @ no-sharing", k, 8, 100 * noise, 2.0),
+            point("static-batch @ no-sharing", k, 8, 300 * noise, 0.9),
+            point("continuous @ no-sharing", k, 8, (500 if k == 1 else 220) * noise, 0.4),
+            point("continuous @ shared-prefix", k, 1, 100 * noise, 0.8),
+            point("continuous+prefix-cache @ shared-prefix", k, 1, 120 * noise, 0.2, prefix_hits=0.75),
+            point("continuous+response-cache @ repeats", k, 1, 80 * noise, 0.3, repeats=0.5),
+        ]
+    return ThroughputReport(
+        created_at="2026-12-07T08:00:00+00:00", lmprof_version="0", command=["lmprof", "bench", "throughput"],
+        settings={"model_id": "m", "concurrency": [1, 8], "rounds": 2, "slo_s": {"ttft": 1.0},
+                  "input_tokens": 64, "prefix_tokens": 256, "output_tokens": 100, "repeat_share": 0.5},
+        machine={"cpu_model": "Test CPU", "logical_cores": 2, "load_avg_start": [0.5, 0.5, 0.5],
+                 "load_avg_end": [0.6, 0.6, 0.6]},
+        rows=ROWS, points=points, complete=True,
+    )  # fmt: skip
+
+
+def _cell(summary, name, users):
+    return next(c for c in summary.cells if c.row.name == name and c.concurrency == users)
+
+
+def test_gains_are_paired_by_round_with_their_spread(report):
+    summary = summarize_throughput(report)
+    gain = summary.gains[("continuous @ no-sharing", 8)].output_tps
+    assert (gain.lo, gain.hi, gain.rounds) == pytest.approx((2.2, 5.0, 2))
+    assert gain.median == pytest.approx(3.6)
+    static = summary.gains[("static-batch @ no-sharing", 8)].output_tps
+    assert (static.lo, static.hi) == pytest.approx((3.0, 3.0))  # the slow round changes no ratio
+    prefix = summary.base_gains[("continuous+prefix-cache @ shared-prefix", 1)].output_tps
+    assert prefix.median == pytest.approx(1.2)
+    cell = _cell(summary, "continuous+prefix-cache @ shared-prefix", 1)
+    assert cell.hit_rate == pytest.approx(0.75)
+    assert cell.median("kv_bytes_max") == 3 << 20
+    assert _cell(summary, "sequential @ no-sharing", 8).median("goodput_rps") == 0.0  # TTFT 2 s > 1 s
+
+
+def test_targets_say_met_or_missed_by_the_measured_figure(report):
+    targets = {t.name.split(",")[0] + t.goal: t for t in summarize_throughput(report).targets}
+    assert [t.met for t in targets.values()] == [False, True, True, True]
+    gain = next(t for t in targets.values() if "tok/s" in t.name)
+    assert gain.measured.startswith("3.60x (rounds 2.20-5.00x)")
+    hit = next(t for t in targets.values() if "response-cache" in t.name)
+    assert "p50 2.0 ms" in hit.measured
+    cut = next(t for t in targets.values() if "prefix-cache" in t.name)
+    assert cut.measured.startswith("4.00x")
+
+
+def test_the_report_renders_and_round_trips(report, tmp_path):
+    report.save(tmp_path)
+    again = load_throughput_report(tmp_path)
+    summary = summarize_throughput(again)
+    text = render_throughput(again, summary)
+    lines = text.splitlines()
+    assert "CPU Test CPU (2 logical)" in lines[1]
+    row = next(line for line in lines if line.startswith("continuous @ no-sharing"))
+    assert "3.60x (2.20-5.00)" in row and "408 MiB" in row
+    assert "continuous batching, 8 users, output tok/s over sequential: 3.60x" in text and "MISSED" in text
+    data = json.loads(json.dumps(throughput_dict(again, summary)))
+    assert data["cells"][0]["row"]["scheduler"] == "sequential"
+    html = render_throughput_html(again, summary)
+    for chart in ("throughput-latency-p50", "gain-hit-rate", "memory-concurrency"):
+        assert f'class="chart {chart}"' in html
+    assert "<script" not in html
+
+
+def test_a_busy_machine_and_a_failed_level_are_warned(report):
+    report.points[0].other_cpu_share = 0.6
+    report.points[1].error = "the server stopped accepting connections"
+    report.complete = False
+    warnings = summarize_throughput(report).warnings
+    assert any("1 of 11 points ran while other processes used over 25%" in w for w in warnings)
+    assert any("not measured (round 1: the server stopped" in w for w in warnings)
+    assert any("did not finish" in w for w in warnings)
