@@ -42,7 +42,8 @@ from lmprof.record.ablation import (
     RowResult,
     save_report,
 )
-from lmprof.record.run import RUN_FILE, load_run, write_atomic
+from lmprof.record.files import RUN_FILE, write_atomic
+from lmprof.record.run import load_run
 
 WARMUP_TOKENS = 4
 # A prompt of ordinary prose: a trained model continues it sensibly, so greedy outputs of

@@ -10,9 +10,9 @@ from lmprof.analyze.compare import FIGURES, compare
 from lmprof.analyze.thresholds import breaches, check_thresholds, parse_thresholds
 from lmprof.cli.report_console import report_console
 from lmprof.errors import UsageError
+from lmprof.record.files import write_atomic
 from lmprof.record.groups import load_run_group
 from lmprof.record.load import is_load_run
-from lmprof.record.run import write_atomic
 from lmprof.render.compare_cells import fmt_check
 from lmprof.render.compare_html import render_comparison_html
 from lmprof.render.compare_json import render_comparison_json

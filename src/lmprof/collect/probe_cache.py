@@ -17,8 +17,8 @@ from typing import Any
 
 from lmprof.collect.hardware_probes import measure_hardware, probe_devices, sizes_for_device
 from lmprof.models import cache_root
+from lmprof.record.files import write_atomic
 from lmprof.record.probes import HardwareProbes, ProbeSizes
-from lmprof.record.run import write_atomic
 
 # 2: the CPU read probe from huge pages joined the set; 3: the native matvec from huge pages
 CACHE_FORMAT = 3

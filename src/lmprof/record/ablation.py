@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmprof.record.run import write_atomic
+from lmprof.record.files import write_atomic
 
 REPORT_FILE = "ablation.json"
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmprof.errors import RunFileError
-from lmprof.record.run import RUN_FILE, Run, load_run
+from lmprof.record.files import RUN_FILE
+from lmprof.record.run import Run, load_run
 
 
 @dataclass

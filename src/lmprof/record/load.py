@@ -13,17 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmprof.errors import RunFileError, UsageError
-from lmprof.record.run import RUN_FILE, STATUS_INCOMPLETE, write_atomic
+from lmprof.errors import RunFileError
+from lmprof.record.files import read_record, record_kind, record_path, save_record
+from lmprof.record.run import STATUS_INCOMPLETE
 
 LOAD_KIND = "load"
 LOAD_SCHEMA_VERSION = 1
-_KIND_FIRST = re.compile(r'^\s*\{\s*"kind"\s*:\s*"load"')
 
 MODE_CLOSED = "closed"  # N users, each sends its next request when its last one ends
 MODE_OPEN = "open"  # arrivals at a rate, whatever the server does
@@ -149,14 +148,7 @@ class LoadRun:
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write RUN_DIR/run.json atomically: readers see the old file or the new one whole."""
-        path = Path(run_dir)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(
-                f"cannot create output folder '{path}': {exc.strerror}; pass --out to a writable folder"
-            ) from exc
-        return write_atomic(path / RUN_FILE, self.to_json() + "\n")
+        return save_record(run_dir, self.to_json() + "\n")
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -164,36 +156,16 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
-def _record_path(location: str | os.PathLike[str]) -> Path:
-    path = Path(location)
-    return path / RUN_FILE if path.is_dir() else path
-
-
 def is_load_run(location: str | os.PathLike[str]) -> bool:
     """Whether a run folder or run.json holds a load run, so show and compare can dispatch
-    to it. Reads the file's first bytes only (a load run names its kind first). False for
-    anything unreadable: the profile Run's reader then says what is wrong."""
-    path = _record_path(location)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            start = fh.read(256)
-    except (OSError, UnicodeDecodeError):
-        return False
-    return _KIND_FIRST.match(start) is not None
+    to it (from the file's first bytes: a load run names its kind first)."""
+    return record_kind(location) == LOAD_KIND
 
 
 def load_load_run(location: str | os.PathLike[str]) -> LoadRun:
     """Read a load run from a run folder or its run.json."""
-    path = _record_path(location)
-    if not path.is_file():
-        raise RunFileError(f"no run record at '{path}': pass a folder written by `lmprof load --out`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFileError(f"'{path}' is not a readable run record: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RunFileError(f"'{path}' is not a run record: expected a JSON object")
+    data = read_record(location, written_by="lmprof load --out")
     try:
         return LoadRun.from_dict(data)
     except TypeError as exc:
-        raise RunFileError(f"'{path}' does not match the load run schema: {exc}") from exc
+        raise RunFileError(f"'{record_path(location)}' does not match the load run schema: {exc}") from exc

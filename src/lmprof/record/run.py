@@ -10,17 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmprof.errors import RunFileError, UsageError
+from lmprof.errors import RunFileError
 from lmprof.record.deep import DeepProfile, deep_from_dict, deep_to_dict
+from lmprof.record.files import read_record, record_path, save_record
 
 SCHEMA_VERSION = 2  # 2: phase_gaps
 READABLE_VERSIONS = (1, 2)  # a version-1 run has no phase_gaps; the renderers derive them
-RUN_FILE = "run.json"
 
 STATUS_COMPLETE = "complete"
 STATUS_INCOMPLETE = "incomplete"
@@ -164,47 +163,16 @@ class Run:
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write RUN_DIR/run.json atomically (a temp file renamed into place)."""
-        path = Path(run_dir)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(
-                f"cannot create output folder '{path}': {exc.strerror}; pass --out to a writable folder"
-            ) from exc
-        return write_atomic(path / RUN_FILE, self.to_json() + "\n")
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write text so that readers see the old file or the whole new one, never half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        return save_record(run_dir, self.to_json() + "\n")
 
 
 def load_run(location: str | os.PathLike[str]) -> Run:
     """Read a Run from a run folder or a run.json path."""
-    path = Path(location)
-    if path.is_dir():
-        path = path / RUN_FILE
-    if not path.is_file():
-        raise RunFileError(f"no run record at '{path}': pass a folder written by `lmprof profile --out`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFileError(f"'{path}' is not a readable run record: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RunFileError(f"'{path}' is not a run record: expected a JSON object")
+    data = read_record(location, written_by="lmprof profile --out")
     try:
         return Run.from_dict(data)
     except (TypeError, KeyError) as exc:
-        raise RunFileError(f"'{path}' does not match the run schema: {exc}") from exc
+        raise RunFileError(f"'{record_path(location)}' does not match the run schema: {exc}") from exc
 
 
 def _phase_dict(phase: Phase) -> dict[str, Any]:

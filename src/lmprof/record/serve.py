@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.errors import RunFileError
-from lmprof.record.run import RUN_FILE, write_atomic
+from lmprof.record.files import read_record, record_kind, record_path, save_record
 
 SERVE_KIND = "serve"
 SERVE_SCHEMA_VERSION = 1
@@ -80,7 +80,9 @@ class ServeRun:
     schema_version: int = SERVE_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # kind and version first: show and compare tell a serve run from the file's first bytes.
+        return {"kind": data.pop("kind"), "schema_version": data.pop("schema_version"), **data}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -101,32 +103,17 @@ class ServeRun:
         return cls(**body)
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
-        folder = Path(run_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        return write_atomic(folder / RUN_FILE, self.to_json())
-
-
-def run_file(location: str | os.PathLike[str]) -> Path:
-    path = Path(location)
-    return path / RUN_FILE if path.is_dir() else path
+        return save_record(run_dir, self.to_json())
 
 
 def is_serve_run(location: str | os.PathLike[str]) -> bool:
-    """Whether the run file at `location` is a serve Run (cheap: False for anything unreadable)."""
-    try:
-        data = json.loads(run_file(location).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("kind") == SERVE_KIND
+    """Whether the run file at `location` is a serve Run (from its first bytes)."""
+    return record_kind(location) == SERVE_KIND
 
 
 def load_serve_run(location: str | os.PathLike[str]) -> ServeRun:
-    path = run_file(location)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFileError(f"'{path}' is not a readable serve run: {exc}") from exc
+    data = read_record(location, written_by="lmprof serve --profile-out")
     try:
         return ServeRun.from_dict(data)
     except TypeError as exc:
-        raise RunFileError(f"'{path}' does not match the serve run schema: {exc}") from exc
+        raise RunFileError(f"'{record_path(location)}' does not match the serve run schema: {exc}") from exc

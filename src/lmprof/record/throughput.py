@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.errors import RunFileError
-from lmprof.record.run import write_atomic
+from lmprof.record.files import write_atomic
 
 THROUGHPUT_KIND = "throughput"
 THROUGHPUT_SCHEMA_VERSION = 1

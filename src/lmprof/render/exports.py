@@ -11,7 +11,8 @@ import json
 import re
 from pathlib import Path
 
-from lmprof.record.run import Run, write_atomic
+from lmprof.record.files import write_atomic
+from lmprof.record.run import Run
 from lmprof.render.flame_svg import to_flame_svg
 from lmprof.render.folded import to_folded
 from lmprof.render.perfetto import to_chrome_trace

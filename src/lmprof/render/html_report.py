@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmprof.record.run import STATUS_COMPLETE, Run, write_atomic
+from lmprof.record.files import write_atomic
+from lmprof.record.run import STATUS_COMPLETE, Run
 from lmprof.render.deep_view import PART_LABELS, own_work_line, untraced_caption
 from lmprof.render.flame_embed import inline_flame
 from lmprof.render.html_charts import (

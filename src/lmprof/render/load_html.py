@@ -21,8 +21,8 @@ from lmprof.analyze.load import (
     tpot_s,
     ttft_s,
 )
+from lmprof.record.files import write_atomic
 from lmprof.record.load import LoadRun
-from lmprof.record.run import write_atomic
 from lmprof.render.html_charts import LEFT_PX, RIGHT_PX, WIDTH_PX, Axis, esc, nice_ticks
 from lmprof.render.load_json import load_summary_dict
 from lmprof.render.units import fmt_pct, fmt_s

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmprof.analyze.throughput import ThroughputSummary
-from lmprof.record.run import write_atomic
+from lmprof.record.files import write_atomic
 from lmprof.record.throughput import ThroughputReport
 from lmprof.render.html_charts import esc
 from lmprof.render.load_html import _CSS, line_chart
