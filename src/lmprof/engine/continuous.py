@@ -42,16 +42,16 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
 from lmprof.engine.generate import sample
-from lmprof.engine.model import Transformer, causal_mask
-from lmprof.engine.native_decode import NativeInputs, NativeStep, check_native_decode, native_inputs
+from lmprof.engine.model import Transformer
+from lmprof.engine.native_decode import NativeInputs, check_native_decode, native_inputs
+from lmprof.engine.pool_passes import decode_rows, prefill_rows
 from lmprof.engine.prefix_cache import PrefixCache
-from lmprof.engine.slot_pool import KVSlotPool, RowsScatter, RowsWrite
+from lmprof.engine.slot_pool import KVSlotPool
 from lmprof.errors import UsageError
 
 
@@ -366,20 +366,27 @@ class ContinuousBatcher:
         if state.request.on_finish is not None:
             state.request.on_finish(state)
 
-    def _emit(self, state: RequestState, token: int) -> bool:
-        """Record a new token; True when the request is done with it."""
+    def _take_token(self, state: RequestState, token: int) -> bool:
+        """Record and deliver a new token; True when the request left with it. A last token
+        frees the row before it is delivered, so whoever sees it sees the batcher without it."""
         state.tokens.append(token)
+        if token in state.request.eos_token_ids:
+            state.finish_reason = "stop"
+        elif len(state.tokens) >= state.request.max_new_tokens:
+            state.finish_reason = "length"
+        if state.finish_reason is not None:
+            self._leave(state, None)
         if state.request.on_token is not None:
             try:
                 state.request.on_token(token)
             except Exception as error:  # the consumer failed: this request ends, the others go on
                 state.error, state.finish_reason = error, "error"
-                return True
-        if token in state.request.eos_token_ids:
-            state.finish_reason = "stop"
-        elif len(state.tokens) >= state.request.max_new_tokens:
-            state.finish_reason = "length"
-        return state.finish_reason is not None
+        if state.finish_reason is None:
+            return False
+        if state.row is not None:
+            self._leave(state, None)
+        self._finish(state, state.finish_reason)
+        return True
 
     def _pick(self, logits: Tensor, states: list[RequestState]) -> list[int]:
         picks = logits.argmax(dim=-1).tolist()  # [B]; greedy rows keep these
@@ -397,7 +404,8 @@ class ContinuousBatcher:
             pool.compact(n)
         states = list(self._decoding)
         try:
-            logits = self._decode_forward(n, pool.clock)
+            tokens = [state.tokens[-1] for state in states]
+            logits = decode_rows(self.model, pool, tokens, self._native_inputs if self.native else None)
             picks = self._pick(logits, states)
         except Exception as error:  # the whole batch ran as one: every row of it fails
             for state in states:
@@ -409,27 +417,8 @@ class ContinuousBatcher:
         finished = 0
         for state, token in zip(states, picks, strict=True):
             state.kv_tokens += 1
-            if self._emit(state, token):
-                self._leave(state, state.finish_reason)
-                finished += 1
+            finished += self._take_token(state, token)
         return finished
-
-    def _decode_forward(self, n: int, column: int) -> Tensor:
-        """One new token for each of the first n rows, written at the shared `column` -> logits [n, V]."""
-        pool = self.pool
-        tokens = torch.tensor([s.tokens[-1] for s in self._decoding], device=pool.positions.device)
-        if self.native:
-            cache = SimpleNamespace(keys=[k[:n] for k in pool.keys], values=[v[:n] for v in pool.values])
-            step = NativeStep(self._native_inputs, pool.key_valid[:n], pool.positions[:n], column)
-            logits = self.model(tokens[:, None], cache=cache, native=step)[:, -1]  # [n, V]
-        else:
-            pool.key_valid[:n, column] = True
-            mask = pool.key_valid[:n, None, None, : column + 1]  # [n, 1, 1, S]
-            positions = pool.positions[:n, None]  # [n, 1]
-            write = RowsWrite(pool, slice(0, n), slice(column, column + 1), column + 1)
-            logits = self.model(tokens[:, None], positions, mask, write)[:, -1]  # [n, V]
-            pool.positions[:n] += 1
-        return logits
 
     def _prefill(self) -> tuple[int, int, int]:
         """Up to prefill_chunk context tokens of the prefilling requests, oldest first, as one
@@ -462,8 +451,7 @@ class ContinuousBatcher:
             state.kv_tokens = end
             if end < state.prefill_target:
                 continue
-            if self._emit(state, self._pick(logits[None], [state])[0]):
-                self._leave(state, state.finish_reason)
+            if self._take_token(state, self._pick(logits[None], [state])[0]):
                 finished += 1
             else:
                 self._join_decoding(state)
@@ -478,45 +466,8 @@ class ContinuousBatcher:
             return error
 
     def _prefill_rows(self, plan: list[tuple[RequestState, int, int]]) -> Tensor:
-        """Context tokens [start, end) of each planned request into columns [start, end) of its
-        row (column = position in a prefilling row) -> each row's last logits [k, V].
-
-        One row runs on a view of its row; several are left-padded to one [k, T] batch whose
-        padding writes a scratch column no prefilling row attends to."""
-        pool = self.pool
-        device = pool.positions.device
-        if len(plan) == 1:
-            (state, start, end), row = plan[0], plan[0][0].row
-            tokens = torch.tensor([state.context[start:end]], device=device)  # [1, T]
-            columns = torch.arange(start, end, device=device)
-            pool.key_valid[row, start:end] = True
-            mask = causal_mask(columns, pool.key_valid[row : row + 1, :end])  # [1, 1, T, end]
-            write = RowsWrite(pool, slice(row, row + 1), slice(start, end), end)
-            logits = self.model(tokens, columns[None], mask, write, last_only=True)[:, -1]
-            pool.positions[row] = end
-            return logits
-        T = max(end - start for _, start, end in plan)
-        S = max(end for _, _, end in plan)
-        scratch = pool.columns - 1  # past max_seq_len: never a prefilling row's key
-        tokens = torch.zeros(len(plan), T, dtype=torch.long)
-        write_columns = torch.full((len(plan), T), scratch, dtype=torch.long)
-        query_columns = torch.zeros(len(plan), T, dtype=torch.long)
-        for i, (state, start, end) in enumerate(plan):
-            n = end - start
-            tokens[i, T - n :] = torch.tensor(state.context[start:end])
-            write_columns[i, T - n :] = torch.arange(start, end)
-            query_columns[i] = start  # padding sees the row's first new key, so no row is all masked
-            query_columns[i, T - n :] = torch.arange(start, end)
-            pool.key_valid[state.row, start:end] = True
-        rows = torch.tensor([state.row for state, _, _ in plan], device=device)
-        tokens, write_columns, query_columns = (t.to(device) for t in (tokens, write_columns, query_columns))
-        before = torch.arange(S, device=device)[None, None, :] <= query_columns[:, :, None]  # [k, T, S]
-        mask = (before & pool.key_valid[rows, :S][:, None, :])[:, None]  # [k, 1, T, S]
-        write = RowsScatter(pool, rows, write_columns, S)
-        logits = self.model(tokens, query_columns, mask, write, last_only=True)[:, -1]  # [k, V]
-        for state, _, end in plan:
-            pool.positions[state.row] = end
-        return logits
+        chunks = [(state.row, state.context[start:end], start) for state, start, end in plan]
+        return prefill_rows(self.model, self.pool, chunks)  # [k, V]
 
     def _join_decoding(self, state: RequestState) -> None:
         pool, target = self.pool, len(self._decoding)
