@@ -271,3 +271,11 @@ def test_a_failing_pass_fails_only_the_requests_it_ran(engines, prompts, monkeyp
     batcher.run_until_idle()
     monkeypatch.undo()
     assert later.finish_reason == "length" and later.tokens == alone(model, clean[2])
+
+
+def test_the_row_is_free_when_the_last_token_is_delivered(engines):
+    batcher = ContinuousBatcher(engines["qwen2"], max_batch=1, max_seq_len=MAX_SEQ)
+    running_at_token: list[int] = []
+    batcher.submit(Request([1, 2, 3], 3, on_token=lambda token: running_at_token.append(batcher.running)))
+    batcher.run_until_idle()
+    assert running_at_token == [1, 1, 0]  # a client that sees its last token sees its row free
