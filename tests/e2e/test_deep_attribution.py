@@ -5,6 +5,7 @@ change: on the same forward passes, every aten op lands in the same module eithe
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pytest
 
@@ -68,5 +69,7 @@ def test_every_op_lands_in_the_same_module_with_fast_ranges(tiny_forward):
     model, inputs = tiny_forward
     before = op_modules(RecordFunctionRanges, model, inputs)
     after = op_modules(TorchTraceCollector, model, inputs)
-    assert len(after) > 100 and after == before
+    # as multisets: two ops that start on the same microsecond (aten::lift_fresh, aten::detach_)
+    # may sort either way between two traces
+    assert len(after) > 100 and Counter(after) == Counter(before)
     assert sum(1 for _, module, _ in after if module is not None) > 0.9 * len(after)
