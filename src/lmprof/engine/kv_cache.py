@@ -7,6 +7,8 @@ for every row of the batch: rows are left-padded, not packed).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
@@ -61,4 +63,8 @@ class StaticKVCache:
         return self.keys + self.values
 
 
-KVCache = GrowingKVCache | StaticKVCache
+class KVCache(Protocol):
+    """What the model asks of a cache: one call per layer and forward pass. The growing and
+    static caches here, and the continuous batcher's row views (slot_pool.py), all answer it."""
+
+    def update(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
