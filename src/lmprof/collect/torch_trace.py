@@ -135,6 +135,7 @@ class TorchTraceCollector:
         self._allocations: list[tuple[list[str], int]] = []
         self._cuda_allocations: list[tuple[list[str], int]] = []
         self._finish_s = 0.0
+        self._disabled = False  # the profiler disabled already (with Python stacks, at the call's exit)
 
     def _profiler(self) -> Any:
         from torch.profiler import ProfilerActivity, profile
@@ -230,8 +231,13 @@ class TorchTraceCollector:
 
         t0 = time.perf_counter()
         try:
-            with _quiet_stderr():  # torch warns about GPU tracks even when both are toggled
-                self._prof.toggle_collection_dynamic(False, [ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            if self.options.with_stack:
+                # the Python tracer cannot be paused: it would trace the rest of the run
+                self._prof.stop()
+                self._disabled = True
+            else:
+                with _quiet_stderr():  # torch warns about GPU tracks even when both are toggled
+                    self._prof.toggle_collection_dynamic(False, [ProfilerActivity.CPU, ProfilerActivity.CUDA])
         finally:
             for handle in self._handles:
                 handle.remove()
@@ -287,7 +293,8 @@ class TorchTraceCollector:
         self.finish()
         t0 = time.perf_counter()
         with gc_paused():
-            self._prof.stop()
+            if not self._disabled:
+                self._prof.stop()
             if self._cuda or self.options.with_stack:
                 # Python frames and device activity (streams, kernels, the allocator's own totals)
                 # are only in the exported Chrome trace
@@ -296,7 +303,9 @@ class TorchTraceCollector:
                 spans = read_kineto_events(self._prof.profiler.kineto_results.events(), self._marker_s)
         self._prof = None  # the profiler's own copy of the events goes once the spans exist
         # allocator events recorded while the profiler waited, paused, are not the traced call's
-        spans = [s for s in spans if s.cat != "memory" or s.start_s <= self._end_s_final]
+        spans = [
+            s for s in spans if s.cat not in ("memory", "python_function") or s.start_s <= self._end_s_final
+        ]
         export_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         cost = measure_tracer_cost(self.options, self._cuda) if calibrate else None
@@ -332,7 +341,8 @@ class TorchTraceCollector:
         """finish() and disable the profiler without reading the trace (benchmarks)."""
         self.finish()
         if self._prof is not None:
-            self._prof.stop()
+            if not self._disabled:
+                self._prof.stop()
             self._prof = None
 
     def stop(self) -> TorchTrace:
