@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from lmprof.analyze.trace_tree import all_nodes, build_tree
-from lmprof.collect.torch_trace import MODULE_PREFIX, TorchTraceCollector, TraceOptions
+from lmprof.collect.torch_trace import TorchTraceCollector, TraceOptions
+from lmprof.collect.trace_events import MODULE_PREFIX
 
 
 class RecordFunctionRanges(TorchTraceCollector):

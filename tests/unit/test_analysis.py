@@ -74,7 +74,7 @@ def test_refine_phase_peaks_uses_samples_inside_the_phase():
 
 def test_cuda_allocator_history_to_stacks():
     from lmprof.analyze.flames import cuda_memory_flame
-    from lmprof.collect.torch_trace import cuda_allocations_by_stack
+    from lmprof.collect.trace_events import cuda_allocations_by_stack
 
     snapshot = {
         "device_traces": [

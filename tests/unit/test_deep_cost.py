@@ -10,7 +10,7 @@ from lmprof.analyze.deep import untraced_reference
 from lmprof.analyze.inside_run import step_breakdown, untraced_step_estimate
 from lmprof.analyze.memory_kinds import device_memory_by_kind, host_memory_by_kind, kv_leaving_step
 from lmprof.analyze.trace_tree import build_tree
-from lmprof.collect.torch_trace import CLOCK_MARKER, Span, read_spans
+from lmprof.collect.trace_events import CLOCK_MARKER, Span, read_spans
 from lmprof.record.run import Generation, MemoryTimeline, Phase, Run
 
 MiB = 1 << 20

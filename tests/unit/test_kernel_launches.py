@@ -9,7 +9,7 @@ import pytest
 from lmprof.analyze.flames import device_flame
 from lmprof.analyze.inside_run import kernels_by_launch
 from lmprof.analyze.trace_tree import build_tree
-from lmprof.collect.torch_trace import CLOCK_MARKER, Span, read_spans
+from lmprof.collect.trace_events import CLOCK_MARKER, Span, read_spans
 
 
 @pytest.mark.parametrize(

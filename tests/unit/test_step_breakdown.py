@@ -6,7 +6,7 @@ import pytest
 
 from lmprof.analyze.inside_run import module_category, shape_label, step_breakdown
 from lmprof.analyze.trace_tree import build_tree
-from lmprof.collect.torch_trace import Span
+from lmprof.collect.trace_events import Span
 
 
 def span(name: str, cat: str, start_s: float, dur_s: float) -> Span:

@@ -22,7 +22,7 @@ from lmprof.analyze.inside_run import (
 )
 from lmprof.analyze.memory_kinds import device_memory_by_kind, expected_memory, host_memory_by_kind
 from lmprof.analyze.trace_tree import build_tree
-from lmprof.collect.torch_trace import TorchTrace, gc_paused
+from lmprof.collect.trace_events import TorchTrace, gc_paused
 from lmprof.record.deep import DeepProfile
 from lmprof.record.run import Run
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from lmprof.analyze.trace_tree import Node, all_nodes, frame_label, innermost_at
-from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, Span
+from lmprof.collect.trace_events import LAUNCH_CATEGORIES, Span
 from lmprof.record.deep import FlameGraph, TraceEvent
 from lmprof.record.run import Phase
 

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from lmprof.analyze.trace_tree import Node, all_nodes, module_category
-from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, Span
+from lmprof.collect.trace_events import LAUNCH_CATEGORIES, Span
 
 COPY_OPS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous"}
 DTYPE_BYTES = {

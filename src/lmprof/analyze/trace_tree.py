@@ -11,7 +11,7 @@ import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from lmprof.collect.torch_trace import LAUNCH_CATEGORIES, MODULE_PREFIX, Span
+from lmprof.collect.trace_events import LAUNCH_CATEGORIES, MODULE_PREFIX, Span
 
 HOST_CATEGORIES = {"cpu_op", "user_annotation", "python_function", *LAUNCH_CATEGORIES}
 HOOK_FILE = "lmprof/collect/torch_trace.py"
