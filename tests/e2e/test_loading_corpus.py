@@ -8,6 +8,7 @@ Fast cases use 2-layer models; the default model and its GGUF are marked slow.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from helpers.loading_corpus import CORPUS
@@ -19,7 +20,9 @@ from lmprof.record.run import load_run
 MAX_OWN_SHARE = 0.10
 
 CASES = [
-    pytest.param(name, marks=[pytest.mark.slow] if slow else [], id=name.split(" ")[0].lower())
+    pytest.param(
+        name, marks=[pytest.mark.slow] if slow else [], id=re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    )
     for name, (_, slow) in CORPUS.items()
 ]
 
