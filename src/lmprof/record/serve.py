@@ -56,6 +56,7 @@ class EngineStep:
     prefill_tokens: int = 0
     waiting: int = 0  # requests queued after the step
     kv_tokens: int = 0  # tokens held in the KV pool after the step
+    kv_columns: int = 0  # cache columns a decode step's attention spans (the pool's clock, gaps included)
 
 
 @dataclass

@@ -151,6 +151,7 @@ class ContinuousWorker:
                 prefill_tokens=record.prefill_tokens,
                 waiting=record.waiting,
                 kv_tokens=record.kv_tokens,
+                kv_columns=self.batcher.pool.clock,
             )  # fmt: skip
         )
 
