@@ -68,6 +68,7 @@ class ContinuousWorker:
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._step_start_s = 0.0  # the running step's start (engine thread only)
         self._thread = threading.Thread(target=self._run, name="lmprof-model", daemon=True)
 
     @property
@@ -124,7 +125,7 @@ class ContinuousWorker:
                 if self._stopping.is_set():
                     return
                 continue
-            start_s = self.now_s()
+            start_s = self._step_start_s = self.now_s()
             try:
                 record = self.batcher.step()
             except Exception as exc:  # noqa: BLE001 (a bug in a step must not end the server)
@@ -162,8 +163,8 @@ class ContinuousWorker:
         t_s = self.now_s()
         if record.first_token_s is None:
             record.first_token_s = t_s
-            if record.started_s is None:
-                record.started_s = t_s
+            if record.started_s is None:  # admitted in this step: its prefill began with it
+                record.started_s = self._step_start_s
             record.cached_tokens = live.state.cached_tokens if live.state is not None else 0
         row.push(token, t_s)
         ends_in_batcher = token in live.state.request.eos_token_ids or len(row.ids) >= row.job.max_tokens
