@@ -7,7 +7,8 @@ import sys
 import types
 
 from lmprof.clock import FakeClock
-from lmprof.collect.instrument import GGUF_POINTS, LOADING_POINTS, Instrumentation
+from lmprof.collect.instrument import Instrumentation
+from lmprof.collect.loading_points import GGUF_POINTS, LOADING_POINTS
 from lmprof.collect.phases import PhaseRecorder
 from lmprof.collect.process_stats import ProcessSnapshot
 

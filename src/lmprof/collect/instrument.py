@@ -22,32 +22,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lmprof.collect.generation import GenerationWatcher
+from lmprof.collect.loading_points import GGUF_POINTS, LOADING_POINTS
+from lmprof.collect.model_moves import (
+    bytes_not_of,
+    bytes_not_on,
+    stream_position,
+    target_device,
+    target_dtype,
+)
 from lmprof.collect.phases import PhaseRecorder
 from lmprof.record.run import Generation
-
-# transformers' own functions where loading spends its time (as of transformers 5.24):
-# (module, class or None for a module function, attribute, phase). A point that a version
-# lacks is skipped. Points in modules that are expensive to import (the GGUF support) are in
-# GGUF_POINTS and are wrapped when a GGUF file is first parsed, never imported for nothing.
-LOADING_POINTS: tuple[tuple[str, str | None, str, str], ...] = (
-    ("transformers.configuration_utils", "PreTrainedConfig", "get_config_dict", "load_config"),
-    ("transformers.generation.configuration_utils", "GenerationConfig", "from_pretrained", "load_config"),
-    ("transformers.modeling_utils", "PreTrainedModel", "_finalize_model_loading", "finalize_weights"),
-    ("transformers.modeling_utils", "PreTrainedModel", "_move_missing_keys_from_meta_to_device", "init_missing"),
-    ("transformers.modeling_utils", "PreTrainedModel", "_initialize_missing_keys", "init_missing"),
-    ("transformers.modeling_utils", "PreTrainedModel", "tie_weights", "tie_weights"),
-    ("transformers.tokenization_utils_tokenizers", "TokenizersBackend", "convert_to_native_format",
-     "convert_tokenizer"),
-    ("transformers.quantizers.quantizer_gguf", "GgufHfQuantizer", "read_header", "parse_gguf"),
-    ("transformers.models.auto.tokenization_auto", "AutoTokenizer", "from_pretrained", "load_tokenizer"),
-)  # fmt: skip
-GGUF_POINTS: tuple[tuple[str, str | None, str, str], ...] = (
-    ("gguf.gguf_reader", "GGUFReader", "__init__", "read_gguf_header"),
-    ("transformers.integrations.gguf.reader", None, "read_gguf_metadata", "parse_gguf"),
-    ("transformers.modeling_gguf_pytorch_utils", None, "get_gguf_hf_weights_map", "map_gguf_names"),
-    ("transformers.integrations.gguf", None, "convert_gguf_tokenizer", "convert_tokenizer"),
-    ("gguf", None, "dequantize", "dequantize"),
-)
 
 
 class SessionHooks(Protocol):
@@ -275,9 +259,9 @@ class Instrumentation:
         def wrapper(url: Any, temp_file: Any, *args: Any, **kwargs: Any) -> Any:
             name = str(kwargs.get("displayed_filename") or str(url).rsplit("/", 1)[-1])
             with phases.phase("download", file=name) as handle:
-                start = _tell(temp_file)
+                start = stream_position(temp_file)
                 result = func(url, temp_file, *args, **kwargs)
-                handle.add_payload(max(0, _tell(temp_file) - start))
+                handle.add_payload(max(0, stream_position(temp_file) - start))
             return result
 
         return wrapper
@@ -323,11 +307,11 @@ class Instrumentation:
 
         @functools.wraps(func)
         def wrapper(module: Any, *args: Any, **kwargs: Any) -> Any:
-            target = _target_device(func.__name__, args, kwargs)
-            moving = _bytes_not_on(module, target) if target is not None else 0
+            target = target_device(func.__name__, args, kwargs)
+            moving = bytes_not_on(module, target) if target is not None else 0
             if not moving:
-                dtype = _target_dtype(args, kwargs)
-                casting = _bytes_not_of(module, dtype) if dtype is not None else 0
+                dtype = target_dtype(args, kwargs)
+                casting = bytes_not_of(module, dtype) if dtype is not None else 0
                 if not casting:
                     return func(module, *args, **kwargs)
                 with session.phases.phase("cast", dtype=str(dtype).removeprefix("torch.")) as handle:
@@ -406,64 +390,3 @@ def phases_snapshot() -> tuple[int, int]:
     from lmprof.collect.process_stats import read_memory
 
     return read_memory()
-
-
-def _target_device(method: str, args: tuple, kwargs: dict) -> Any:
-    import torch
-
-    if method == "cuda":
-        index = args[0] if args else kwargs.get("device")
-        return torch.device("cuda", index) if isinstance(index, int) else torch.device(index or "cuda")
-    candidate = kwargs.get("device", args[0] if args else None)
-    if isinstance(candidate, (str, torch.device, int)):
-        try:
-            return torch.device(candidate)
-        except (RuntimeError, TypeError):
-            return None
-    return None
-
-
-def _target_dtype(args: tuple, kwargs: dict) -> Any:
-    import torch
-
-    for candidate in (kwargs.get("dtype"), *args):
-        if isinstance(candidate, torch.dtype):
-            return candidate
-    return None
-
-
-def _bytes_not_of(module: Any, dtype: Any) -> int:
-    """Bytes of floating-point parameters and buffers that a cast to `dtype` converts."""
-    seen: set[int] = set()
-    total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        if id(t) in seen or not t.is_floating_point() or t.dtype == dtype:
-            continue
-        seen.add(id(t))
-        total += t.numel() * t.element_size()
-    return total
-
-
-def _tell(stream: Any) -> int:
-    try:
-        return int(stream.tell())
-    except (AttributeError, OSError, ValueError):
-        return 0
-
-
-def _bytes_not_on(module: Any, target: Any) -> int:
-    """Bytes of parameters and buffers that a move to `target` has to copy."""
-
-    def elsewhere(t: Any) -> bool:
-        d = t.device
-        return d.type != target.type or (target.index is not None and d.index != target.index)
-
-    tensors = list(module.parameters()) + list(module.buffers())
-    seen: set[int] = set()
-    total = 0
-    for t in tensors:
-        if id(t) in seen or not elsewhere(t):
-            continue
-        seen.add(id(t))
-        total += t.numel() * t.element_size()
-    return total
