@@ -149,3 +149,21 @@ def test_a_busy_machine_and_a_failed_level_are_warned(report):
     assert any("1 of 11 points ran while other processes used over 25%" in w for w in warnings)
     assert any("not measured (round 1: the server stopped" in w for w in warnings)
     assert any("did not finish" in w for w in warnings)
+
+
+def test_a_saved_report_renders_again_without_torch(report, tmp_path):
+    """`--from DIR` renders from the file alone, in a fresh interpreter that never imports torch."""
+    import subprocess
+    import sys
+
+    report.save(tmp_path)
+    check = (
+        "import sys; from lmprof.cli.main import main; "
+        f"code = main(['bench', 'throughput', '--from', {str(tmp_path)!r}, '--html']); "
+        "print('LOADED', sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'transformers')))); "
+        "sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LOADED []" in proc.stdout and "continuous @ no-sharing" in proc.stdout
+    assert (tmp_path / "report.html").exists()
