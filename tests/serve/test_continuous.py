@@ -139,6 +139,21 @@ def test_the_response_cache_answers_repeats_under_continuous(model_engine):
     assert all(s.batch_size > 0 for s in server.profiler.steps)
 
 
+def test_a_token_id_past_the_vocabulary_is_refused_alone(model_engine):
+    async def go(url):
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+            return await asyncio.gather(
+                post(s, url, {"prompt": [10**6], "max_tokens": 5}), post(s, url, {"prompt": "Hi", **GREEDY})
+            )
+
+    with RunningServer(model_engine, **CONTINUOUS) as server:
+        (bad_status, bad, _), (good_status, good, _) = run(go(server.url + "/v1/completions"))
+    live = dict(server.server.worker._live)  # after the drain: the engine thread is done
+    assert bad_status == 400 and "token ids" in bad["error"]["message"]
+    assert good_status == 200 and good["usage"]["completion_tokens"] == 10
+    assert live == {}
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

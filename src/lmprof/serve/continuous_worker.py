@@ -20,8 +20,10 @@ import torch
 
 from lmprof.engine.continuous import ContinuousBatcher, Request, RequestState, StepRecord
 from lmprof.engine.prefix_cache import PrefixCache
+from lmprof.errors import UsageError
 from lmprof.record.serve import EngineStep
 from lmprof.serve.backends import LoadedModel
+from lmprof.serve.protocol import ApiError
 from lmprof.serve.worker import Job, RowDecoder
 
 IDLE_WAIT_S = 0.1  # how often an idle engine thread looks whether it should stop
@@ -97,7 +99,8 @@ class ContinuousWorker:
         self._thread.join(timeout_s)
 
     def submit(self, job: Job, max_waiting: int) -> bool:
-        """Queue `job` unless `max_waiting` requests already wait; False means it was refused."""
+        """Queue `job` unless `max_waiting` requests already wait; False means it was refused.
+        Raises ApiError 400 for a prompt the batcher refuses (a token id past the vocabulary)."""
         if self.batcher.waiting >= max_waiting:
             return False
         job.record.admitted_s = self.now_s()
@@ -110,7 +113,12 @@ class ContinuousWorker:
         )  # fmt: skip
         with self._lock:
             self._live[request.request_id] = live
-        live.state = self.batcher.submit(request)
+        try:
+            live.state = self.batcher.submit(request)
+        except UsageError as exc:  # the batcher checks what the handler could not (token ids)
+            with self._lock:
+                self._live.pop(request.request_id, None)
+            raise ApiError(400, str(exc), param="prompt", code="invalid_value") from exc
         job.on_cancel = lambda: self.batcher.cancel(request.request_id)
         if job.cancelled.is_set():  # gone before the hook was set
             self.batcher.cancel(request.request_id)
