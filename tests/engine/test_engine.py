@@ -33,9 +33,9 @@ from lmprof.engine import (
     prefill,
     sample,
 )
-from lmprof.engine.step_timer import StepTimer
 from lmprof.engine.model import rope_inv_freq
 from lmprof.engine.quant import Int8Linear
+from lmprof.engine.step_timer import StepTimer
 from lmprof.errors import ModelLoadError, UsageError
 
 # ---- config ----
