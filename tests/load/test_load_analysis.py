@@ -61,7 +61,9 @@ def test_answers_shorter_than_asked_are_flagged(hand_run):
     warnings = " ".join(summarize(run).warnings)
     assert "2 of 3 answers ended well before the 10 tokens asked (median 5)" in warnings
     for r in run.requests:  # one token short of the asked length: a re-count's difference, no cut
-        r.planned_output_tokens = (r.output_tokens or 0) + 1 if r.output_tokens and r.output_tokens > 9 else r.output_tokens
+        r.planned_output_tokens = (
+            (r.output_tokens or 0) + 1 if r.output_tokens and r.output_tokens > 9 else r.output_tokens
+        )
     assert not summarize(run).warnings
 
 

@@ -12,9 +12,7 @@ PYTHON_PROFILERS = ("py-spy", "cprofile", "none")
 
 def add_model_argument(p: argparse.ArgumentParser, accepts: str) -> None:
     """The optional MODEL positional: `accepts` says what forms this command takes."""
-    p.add_argument(
-        "model", nargs="?", default=None, help=f"{accepts} (default: the built-in default)"
-    )
+    p.add_argument("model", nargs="?", default=None, help=f"{accepts} (default: the built-in default)")
 
 
 def add_json_option(p: argparse.ArgumentParser, what: str, instead_of: str | None = None) -> None:

@@ -33,7 +33,6 @@ def import_frameworks(session: ProfileSession) -> None:
     session.install_instrumentation()
 
 
-
 def run_transformers_profile(session: ProfileSession, req: ProfileRequest) -> None:
     """Profile `req` through transformers' own pipeline or generate, filling `session.run`."""
     from lmprof.collect.system import collect_cpu
