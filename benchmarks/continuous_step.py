@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import random
 import statistics
 import sys
@@ -39,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from lmprof.collect.system import collect_cpu  # noqa: E402
 from lmprof.engine import EngineOptions, decode_step, load_hf_folder, new_decode_state, prefill  # noqa: E402
 from lmprof.engine.continuous import ContinuousBatcher, Request  # noqa: E402
 from lmprof.engine.generate import prepare_native_decode, sample  # noqa: E402
@@ -46,17 +46,6 @@ from lmprof.engine.prefix_cache import PrefixCache  # noqa: E402
 from lmprof.models import resolve_model  # noqa: E402
 
 BATCHES = (1, 2, 4, 8)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prompts_for(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -174,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         models[path] = load_hf_folder(folder, EngineOptions(native_decode=path == "native", **fused))
     vocab = next(iter(models.values())).config.vocab_size
     print(
-        f"CPU {cpu_model()} ({os.cpu_count()} cores), torch threads {args.threads}; "
+        f"CPU {collect_cpu()['model']} ({os.cpu_count()} cores), torch threads {args.threads}; "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; load {os.getloadavg()[0]:.1f}; model {folder.name}; "
         f"prompt {args.prompt_len} tokens; {args.steps} steps x {args.rounds} rounds"
     )

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import random
 import statistics
 import time
@@ -41,6 +40,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import lmprof
 import lmprof.collect.memory_sampler as memory_sampler
 from lmprof.collect.memory_sampler import MemorySampler
+from lmprof.collect.system import collect_cpu
 from lmprof.workloads.request import DEFAULT_PROMPT
 
 
@@ -233,17 +233,6 @@ def part_costs(model, inputs, step_s: float) -> None:
               f"({len(child.samples.t_s)} samples, start-up included), outside the interpreter lock")  # fmt: skip
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="default,small", help="comma-separated: default, small")
@@ -262,7 +251,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}: choose from {', '.join(loaders)}")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{cpu_model()} · {os.cpu_count()} CPUs · torch {torch.__version__} · {now}")
+    print(f"{collect_cpu()['model']} · {os.cpu_count()} CPUs · torch {torch.__version__} · {now}")
     print(f"memory sampler: {'child process' if memory_sampler.process_sampling_available() else 'thread'}")
     for name in names:
         label, model, inputs = loaders[name]()

@@ -18,13 +18,14 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from lmprof.collect.system import collect_cpu
 
 SCHEDULERS = {
     "sequential": ["--scheduler", "sequential"],
@@ -55,17 +56,6 @@ def percentile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def start_server(model: str, scheduler: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
@@ -202,7 +192,7 @@ def main() -> int:
     print(f"lmprof serve schedulers: model {args.model}, {args.input_tokens}-word prompts, "
           f"{args.output_tokens} output tokens, {args.requests} requests x {args.rounds} rounds per cell")  # fmt: skip
     print(
-        f"CPU {cpu_model()} ({os.cpu_count()} cores); {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; client: {client}"
+        f"CPU {collect_cpu()['model']} ({os.cpu_count()} cores); {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; client: {client}"
     )
     head = f"{'users':>5}" + "".join(f" | {name:^30}" for name in SCHEDULERS)
     sub = f"{'':>5}" + "".join(f" | {'tok/s':>8} {'TTFT p50':>10} {'p99':>10}" for _ in SCHEDULERS)
