@@ -151,15 +151,17 @@ def test_a_busy_machine_and_a_failed_level_are_warned(report):
     assert any("did not finish" in w for w in warnings)
 
 
-def test_a_saved_report_renders_again_without_torch(report, tmp_path):
-    """`--from DIR` renders from the file alone, in a fresh interpreter that never imports torch."""
+@pytest.mark.parametrize("command", [["bench", "throughput", "--html", "--from"], ["show", "--html"]])
+def test_a_saved_report_renders_again_without_torch(report, tmp_path, command):
+    """`--from DIR` and `lmprof show DIR` render from the file alone, in a fresh interpreter that
+    never imports torch."""
     import subprocess
     import sys
 
     report.save(tmp_path)
     check = (
         "import sys; from lmprof.cli.main import main; "
-        f"code = main(['bench', 'throughput', '--from', {str(tmp_path)!r}, '--html']); "
+        f"code = main({[*command, str(tmp_path)]!r}); "
         "print('LOADED', sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'transformers')))); "
         "sys.exit(code)"
     )
@@ -167,3 +169,4 @@ def test_a_saved_report_renders_again_without_torch(report, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout and "continuous @ no-sharing" in proc.stdout
     assert (tmp_path / "report.html").exists()
+    (tmp_path / "report.html").unlink()

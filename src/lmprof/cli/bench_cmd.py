@@ -94,6 +94,15 @@ def run_throughput_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def show(args: argparse.Namespace) -> int:
+    """`lmprof show DIR` on a throughput report: the same rendering as `--from DIR`."""
+    from lmprof.record.throughput import load_throughput_report
+
+    folder = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
+    _render(args, load_throughput_report(args.run_dir), folder)
+    return 0
+
+
 def _render(args: argparse.Namespace, report, out: Path) -> None:
     from lmprof.analyze.throughput import summarize_throughput
     from lmprof.render.throughput_html import write_throughput_html

@@ -11,6 +11,7 @@ from lmprof.errors import UsageError
 from lmprof.record.load import is_load_run
 from lmprof.record.run import load_run
 from lmprof.record.serve import is_serve_run
+from lmprof.record.throughput import is_throughput_report
 from lmprof.render.html_report import write_html_report
 from lmprof.render.python_table import render_python_table
 from lmprof.render.terminal import render_run
@@ -18,7 +19,11 @@ from lmprof.render.terminal import render_run
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="re-render a saved run", description="Render RUN_DIR/run.json again.")
-    p.add_argument("run_dir", type=Path, help="a folder written by `lmprof profile` (or its run.json)")
+    p.add_argument(
+        "run_dir",
+        type=Path,
+        help="a folder written by `lmprof profile`, `load`, `serve --profile-out` or `bench throughput`",
+    )
     add_json_option(p, what="the Run record")
     p.add_argument(
         "--html", action="store_true", help="write RUN_DIR/report.html again from run.json and print its path"
@@ -39,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         from lmprof.cli import load_cmd
 
         return load_cmd.show_load(args)
+    if is_throughput_report(args.run_dir):  # `lmprof bench throughput`'s report
+        from lmprof.cli import bench_cmd
+
+        return bench_cmd.show(args)
     if is_serve_run(args.run_dir):  # a server's life (`lmprof serve --profile-out`), not a profile
         from lmprof.cli import serve_cmd
 

@@ -35,8 +35,9 @@ def write_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def save_record(run_dir: str | os.PathLike[str], text: str) -> Path:
-    """RUN_DIR/run.json, written atomically; the folder is made, or one line says why not."""
+def save_record(run_dir: str | os.PathLike[str], text: str, file_name: str = RUN_FILE) -> Path:
+    """RUN_DIR/run.json (or `file_name`), written atomically; the folder is made, or one line
+    says why not."""
     folder = Path(run_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -44,19 +45,22 @@ def save_record(run_dir: str | os.PathLike[str], text: str) -> Path:
         raise UsageError(
             f"cannot create output folder '{folder}': {exc.strerror}; pass --out to a writable folder"
         ) from exc
-    return write_atomic(folder / RUN_FILE, text)
+    return write_atomic(folder / file_name, text)
 
 
-def record_path(location: str | os.PathLike[str]) -> Path:
-    """A run folder's run.json, or the file itself."""
+def record_path(location: str | os.PathLike[str], file_name: str = RUN_FILE) -> Path:
+    """A run folder's run.json (or `file_name`), or the file itself."""
     path = Path(location)
-    return path / RUN_FILE if path.is_dir() else path
+    return path / file_name if path.is_dir() else path
 
 
-def read_record(location: str | os.PathLike[str], written_by: str) -> dict[str, Any]:
-    """The JSON object in a run folder or run.json; RunFileError (one line) where there is none.
-    `written_by` names the command whose --out folder it should be."""
-    path = record_path(location)
+def read_record(
+    location: str | os.PathLike[str], written_by: str, file_name: str = RUN_FILE
+) -> dict[str, Any]:
+    """The JSON object in a run folder's run.json (or `file_name`), or in the file itself;
+    RunFileError (one line) where there is none. `written_by` names the command whose --out
+    folder it should be."""
+    path = record_path(location, file_name)
     if not path.is_file():
         raise RunFileError(f"no run record at '{path}': pass a folder written by `{written_by}`")
     try:

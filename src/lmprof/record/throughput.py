@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.errors import RunFileError
-from lmprof.record.files import write_atomic
+from lmprof.record.files import read_record, record_path, save_record
 
 THROUGHPUT_KIND = "throughput"
 THROUGHPUT_SCHEMA_VERSION = 1
@@ -103,20 +103,20 @@ class ThroughputReport:
         return cls(**body)
 
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        return write_atomic(folder / REPORT_FILE, self.to_json())
+        return save_record(out_dir, self.to_json(), REPORT_FILE)
+
+
+def is_throughput_report(location: str | os.PathLike[str]) -> bool:
+    """Whether `location` is a `lmprof bench throughput` folder (or its throughput.json)."""
+    path = record_path(location, REPORT_FILE)
+    return path.name == REPORT_FILE and path.is_file()
 
 
 def load_throughput_report(location: str | os.PathLike[str]) -> ThroughputReport:
-    path = Path(location)
-    path = path / REPORT_FILE if path.is_dir() else path
+    data = read_record(location, written_by="lmprof bench throughput --out", file_name=REPORT_FILE)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFileError(f"no throughput report at '{path}'") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFileError(f"cannot read the throughput report '{path}': {exc}") from exc
-    if not isinstance(data, dict):
-        raise RunFileError(f"'{path}' is not a throughput report")
-    return ThroughputReport.from_dict(data)
+        return ThroughputReport.from_dict(data)
+    except TypeError as exc:
+        raise RunFileError(
+            f"'{record_path(location, REPORT_FILE)}' does not match the report schema: {exc}"
+        ) from exc
