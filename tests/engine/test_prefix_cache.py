@@ -145,6 +145,26 @@ def test_a_prefix_hit_gives_the_same_tokens_and_skips_that_prefill(model, monkey
     assert cache.queries_tokens == len(first) + len(second) + len(turn)
 
 
+def test_a_request_admitted_while_another_decodes_finds_its_prompt_blocks(model):
+    # Requests that share a system prompt and overlap in time: the second is admitted while the
+    # first still decodes, and must not wait for the first to leave to find the shared blocks.
+    rng = random.Random(7)
+    system = [rng.randrange(1, VOCAB) for _ in range(24)]
+    first, second = system + [5, 6], system + [8, 9, 10]
+    cache = PrefixCache(budget_bytes=1 << 24, block_tokens=8)
+    batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, prefill_chunk=64, prefix_cache=cache)
+    with torch_threads(1):
+        a = batcher.submit(Request(first, 12))
+        batcher.step()  # a's prefill ends here: it decodes from the next step
+        assert len(a.tokens) == 1
+        b = batcher.submit(Request(second, 6))
+        batcher.step()
+        assert a.finish_reason is None  # a still running when b was admitted
+        batcher.run_until_idle()
+    assert b.cached_tokens == 24
+    assert a.tokens == alone(model, first, 12) and b.tokens == alone(model, second, 6)
+
+
 def test_a_preempted_request_recomputes_from_its_own_cached_blocks(model):
     cache = PrefixCache(budget_bytes=1 << 24, block_tokens=4)
     batcher = ContinuousBatcher(

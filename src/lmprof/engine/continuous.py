@@ -408,6 +408,13 @@ class ContinuousBatcher:
 
     def _join_decoding(self, state: RequestState) -> None:
         pool, target = self.pool, len(self._decoding)
+        cache = self.prefix_cache
+        if cache is not None and state.kv_tokens >= cache.block_tokens:
+            # Its prompt's blocks are kept as soon as they exist (its keys sit at columns equal to
+            # their positions here), so a request admitted while this one still decodes, with the
+            # same system prompt, finds them; when it leaves, its reply's blocks join them.
+            full = state.kv_tokens // cache.block_tokens * cache.block_tokens
+            cache.insert(state.context[:full], *pool.read_columns(state.row, 0, full))
         self._prefilling.remove(state)
         if state.row != target:
             holder = next((s for s in self._prefilling if s.row == target), None)
