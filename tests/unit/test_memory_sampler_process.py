@@ -1,6 +1,7 @@
 """The memory sampler's child process: samples from outside the interpreter lock, on the
 session's clock, merged in time order with the in-process boundary samples."""
 
+import mmap
 import time
 
 import pytest
@@ -15,8 +16,11 @@ def test_child_process_samples_on_the_session_clock():
     sampler = MemorySampler(lambda: time.perf_counter() - t0, 0.005)
     sampler.start()
     assert sampler.mode_used == "process"
-    held = bytearray(64 << 20)  # 64 MiB touched: RSS must show it
-    held[::4096] = b"x" * len(held[::4096])
+    # 64 MiB of a fresh mapping, touched: RSS must show it (a bytearray can reuse heap that this
+    # long-lived test process already holds resident, and then RSS does not move)
+    held = mmap.mmap(-1, 64 << 20)
+    for offset in range(0, len(held), mmap.PAGESIZE):
+        held[offset] = 1
     time.sleep(0.4)
     sampler.sample_once()  # a phase boundary, in the process
     end_s = time.perf_counter() - t0
@@ -28,7 +32,7 @@ def test_child_process_samples_on_the_session_clock():
     child = [t for t in s.t_s if 0.0 < t < end_s]
     assert len(child) >= 8, "the child's samples are on the session clock, inside the window"
     assert max(s.rss_bytes) - min(s.rss_bytes) >= 60 << 20
-    del held
+    held.close()
 
 
 def test_thread_mode_and_a_custom_reader_keep_the_thread():
