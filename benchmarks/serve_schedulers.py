@@ -18,13 +18,13 @@ import asyncio
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 
+from lmprof.bench.server_process import ServerProcess
 from lmprof.collect.system import collect_cpu
 
 SCHEDULERS = {
@@ -58,19 +58,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def start_server(model: str, scheduler: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "lmprof", "serve", model, "--port", "0", "--served-model-name", "bench",
-           *SCHEDULERS[scheduler], *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600  # a first use may build the default model
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("lmprof serve: http://"):
-            return proc, line.split()[2].removesuffix("/v1")
-    proc.kill()
-    raise SystemExit(f"{scheduler} server did not start: {proc.stderr.read()[-2000:]}")
+def server_for(model: str, scheduler: str, extra: list[str]) -> ServerProcess:
+    return ServerProcess(
+        model, ["--port", "0", "--served-model-name", "bench", *SCHEDULERS[scheduler], *extra]
+    )
 
 
 # --- the built-in client ------------------------------------------------------------------
@@ -160,17 +151,20 @@ def main() -> int:
     body = {"model": "bench", "prompt": "the " * args.input_tokens, "max_tokens": args.output_tokens,
             "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
 
-    servers = {name: start_server(args.model, name, args.server_arg) for name in SCHEDULERS}
+    servers = {name: server_for(args.model, name, args.server_arg) for name in SCHEDULERS}
     cells = {(u, s): Cell() for u in users_levels for s in SCHEDULERS}
     client = "lmprof load (library)" if use_load else "built-in streaming client"
     try:
-        for _, url in servers.values():  # warm each server: first calls allocate and compile
+        urls = {
+            name: server.start(timeout_s=600) for name, server in servers.items()
+        }  # a first use may build the model
+        for url in urls.values():  # warm each server: first calls allocate and compile
             asyncio.run(drive_builtin(url, 1, 2, {**body, "max_tokens": 4}, Cell()))
         order = list(SCHEDULERS)
         for rnd in range(args.rounds):
             for users in users_levels:
                 for name in order:
-                    url = servers[name][1]
+                    url = urls[name]
                     if use_load:
                         try:
                             drive_lmprof_load(url, users, args.requests, args, cells[(users, name)])
@@ -184,10 +178,8 @@ def main() -> int:
                 order = order[1:] + order[:1]
             print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            proc.wait(60)
+        for server in servers.values():
+            server.stop()
 
     print(f"lmprof serve schedulers: model {args.model}, {args.input_tokens}-word prompts, "
           f"{args.output_tokens} output tokens, {args.requests} requests x {args.rounds} rounds per cell")  # fmt: skip
