@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from lmprof.clock import Clock
+from lmprof.load.background import cancel_and_wait
 
 
 class LoopLagTicker:
@@ -27,11 +28,6 @@ class LoopLagTicker:
         self._task = asyncio.get_running_loop().create_task(self._tick())
 
     async def stop(self) -> list[float]:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         return self.lags_s

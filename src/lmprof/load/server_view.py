@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from lmprof.load.background import cancel_and_wait
 from lmprof.record.load import MetricsSample
 
 KEPT_PREFIXES = ("vllm:", "lmprof:", "tgi_", "sglang:", "llamacpp:")
@@ -152,10 +153,5 @@ class MetricsScraper:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
