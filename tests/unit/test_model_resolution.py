@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.llama_gguf import llama_gguf_writer, write_llama_tensors
+from helpers.local_hub import UNFETCHED, HubRepo, LocalHub, add_model_repo
 from helpers.model_fixtures import PROMPT, raises_one_line
+from huggingface_hub import snapshot_download
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import lmprof.models.hub as hub
 from lmprof.errors import ModelLoadError, ModelNotFoundError, UsageError
 from lmprof.models import (
     ResolvedModel,
@@ -152,49 +155,67 @@ def test_cached_hub_id_resolves_offline_without_downloading(
     assert resolved.downloaded_bytes == 0
 
 
-class _FakeHubApi:
-    """model_info as the hub would answer for a repo holding config, tokenizer and safetensors."""
-
-    def model_info(self, repo_id: str, timeout: float) -> object:
-        assert timeout <= hub.HUB_REQUEST_TIMEOUT_S
-        siblings = [type("Sibling", (), {"rfilename": name}) for name in ("config.json", "model.safetensors")]
-        return type("Info", (), {"sha": "f" * 40, "siblings": siblings})()
-
-
-def test_hub_download_counts_only_new_blobs(
+@pytest.fixture
+def local_hub(
     tiny: ResolvedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[LocalHub, HubRepo]]:
+    """someone/tiny (the `tiny` preset's files and a README) on a stand-in hub that HF_ENDPOINT
+    names, with an empty Hugging Face cache under tmp_path."""
+    with LocalHub() as local:
+        repo = add_model_repo(local, "someone/tiny", tiny.path)
+        for name, value in local.environment(tmp_path / "hf-home").items():
+            monkeypatch.setenv(name, value)
+        yield local, repo
+
+
+def test_the_stand_in_hub_serves_snapshot_download(
+    local_hub: tuple[LocalHub, HubRepo], tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    hub_cache = tmp_path / "hub-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
-    blobs = hub_cache / "models--someone--tiny" / "blobs"
+    local, repo = local_hub
+    folder = Path(snapshot_download("someone/tiny", cache_dir=tmp_path / "plain", endpoint=local.endpoint))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {
+        name: f.data for name, f in repo.files.items()
+    }
+    assert ("cdn", "GET") in {(origin, method) for origin, method, _ in local.requests}  # weights: redirected
+
+
+def test_hub_id_downloads_what_a_load_needs_once(
+    local_hub: tuple[LocalHub, HubRepo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, repo = local_hub
+    blobs = tmp_path / "hf-home" / "hub" / "models--someone--tiny" / "blobs"
     blobs.mkdir(parents=True)
-    (blobs / "already-there").write_bytes(bytes(5000))
+    (blobs / "already-there").write_bytes(bytes(5000))  # in the cache before: not downloaded now
+    fetched = set(repo.files) - UNFETCHED
 
-    def fake_snapshot_download(repo_id: str, **kwargs: object) -> str:
-        if kwargs.get("local_files_only"):
-            raise hub.LocalEntryNotFoundError("not cached")
-        assert "*.safetensors" in kwargs["allow_patterns"]
-        (blobs / "new-weights").write_bytes(bytes(1234))
-        (blobs / "new-config").write_bytes(bytes(66))
-        return str(shutil.copytree(tiny.path, tmp_path / "snapshot"))
-
-    monkeypatch.setattr(hub, "HfApi", _FakeHubApi)
-    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
     resolved = resolve_model("someone/tiny", progress=False)
-    assert resolved.source == "hub" and resolved.downloaded_bytes == 1234 + 66
+    assert (resolved.source, resolved.model_id, resolved.path.name) == ("hub", "someone/tiny", repo.sha)
+    assert {p.name for p in resolved.path.iterdir()} == fetched
+    assert resolved.downloaded_bytes == repo.fetched_bytes(fetched)
+
+    # Cached now: found again without a request, and with the network off.
+    requests_before = len(local.requests)
+    again = resolve_model("someone/tiny", progress=False)
+    assert (again.path, again.downloaded_bytes) == (resolved.path, 0)
+    assert len(local.requests) == requests_before
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model("someone/tiny", progress=False).path == resolved.path
+
+
+def test_hub_id_the_hub_does_not_have_is_a_one_line_not_found(local_hub: tuple[LocalHub, HubRepo]) -> None:
+    message = raises_one_line(ModelNotFoundError, "someone/missing")
+    assert "no hub model 'someone/missing'" in message
 
 
 def test_unreachable_hub_is_a_one_line_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-
-    class UnreachableHubApi:
-        def model_info(self, repo_id: str, timeout: float) -> object:
-            raise ConnectionError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(hub, "HfApi", UnreachableHubApi)
+    with socket.socket() as closed:  # a port that was free a moment ago: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    start_s = time.perf_counter()
     message = raises_one_line(ModelNotFoundError, "someone/some-model")
-    assert "unreachable" in message and "Name or service not known" in message
+    assert time.perf_counter() - start_s < 2.0
+    assert "unreachable" in message and "someone/some-model" in message

@@ -71,6 +71,19 @@ def test_repeated_work_over_a_second_is_flagged():
     assert repeated_work(_loading_run(), min_s=5.0) == []
 
 
+def test_files_downloaded_once_each_are_no_repeat():
+    shard = "model-00001-of-00002.safetensors"
+    phases = [
+        phase("resolve", 0.0, 4.0),
+        phase("download", 0.0, 1.5, depth=1, parent=0, detail={"file": shard}),
+        phase("download", 1.5, 3.0, depth=1, parent=0, detail={"file": "model-00002-of-00002.safetensors"}),
+    ]
+    run = Run(run_id="r", created_at="t", lmprof_version="0", status="complete", phases=phases, wall_s=4.0)
+    assert repeated_work(run) == []
+    run.phases.append(phase("download", 3.0, 4.0, depth=1, parent=0, detail={"file": shard}))
+    assert repeated_work(run) == [("file downloaded", 2, 2.5)]
+
+
 def test_summary_names_the_largest_gap_and_the_repeats_first():
     run = _loading_run()
     run.phase_gaps = phase_gaps(run)

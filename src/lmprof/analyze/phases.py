@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lmprof.record.run import Phase, Run
 
@@ -149,20 +150,28 @@ REPEATABLE_WORK = {
     "load_tokenizer": "tokenizer loaded",
     "load_model": "model loaded",
     "read_weights": "weights read",
-    "download": "files downloaded",
+    "download": "file downloaded",
 }
+# Work done once per file (named in the phase's `file` detail), where another file is no
+# repeat. Not parse_gguf: transformers' GGUF readers that lmprof wraps do not all name it.
+REPEATS_PER_FILE = frozenset({"download"})
 
 
 def repeated_work(run: Run, min_s: float = REPEAT_FLAG_S) -> list[tuple[str, int, float]]:
     """(what, times, total seconds) for loading work done more than once, costing over
-    `min_s` in all; outermost calls only (a phase inside one of the same name is not a repeat)."""
-    found: dict[str, list[float]] = {}
+    `min_s` in all; outermost calls only (a phase inside one of the same name is not a repeat).
+    Per-file work (REPEATS_PER_FILE) repeats only on the same file: a model's six files
+    downloaded once each are no repeat."""
+    found: dict[tuple[str, Any], list[float]] = {}
     for p in run.phases:
         if p.name not in REPEATABLE_WORK or _inside_same(run, p):
             continue
-        found.setdefault(p.name, []).append(p.wall_s)
+        file = p.detail.get("file") if p.name in REPEATS_PER_FILE else None
+        found.setdefault((p.name, file), []).append(p.wall_s)
     out = [
-        (REPEATABLE_WORK[n], len(ws), sum(ws)) for n, ws in found.items() if len(ws) > 1 and sum(ws) > min_s
+        (REPEATABLE_WORK[name], len(ws), sum(ws))
+        for (name, _), ws in found.items()
+        if len(ws) > 1 and sum(ws) > min_s
     ]
     return sorted(out, key=lambda t: -t[2])
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from lmprof.collect.generation import GenerationWatcher
 from lmprof.collect.loading_points import GGUF_POINTS, LOADING_POINTS
@@ -176,6 +177,12 @@ class Instrumentation:
             "transformers.modeling_gguf_pytorch_utils", None, "load_gguf_checkpoint", "parse_gguf",
             make=self._wrap_parse_gguf,
         )  # fmt: skip
+        # One file fetched into the hub cache (over HTTP or Xet), named as in its repository;
+        # http_get, inside it, is the fallback where a huggingface_hub version lacks it.
+        self._patch_point(
+            "huggingface_hub.file_download", None, "_download_to_tmp_and_move", "download",
+            make=self._wrap_cache_download,
+        )  # fmt: skip
         self._patch_point(
             "huggingface_hub.file_download", None, "http_get", "download", make=self._wrap_download
         )
@@ -251,13 +258,33 @@ class Instrumentation:
             for point in GGUF_POINTS:
                 self._patch_point(*point)
 
+    def _wrap_cache_download(self, func: Callable) -> Callable:
+        """huggingface_hub's fetch of one file into its cache (called where the file is not
+        there yet); the bytes are those of the file it leaves."""
+        phases = self._session.phases
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            destination = Path(str(kwargs.get("destination_path", args[1] if len(args) > 1 else "")))
+            if destination.is_file() and not kwargs.get("force_download"):
+                return func(*args, **kwargs)  # fetched meanwhile by another process: no download
+            name = str(kwargs.get("filename") or destination.name)
+            with phases.phase("download", file=name) as handle:
+                result = func(*args, **kwargs)
+                if destination.is_file():
+                    handle.add_payload(destination.stat().st_size)
+            return result
+
+        return wrapper
+
     def _wrap_download(self, func: Callable) -> Callable:
         """huggingface_hub's HTTP download of one file (only where a file is really fetched)."""
         phases = self._session.phases
 
         @functools.wraps(func)
         def wrapper(url: Any, temp_file: Any, *args: Any, **kwargs: Any) -> Any:
-            name = str(kwargs.get("displayed_filename") or str(url).rsplit("/", 1)[-1])
+            # A CDN's URL (where the Hub redirects weights) ends in a signed query string.
+            name = str(kwargs.get("displayed_filename") or urlsplit(str(url)).path.rsplit("/", 1)[-1])
             with phases.phase("download", file=name) as handle:
                 start = stream_position(temp_file)
                 result = func(url, temp_file, *args, **kwargs)

@@ -1,7 +1,7 @@
 """Hub ids (`owner/name`): the local Hugging Face cache first, then the network, briefly.
 
-Environment variables (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE) are read on every call rather
-than through huggingface_hub's constants, which are frozen when it is first imported.
+Environment variables (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT) are read on every
+call rather than through huggingface_hub's constants, which are frozen when it is first imported.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -22,7 +22,12 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
 )
-from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from huggingface_hub.utils import (
+    are_progress_bars_disabled,
+    disable_progress_bars,
+    enable_progress_bars,
+    filter_repo_objects,
+)
 
 from lmprof.errors import ModelLoadError, ModelNotFoundError, UsageError
 
@@ -52,6 +57,11 @@ def hub_cache_dir() -> Path:
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def hub_endpoint() -> str | None:
+    """The hub HF_ENDPOINT names right now (a mirror, or a test's stand-in); None: huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
 
 
 def hub_offline() -> bool:
@@ -104,13 +114,25 @@ def _patterns_to_fetch(repo_id: str, files: list[str]) -> list[str]:
     raise ModelLoadError(f"hub model '{repo_id}' has no *.safetensors, pytorch_model*.bin or *.gguf weights")
 
 
+def _repo_folder(cache_dir: Path, repo_id: str) -> Path:
+    return cache_dir / f"models--{repo_id.replace('/', '--')}"
+
+
 def _blob_sizes(cache_dir: Path, repo_id: str) -> dict[str, int]:
-    blobs = cache_dir / f"models--{repo_id.replace('/', '--')}" / "blobs"
+    blobs = _repo_folder(cache_dir, repo_id) / "blobs"
     if not blobs.is_dir():
         return {}
     return {
         path.name: path.stat().st_size for path in blobs.iterdir() if not path.name.endswith(".incomplete")
     }
+
+
+def _remember_default_revision(cache_dir: Path, repo_id: str, commit: str) -> None:
+    """Write refs/main, as a download of "main" would: fetched by commit, the snapshot is
+    otherwise found only online, and the next run (or one with HF_HUB_OFFLINE) misses it."""
+    refs = _repo_folder(cache_dir, repo_id) / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    (refs / "main").write_text(commit)
 
 
 @contextmanager
@@ -138,17 +160,27 @@ def fetch_hub_model(repo_id: str, *, progress: bool) -> HubSnapshot:
         )
 
     before = _blob_sizes(cache_dir, repo_id)
+    endpoint = hub_endpoint()
     try:
-        info = HfApi().model_info(repo_id, timeout=HUB_REQUEST_TIMEOUT_S)
+        info = HfApi(endpoint=endpoint).model_info(repo_id, timeout=HUB_REQUEST_TIMEOUT_S)
         files = [sibling.rfilename for sibling in info.siblings or []]
+        wanted = list(filter_repo_objects(files, allow_patterns=_patterns_to_fetch(repo_id, files)))
         with _hub_bars(progress):
-            folder = snapshot_download(
-                repo_id,
-                revision=info.sha,
-                cache_dir=cache_dir,
-                allow_patterns=_patterns_to_fetch(repo_id, files),
-                etag_timeout=HUB_REQUEST_TIMEOUT_S,
-            )
+            # One file after another in this thread, not snapshot_download's thread pool: a
+            # profile records phases from its own thread only, so each file's `download` phase
+            # (collect/instrument.py) would go unseen from a pool thread.
+            for name in wanted:
+                hf_hub_download(
+                    repo_id,
+                    name,
+                    revision=info.sha,
+                    cache_dir=cache_dir,
+                    endpoint=endpoint,
+                    etag_timeout=HUB_REQUEST_TIMEOUT_S,
+                )
+        if info.sha:
+            _remember_default_revision(cache_dir, repo_id, info.sha)
+        folder = snapshot_download(repo_id, revision=info.sha, cache_dir=cache_dir, local_files_only=True)
     except GatedRepoError as error:
         raise ModelNotFoundError(
             f"hub model '{repo_id}' is gated; accept its licence on huggingface.co and set HF_TOKEN"
