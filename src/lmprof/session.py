@@ -67,6 +67,7 @@ class ProfileSession:
         deep_steps: int | None = 16,
         deep_allocations: bool = False,
         deep_flops: bool = False,
+        deep_shapes: bool = False,
         python_profiler: str | None = None,
     ) -> None:
         self._clock = clock or Clock()
@@ -96,6 +97,7 @@ class ProfileSession:
         self._python_stacks = python_stacks
         self._deep_allocations = deep_allocations  # tracemalloc / CUDA allocator history: opt-in
         self._deep_flops = deep_flops  # FLOPs per operator: opt-in
+        self._deep_shapes = deep_shapes  # operators' input shapes: opt-in
         self._deep_steps = deep_steps
         self._python_profiler_name = python_profiler
         self._python_profiler: Any = None
@@ -274,6 +276,7 @@ class ProfileSession:
                 with_stack=self._python_stacks,
                 python_allocations=self._deep_allocations,
                 with_flops=self._deep_flops,
+                record_shapes=self._deep_shapes,
             ),
         )
 
