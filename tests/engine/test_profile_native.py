@@ -21,7 +21,8 @@ from lmprof.render.terminal import generation_table
 def native_deep_run(tmp_path_factory, lmprof_cache, ops):
     out = tmp_path_factory.mktemp("native") / "run"
     command = [sys.executable, "-m", "lmprof", "profile", "tiny", "--engine", "lmprof", "--native", "--deep",
-               "--device", "cpu", "--python-profiler", "none", "--max-new-tokens", "6", "--out", str(out)]  # fmt: skip
+               "--device", "cpu", "--python-profiler", "none", "--max-new-tokens", "6", "--deep-shapes",
+               "--out", str(out)]  # fmt: skip
     env = dict(os.environ, LMPROF_CACHE=str(lmprof_cache))
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -66,7 +66,7 @@ def _build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[floa
         operators=operator_rows(roots, windows, launches),
         modules=module_rows(roots, windows, launches, trace.module_types),
         step_breakdown=step_breakdown(roots, windows, steps),
-        copies=copy_rows(roots, windows, launches),
+        copies=copy_rows(roots, windows, launches, [s for s in trace.spans if s.cat == "memory"]),
         trace=trace_events(roots, trace.spans),
     )
     flames = [time_flame(run.phases, run.wall_s, roots, launches)]

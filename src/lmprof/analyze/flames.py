@@ -26,8 +26,25 @@ class PhaseChains:
     def __init__(self, phases: list[Phase]) -> None:
         self._phases = phases
         self._starts = [p.start_s for p in phases]
+        # The timeline cut at every phase start and end, with the deepest phase covering each
+        # piece: a flame asks once per traced span and allocation, a hundred thousand times.
+        self._cuts = sorted({p.start_s for p in phases} | {p.end_s for p in phases})
+        self._piece_index = [self._search(t) for t in self._cuts]
+        self._chains: dict[int | None, tuple[str, ...]] = {}
 
     def index_at(self, t_s: float) -> int | None:
+        piece = bisect.bisect_right(self._cuts, t_s) - 1
+        return self._piece_index[piece] if piece >= 0 else None
+
+    def chain_tuple_at(self, t_s: float) -> tuple[str, ...]:
+        """chain_at as a tuple, made once per phase."""
+        index = self.index_at(t_s)
+        chain = self._chains.get(index)
+        if chain is None:
+            chain = self._chains[index] = tuple(self.chain(index) or [UNATTRIBUTED_FRAME])
+        return chain
+
+    def _search(self, t_s: float) -> int | None:
         best = None
         for i in range(bisect.bisect_right(self._starts, t_s) - 1, -1, -1):
             p = self._phases[i]
@@ -133,8 +150,9 @@ def memory_flame(
             continue
         device = "cuda" if s.args.get("Device Type") == 1 else "cpu"
         node = innermost_at(roots, s.start_s) if s.tid == main_tid else None
-        stack = chains.chain_at(s.start_s) + (_frames(node) if node else []) + [f"alloc:{device}"]
-        weights[tuple(stack)] += n_bytes
+        weights[chains.chain_tuple_at(s.start_s) + (node.frames if node else ()) + (f"alloc:{device}",)] += (
+            n_bytes
+        )
     if not weights:
         return None
     return _flame("memory", "bytes", "torch allocator events (torch.profiler profile_memory)", weights)

@@ -4,6 +4,7 @@ make-up of a decode step, copies, and the CUDA kernels each op launched. Pure fu
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter, defaultdict
 from typing import Any
@@ -222,9 +223,15 @@ def untraced_step_estimate(
     }
 
 
-def copy_rows(roots: list[Node], windows, launches) -> list[dict[str, Any]]:
+def copy_rows(roots: list[Node], windows, launches, memory_spans: list[Any] = ()) -> list[dict[str, Any]]:
     """Device transfers and dtype/device casts, with the stage and the module (or the
-    generate loop) that made them: the seed user's unexplained `copy_` seconds."""
+    generate loop) that made them: the seed user's unexplained `copy_` seconds.
+
+    A copy's bytes are its first input's size where shapes were recorded (--deep-shapes), else
+    what the allocator gave out inside the copy on its thread (`memory_spans`, allocator events):
+    the destination a cast or transfer makes. An in-place `copy_` into an existing tensor
+    allocates nothing, so without shapes its bytes stay 0 (shown as not measured)."""
+    allocations = _allocations_by_thread(memory_spans)
     agg: dict[tuple, dict[str, Any]] = {}
     for node in all_nodes(roots):
         if node.span.cat != "cpu_op" or node.span.name not in COPY_OPS:
@@ -247,10 +254,34 @@ def copy_rows(roots: list[Node], windows, launches) -> list[dict[str, Any]]:
             },
         )
         row["calls"] += 1
-        row["bytes"] += _input_bytes(node.span.args)
+        row["bytes"] += _input_bytes(node.span.args) or _allocated_within(allocations, node.span)
         row["cpu_s"] += node.span.dur_s
         row["device_s"] += sum(_device_s(n, launches) for n in node.walk())
     return sorted(agg.values(), key=lambda r: -(r["device_s"] or r["cpu_s"]))
+
+
+def _allocations_by_thread(memory_spans) -> dict[Any, tuple[list[float], list[int]]]:
+    """Per thread: allocation times and the running sum of bytes allocated (frees left out)."""
+    out: dict[Any, tuple[list[float], list[int]]] = {}
+    for s in memory_spans:
+        n_bytes = int(s.args.get("Bytes", 0) or 0)
+        if n_bytes <= 0:
+            continue
+        times, sums = out.setdefault(s.tid, ([], [0]))
+        times.append(s.start_s)
+        sums.append(sums[-1] + n_bytes)
+    return out
+
+
+def _allocated_within(allocations, span) -> int:
+    found = allocations.get(span.tid)
+    if found is None:
+        return 0
+    times, sums = found
+    return (
+        sums[bisect.bisect_right(times, span.start_s + span.dur_s)]
+        - sums[bisect.bisect_left(times, span.start_s)]
+    )
 
 
 def _input_bytes(args: dict[str, Any]) -> int:

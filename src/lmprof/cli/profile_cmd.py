@@ -104,6 +104,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "torch.profiler's 1.30x)",
     )
     p.add_argument(
+        "--deep-shapes",
+        action="store_true",
+        help="with --deep: operators' input shapes in the operator table (measured: reading 16 traced steps of "
+        "the default model back took 0.5-0.7 s more)",
+    )
+    p.add_argument(
         "--deep-steps",
         type=int,
         default=16,
@@ -169,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         python_stacks=args.python_stacks,
         deep_allocations=args.deep_allocations,
         deep_flops=args.deep_flops,
+        deep_shapes=args.deep_shapes,
         deep_steps=args.deep_steps or None,
         python_profiler=python_profiler_choice(args),
     )

@@ -25,7 +25,11 @@ class TraceOptions:
     """What the torch.profiler trace of the generate call records. The defaults are `--deep`'s:
     each pays for a view at a cost `benchmarks/deep_cost.py` measured (benchmarks/RESULTS.md)."""
 
-    record_shapes: bool = True  # input shapes (operator table) and copy bytes
+    # Operators' input shapes (--deep-shapes): the operator table's shapes column. Off by default:
+    # torch formats every op's shapes, strides and dtypes as strings when the profiler stops,
+    # which was about half of reading 16 steps of the default model back (0.5-0.7 s of 1.0-1.2,
+    # 2026-12-07); copies take their bytes from the allocator events instead.
+    record_shapes: bool = False
     profile_memory: bool = True  # allocator events: memory by kind at the live peak, memory flame
     with_flops: bool = False  # FLOPs per operator (--deep-flops): 1.4x the bare trace's cost on tiny
     module_ranges: bool = True  # nn.Module paths of every op: step breakdown, module table, flame
@@ -42,7 +46,7 @@ class TraceOptions:
         return [label for key, label in names.items() if getattr(self, key)]
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """One trace event on the session clock."""
 

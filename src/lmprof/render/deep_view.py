@@ -135,12 +135,15 @@ def operator_table(rows: list[dict[str, Any]], stage: str, top: int) -> Table:
     table = Table(title=f"Operators in {stage} (traced)", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("operator", "calls", "self cpu", "total cpu") + (("self device",) if has_device else ()):
         table.add_column(col, justify="left" if col == "operator" else "right", no_wrap=col == "operator")
-    table.add_column("top input shapes", overflow="fold")
+    has_shapes = any(r.get("shapes") for r in rows)  # recorded with --deep-shapes only
+    if has_shapes:
+        table.add_column("top input shapes", overflow="fold")
     for r in rows[:top]:
         cells = [r["name"], str(r["calls"]), fmt_s(r["self_cpu_s"]), fmt_s(r["total_cpu_s"])]
         if has_device:
             cells.append(fmt_s(r.get("self_device_s")))
-        cells.append(r["shapes"][0] if r.get("shapes") else "")
+        if has_shapes:
+            cells.append(r["shapes"][0] if r.get("shapes") else "")
         table.add_row(*cells)
     return table
 
@@ -176,7 +179,7 @@ def copy_table(rows: list[dict[str, Any]], top: int) -> Table:
         table.add_column(col, justify="right" if col in ("calls", "bytes", "cpu", "device") else "left")
     for r in rows[:top]:
         table.add_row(
-            r["stage"], r["op"], r["where"], str(r["calls"]), fmt_bytes(r["bytes"]), fmt_s(r["cpu_s"]),
+            r["stage"], r["op"], r["where"], str(r["calls"]), fmt_bytes(r["bytes"] or None), fmt_s(r["cpu_s"]),
             fmt_s(r["device_s"]) if r["device_s"] else "-",
         )  # fmt: skip
     return table

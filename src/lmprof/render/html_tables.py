@@ -131,17 +131,19 @@ def step_table_html(breakdown: dict[str, Any], label: str) -> str:
 
 def operator_table_html(rows: list[dict[str, Any]], stage: str, top: int = 40) -> str:
     has_device = any(r.get("self_device_s") for r in rows)
+    has_shapes = any(r.get("shapes") for r in rows)  # recorded with --deep-shapes only
     headers = (
         ["operator", "calls", "self cpu", "total cpu"]
         + (["self device"] if has_device else [])
-        + ["top input shapes"]
+        + (["top input shapes"] if has_shapes else [])
     )
     body = []
     for r in rows[:top]:
         row: list[Cell] = [r["name"], _n(r["calls"]), _s(r["self_cpu_s"]), _s(r["total_cpu_s"])]
         if has_device:
             row.append(_s(r.get("self_device_s")))
-        row.append(r["shapes"][0] if r.get("shapes") else "")
+        if has_shapes:
+            row.append(r["shapes"][0] if r.get("shapes") else "")
         body.append(row)
     more = f" (top {top} of {len(rows)})" if len(rows) > top else ""
     return table_html(headers, body, cls="sortable operators", caption=f"Operators in {stage} (traced){more}")
@@ -158,7 +160,7 @@ def module_table_html(rows: list[dict[str, Any]], stage: str, top: int = 40) -> 
 
 def copy_table_html(rows: list[dict[str, Any]], top: int = 20) -> str:
     body = [
-        [r["stage"], r["op"], r["where"], _n(r["calls"]), _b(r["bytes"]), _s(r["cpu_s"]),
+        [r["stage"], r["op"], r["where"], _n(r["calls"]), _b(r["bytes"] or None), _s(r["cpu_s"]),
          _s(r["device_s"]) if r.get("device_s") else ("-", None)]
         for r in rows[:top]
     ]  # fmt: skip
