@@ -21,6 +21,7 @@ from serve_helpers import (
 )
 
 from lmprof.cli.main import main
+from lmprof.serve.settings import ServeSettings
 
 PROMPTS = ["Hi", "The quick brown fox jumps over", "Tell me a story about the sea and the sky", "x y"]
 GREEDY = {"temperature": 0, "max_tokens": 10, "ignore_eos": True}
@@ -160,6 +161,8 @@ def test_a_token_id_past_the_vocabulary_is_refused_alone(model_engine):
         (["tiny", "--scheduler", "continuous"], "--engine lmprof"),
         (["tiny", "--engine", "lmprof", "--prefix-cache", "1M"], "--scheduler continuous"),
         (["tiny", "--engine", "lmprof", "--scheduler", "continuous", "--max-batch", "0"], "--max-batch"),
+        (["tiny", "--native"], "--engine lmprof"),
+        (["tiny", "--huge-pages"], "--engine lmprof"),
     ],
 )
 def test_bad_continuous_command_lines_are_one_line_and_exit_2(args, words, serve_cache, capsys, monkeypatch):
@@ -167,3 +170,38 @@ def test_bad_continuous_command_lines_are_one_line_and_exit_2(args, words, serve
     assert main(["serve", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err and words in err
+
+
+def test_an_engine_server_runs_the_native_step_where_it_can(random_llama):
+    """A server is run for speed: left alone, lmprof's engine on a CPU float32 model takes the
+    native decode step (where the kernels build) and fused projections; --no-native is the torch
+    path. Both serve the same greedy text."""
+    from lmprof.engine.native import is_built
+    from lmprof.serve.server import load_server_model
+
+    def load(native):
+        return load_server_model(
+            ServeSettings(
+                model=str(random_llama), engine="lmprof", device="cpu", dtype="float32", native=native
+            )
+        )
+
+    default, torch_ops = load(None), load(False)
+    switches = default.description["engine_switches"]
+    if is_built() or switches["native_decode"]:
+        assert switches["native_decode"] is True and switches["why"]["native_decode"] == "default"
+        assert default.model.model.options.native_decode
+    assert default.model.model.options.fuse_qkv and default.model.model.options.fuse_gate_up
+    assert torch_ops.description["engine_switches"]["native_decode"] is False
+    assert not torch_ops.model.model.options.native_decode
+    answers = []
+    for loaded in (default, torch_ops):
+        with RunningServer(loaded, **CONTINUOUS) as server:
+            _, body, _ = run(_post_once(server.url + "/v1/completions", {"prompt": "Once upon", **GREEDY}))
+        answers.append(body["choices"][0]["text"])
+    assert answers[0] == answers[1]
+
+
+async def _post_once(url, body):
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+        return await post(s, url, body)

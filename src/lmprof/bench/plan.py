@@ -47,6 +47,7 @@ class BenchOptions:
     quick: bool = False
     slo: str = DEFAULT_SLO
     threads: int | None = None  # the server's model thread (default: lmprof serve's)
+    native: bool | None = None  # every server's decode step: None lets lmprof serve choose (on where it runs)
     timeout_s: float = 120.0  # per request
     startup_timeout_s: float = 300.0
     workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
@@ -134,6 +135,8 @@ def serve_args(row: BenchRow, opts: BenchOptions) -> list[str]:
             "--scheduler", row.scheduler, "--max-queue", str(4 * opts.max_batch + 16)]  # fmt: skip
     if opts.threads is not None:
         args += ["--threads", str(opts.threads)]
+    if opts.native is not None:  # the same for every row, so each gain compares schedulers alone
+        args.append("--native" if opts.native else "--no-native")
     if row.scheduler == "static-batch":
         args += ["--batch-size", str(opts.max_batch)]
     if row.scheduler == "continuous":

@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--workloads", default=None, help="no-sharing,shared-prefix,repeats (default: all)")
     t.add_argument("--slo", default=None, help="goodput objective (default ttft=2s,tpot=200ms)")
     t.add_argument("--threads", type=int, default=None, help="the server's model threads (default: serve's)")
+    t.add_argument("--native", action=argparse.BooleanOptionalAction, default=None,
+                   help="every server's decode step in lmprof's C++ kernels, or --no-native for torch ops "
+                   "(default: lmprof serve's, on where the kernels build)")  # fmt: skip
     t.add_argument("--quick", action="store_true",
                    help="a small matrix: 1 and 8 users, 16 requests, 1 round, fewer cache rows")  # fmt: skip
     t.add_argument("--html", action="store_true", help="also write OUT/report.html with the plots")
@@ -63,7 +66,7 @@ def options_from_args(args: argparse.Namespace):
         requests=args.requests if args.requests is not None else quick.get("requests"),
         input_tokens=args.input_tokens, output_tokens=args.output_tokens, prefix_tokens=args.prefix_tokens,
         repeat_share=args.repeat_share, rounds=args.rounds or quick.get("rounds") or 2, quick=args.quick,
-        slo=slo, threads=args.threads, workloads=workloads,
+        slo=slo, threads=args.threads, workloads=workloads, native=args.native,
     )  # fmt: skip
     if args.rounds is not None and args.rounds < 1:
         raise UsageError(f"--rounds must be a positive integer, got {args.rounds}")

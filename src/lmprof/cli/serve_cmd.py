@@ -57,6 +57,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--prefix-cache", type=_bytes, default=0, metavar="BYTES",
                    help="continuous: keep K/V of prompt prefixes for later requests, this many bytes (e.g. 256M)")  # fmt: skip
+    p.add_argument(
+        "--native", action=argparse.BooleanOptionalAction, default=None,
+        help="lmprof engine: each decode step in lmprof's C++ kernels (default: on for a CPU float32 model "
+        "where a C++ compiler and ninja can build them once; --no-native: torch ops)",
+    )  # fmt: skip
+    p.add_argument(
+        "--huge-pages", action=argparse.BooleanOptionalAction, default=None,
+        help="lmprof engine: weights on 2 MiB transparent huge pages (default: on for a CPU model where "
+        "Linux offers them)",
+    )  # fmt: skip
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429 (default 64)")
     p.add_argument("--response-cache", type=_bytes, default=0, metavar="BYTES",
                    help="exact-match cache of greedy or seeded responses, this many bytes (e.g. 16M)")  # fmt: skip
@@ -84,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit, served_model_name=args.served_model_name,
         profile_out=args.profile_out, threads=args.threads, max_batch_rows=args.max_batch,
         prefill_chunk=args.prefill_chunk, max_model_len=args.max_model_len, prefix_cache_bytes=args.prefix_cache,
+        native=args.native, huge_pages=args.huge_pages,
     )  # fmt: skip
     settings.validate()  # bad input is one line before anything loads
     if args.profile_out is not None:

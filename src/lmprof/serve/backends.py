@@ -8,7 +8,7 @@ drives the model step by step instead of calling `generate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lmprof.engine.generate import left_pad
-from lmprof.errors import ModelLoadError
+from lmprof.errors import ModelLoadError, UsageError
 
 ENGINES = ("transformers", "lmprof")
 
@@ -38,6 +38,7 @@ class LoadedModel:
     eos_token_ids: list[int]
     pad_token_id: int
     context_tokens: int  # prompt + completion tokens the model's positions allow
+    switches: dict[str, Any] = field(default_factory=dict)  # lmprof's engine: engine_switches, with why
 
     def open_batch(self, prompts: list[list[int]], max_new_tokens: int) -> BatchForward:
         if self.engine == "lmprof":
@@ -132,12 +133,21 @@ def _eos_list(value: Any) -> list[int]:
     return list(value) if isinstance(value, list | tuple) else [int(value)]
 
 
-def load_model(engine: str, folder: Path, gguf_file: str | None, device: str, dtype: str) -> LoadedModel:
+def load_model(
+    engine: str,
+    folder: Path,
+    gguf_file: str | None,
+    device: str,
+    dtype: str,
+    native: bool | None = None,
+    huge_pages: bool | None = None,
+) -> LoadedModel:
     """Load `folder` for `engine` on `device` in `dtype` (a concrete dtype name, or "auto" for
-    transformers' checkpoint dtype)."""
+    transformers' checkpoint dtype). `native` and `huge_pages` are lmprof's engine switches:
+    None takes each where it can run (engine_switches)."""
     try:
         if engine == "lmprof":
-            return _load_engine(folder, device, dtype)
+            return _load_engine(folder, device, dtype, native, huge_pages)
         return _load_transformers(folder, gguf_file, device, dtype)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -168,11 +178,58 @@ def _load_transformers(folder: Path, gguf_file: str | None, device: str, dtype: 
     )
 
 
-def _load_engine(folder: Path, device: str, dtype: str) -> LoadedModel:
+def engine_switches(device: str, dtype: str, native: bool | None, huge_pages: bool | None) -> dict[str, Any]:
+    """lmprof's engine switches for a server, each with why: asked for (an error where it cannot
+    run), or, left to the server, on where it can run, since a server is run for speed. Fused
+    projections change no output and cost nothing, so they are always on."""
+    from lmprof.engine.huge_pages import HugePagesUnavailable, check_huge_pages_on
+    from lmprof.engine.native import load_native_ops
+    from lmprof.engine.native_decode import check_native_on
+
+    switches: dict[str, Any] = {"fuse_qkv": True, "fuse_gate_up": True, "why": {}}
+    cpu = torch.device(device).type == "cpu"
+    if native or (native is None and cpu and dtype == "float32"):
+        try:
+            check_native_on(device, "--native")
+            if dtype != "float32":
+                raise UsageError(
+                    f"--native runs float32 activations; this server loads {dtype} (add --dtype float32)"
+                )
+            load_native_ops()  # the first use on a machine compiles them: before the startup line, not in a request
+            switches["native_decode"], switches["why"]["native_decode"] = (
+                True,
+                "asked" if native else "default",
+            )
+        except UsageError as exc:  # NativeKernelsUnavailable is one
+            if native:
+                raise
+            switches["native_decode"], switches["why"]["native_decode"] = False, f"off: {exc}"
+    else:
+        switches["native_decode"] = False
+        switches["why"]["native_decode"] = "off: asked" if native is False else f"off: {device} {dtype}"
+    if huge_pages or (huge_pages is None and cpu):
+        try:
+            check_huge_pages_on(device, "--huge-pages")
+            switches["huge_pages"], switches["why"]["huge_pages"] = True, "asked" if huge_pages else "default"
+        except HugePagesUnavailable as exc:
+            if huge_pages:
+                raise
+            switches["huge_pages"], switches["why"]["huge_pages"] = False, f"off: {exc}"
+    else:
+        switches["huge_pages"] = False
+        switches["why"]["huge_pages"] = "off: asked" if huge_pages is False else f"off: {device}"
+    return switches
+
+
+def _load_engine(
+    folder: Path, device: str, dtype: str, native: bool | None, huge_pages: bool | None
+) -> LoadedModel:
     from lmprof.engine import EngineOptions, eos_token_ids, load_hf_folder
     from lmprof.engine.weights import read_hf_config
 
-    model = load_hf_folder(folder, EngineOptions(dtype=dtype), device=device)
+    switches = engine_switches(device, dtype, native, huge_pages)
+    why = switches.pop("why")
+    model = load_hf_folder(folder, EngineOptions(dtype=dtype, **switches), device=device)
     hf = read_hf_config(folder)
     eos = eos_token_ids(folder)
     pad = _first_id(hf.get("pad_token_id"))
@@ -184,4 +241,5 @@ def _load_engine(folder: Path, device: str, dtype: str) -> LoadedModel:
         eos_token_ids=eos,
         pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
         context_tokens=int(hf.get("max_position_embeddings", 2048)),
+        switches={**switches, "why": why},
     )

@@ -61,7 +61,15 @@ def load_server_model(settings: ServeSettings) -> LoadedServerModel:
         dtype, reason = engine_dtype(settings.dtype, device, native_bf16, resolved.path)
     else:
         dtype, reason = choose_dtype(settings.dtype, device, native_bf16)
-    model = load_model(settings.engine, resolved.path, resolved.gguf_file, device, dtype)
+    model = load_model(
+        settings.engine,
+        resolved.path,
+        resolved.gguf_file,
+        device,
+        dtype,
+        settings.native,
+        settings.huge_pages,
+    )
     extra = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
     tokenizers = [AutoTokenizer.from_pretrained(str(resolved.path), **extra) for _ in range(2)]
     description = {
@@ -69,6 +77,8 @@ def load_server_model(settings: ServeSettings) -> LoadedServerModel:
         "engine": settings.engine, "device": str(model.device), "dtype": model.dtype, "dtype_reason": reason,
         "context_tokens": model.context_tokens, "threads": model_threads(settings),
     }  # fmt: skip
+    if model.switches:
+        description["engine_switches"] = model.switches
     return LoadedServerModel(
         settings,
         model,
@@ -205,6 +215,12 @@ def startup_line(server: Server) -> str:
         f"lmprof serve: {server.url}/v1 model={server.loaded.served_name}",
         f"engine={s.engine} device={model['device']} dtype={model['dtype']} threads={model_threads(s)}",
         f"scheduler={sched}",
+    ]
+    switches = model.get("engine_switches")
+    if switches:
+        parts.append(f"native={'on' if switches['native_decode'] else 'off'}")
+        parts.append(f"huge_pages={'on' if switches['huge_pages'] else 'off'}")
+    parts += [
         f"max_queue={s.max_queue} response_cache={s.response_cache_bytes or 'off'}"
         f" prefix_cache={s.prefix_cache_bytes or 'off'}",
         f"api_key={'on' if s.api_key else 'off'}",

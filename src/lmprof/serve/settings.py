@@ -44,6 +44,11 @@ class ServeSettings:
     prefill_chunk: int | None = None  # continuous only (default DEFAULT_PREFILL_CHUNK)
     max_model_len: int | None = None  # continuous only (default DEFAULT_MAX_MODEL_LEN)
     prefix_cache_bytes: int = 0  # continuous only; 0: no prefix cache
+    # lmprof's engine only. None: on where it can run (the native step: a CPU float32 model on a
+    # machine that can build the kernels; huge pages: a CPU model where the kernel offers them),
+    # because a server is run for speed; True: required (an error where it cannot run); False: off.
+    native: bool | None = None
+    huge_pages: bool | None = None
 
     def validate(self) -> None:
         if self.engine not in ENGINES:
@@ -65,6 +70,10 @@ class ServeSettings:
         given = [flag for flag, value in continuous_only.items() if value is not None]
         if self.scheduler != "continuous" and given:
             raise UsageError(f"{', '.join(given)}: only with --scheduler continuous")
+        engine_only = {"--native": self.native, "--huge-pages": self.huge_pages}
+        asked = [flag for flag, value in engine_only.items() if value]
+        if self.engine != "lmprof" and asked:
+            raise UsageError(f"{', '.join(asked)}: only with --engine lmprof")
         if self.scheduler == "continuous" and self.engine != "lmprof":
             raise UsageError("--scheduler continuous runs on lmprof's engine: add --engine lmprof")
         positive = {
