@@ -279,3 +279,30 @@ def test_the_row_is_free_when_the_last_token_is_delivered(engines):
     batcher.submit(Request([1, 2, 3], 3, on_token=lambda token: running_at_token.append(batcher.running)))
     batcher.run_until_idle()
     assert running_at_token == [1, 1, 0]  # a client that sees its last token sees its row free
+
+
+def test_attention_never_scans_more_than_twice_the_longest_row(engines, prompts):
+    """Requests joining one after another push the shared decode column right; the batcher
+    compacts once the gaps outgrow the longest row, long before the pool's last column, and
+    every request still decodes what it would alone."""
+    from lmprof.engine.continuous import COMPACT_MIN_GAP
+
+    model = engines["llama3-untied"]
+    batcher = ContinuousBatcher(
+        model, max_batch=3, max_seq_len=MAX_SEQ, prefill_chunk=64, columns=16 * MAX_SEQ
+    )
+    states, widest = [], 0
+    for step in range(400):
+        if step % 5 == 0 and step < 300:
+            prompt = prompts[(step // 5) % len(prompts)]
+            states.append(batcher.submit(Request(prompt, MAX_NEW)))
+        batcher.step()
+        decoding = [s.kv_tokens for s in batcher._decoding]
+        if decoding:
+            widest = max(widest, batcher.pool.clock - max(max(decoding), COMPACT_MIN_GAP))
+            assert batcher.pool.clock <= 2 * max(max(decoding), COMPACT_MIN_GAP) + 2
+        if not batcher.has_work and step >= 300:
+            break
+    assert batcher.pool.compactions > 0 and batcher.pool.clock < batcher.pool.columns
+    for state in states:
+        assert state.tokens == alone(model, state.request.prompt)
