@@ -43,20 +43,27 @@ def test_a_quick_matrix_on_tiny_end_to_end(tmp_path, capsys, monkeypatch, lmprof
     monkeypatch.setenv("LMPROF_CACHE", str(lmprof_cache))  # the servers inherit it
     out = tmp_path / "bench"
     args = ["bench", "throughput", "tiny", "--quick", "--concurrency", "1,2", "--requests", "4",
-            "--output-tokens", "8", "--workloads", "no-sharing,repeats", "--out", str(out), "--html"]  # fmt: skip
+            "--output-tokens", "8", "--workloads", "mixed-lengths,repeats", "--out", str(out), "--html"]  # fmt: skip
     assert main(args) == 0
     text = capsys.readouterr().out
     report = load_throughput_report(out)
     assert report.complete and not [s for s in report.servers if s.error]
     names = [r.name for r in report.rows]
-    assert names[:4] == [f"{s} @ no-sharing" for s in ("sequential", "async", "static-batch", "continuous")]
+    assert names[:3] == [f"{s} @ mixed-lengths" for s in ("sequential", "static-batch", "continuous")]
     assert len(report.points) == len(names) * 2 and not [p for p in report.points if p.error]
     for p in report.points:
         reqs = [r for r in p.load["requests"] if not r["warmup"]]
         assert len(reqs) == 4 and all(r["error_kind"] is None for r in reqs)
         assert p.server_rss_peak_bytes > 0
-    assert "continuous @ no-sharing" in text and "targets:" in text
+        if p.row.endswith("@ mixed-lengths"):  # each server generated what each request asked (2-14)
+            assert p.load["settings"]["range_ratio"] == 0.75
+            assert all(r["output_tokens"] == r["planned_output_tokens"] for r in reqs)
+    asked = {r["planned_output_tokens"] for p in report.points for r in p.load["requests"] if not r["warmup"]
+             and p.row.endswith("@ mixed-lengths")}  # fmt: skip
+    assert len(asked) > 1
+    assert "continuous @ mixed-lengths" in text and "targets:" in text
+    assert "8 users on mixed-lengths, output tok/s over sequential: not measured" in text  # 1 and 2 users
     row = next(line for line in text.splitlines() if line.startswith("continuous+response-cache @ repeats"))
     assert "x" in row.split()[-1]  # its gain over continuous without the cache is a measured ratio
-    assert 'class="chart throughput-latency-p50"' in (out / "report.html").read_text()
+    assert 'class="chart throughput-latency-mixed-lengths-p50"' in (out / "report.html").read_text()
     assert json.loads((out / "throughput.json").read_text())["kind"] == "throughput"

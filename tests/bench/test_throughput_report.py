@@ -132,7 +132,8 @@ def test_the_report_renders_and_round_trips(report, tmp_path):
     assert "CPU Test CPU (2 logical)" in lines[1]
     row = next(line for line in lines if line.startswith("continuous @ no-sharing"))
     assert "3.60x (2.20-5.00)" in row and "408 MiB" in row
-    assert "continuous batching, 8 users, output tok/s over sequential: 3.60x" in text and "MISSED" in text
+    assert "continuous batching, 8 users on no-sharing, output tok/s over sequential: 3.60x" in text
+    assert "MISSED" in text and "mixed-lengths" not in text  # no row on it: no line on it
     data = json.loads(json.dumps(throughput_dict(again, summary)))
     assert data["cells"][0]["row"]["scheduler"] == "sequential"
     html = render_throughput_html(again, summary)
@@ -170,3 +171,80 @@ def test_a_saved_report_renders_again_without_torch(report, tmp_path, command):
     assert "LOADED []" in proc.stdout and "continuous @ no-sharing" in proc.stdout
     assert (tmp_path / "report.html").exists()
     (tmp_path / "report.html").unlink()
+
+
+# --- mixed lengths: the batching targets on each workload ------------------------------------
+
+MIXED_ROWS = [
+    BenchRow(f"{s} @ mixed-lengths", s, "mixed-lengths") for s in ("sequential", "static-batch", "continuous")
+]
+
+
+def mixed_run(lengths: list[int], ttft_s: float, ttft_p99_s: float) -> dict:
+    """A 10 s closed-loop level at 8 users: one request per answer length, the last one slow to
+    its first token (p99 TTFT)."""
+    reqs = []
+    for i, n in enumerate(lengths):
+        sent = i * 10 / len(lengths)
+        first = sent + (ttft_p99_s if i == len(lengths) - 1 else ttft_s)
+        reqs.append(
+            RequestRecord(
+                index=i,
+                level=0,
+                warmup=False,
+                scheduled_s=sent,
+                sent_s=sent,
+                end_s=first + 0.5,
+                first_token_s=first,
+                last_token_s=first + 0.5,
+                output_tokens=n,
+                output_tokens_method="usage",
+                planned_output_tokens=n,
+                input_tokens=64,
+            )
+        )
+    level = LevelRecord(index=0, mode="closed", concurrency=8, start_s=0.0, end_s=10.0)
+    return LoadRun(run_id="m", created_at="now", lmprof_version="0", levels=[level], requests=reqs).to_dict()
+
+
+def test_the_batching_targets_are_judged_on_mixed_lengths_too(report):
+    lengths = [8, 56, 20, 44, 32, 12, 50, 26] * 5  # 40 answers, 1,240 tokens over 10 s
+    short = [8, 12, 20, 26] * 2  # 8 answers, 132 tokens: a mean of 16.5, not the 32 asked on average
+    report.rows = ROWS + MIXED_ROWS
+    report.settings.update(workloads=["no-sharing", "mixed-lengths", "shared-prefix", "repeats"],
+                           mixed_range_ratio=0.75, input_tokens=64, output_tokens=32)  # fmt: skip
+    for k in (1, 2):
+        for name, answers, ttft, p99 in (("sequential", short, 2.0, 9.0), ("static-batch", lengths[:24], 0.5, 4.0),
+                                          ("continuous", lengths, 0.3, 1.0)):  # fmt: skip
+            report.points.append(
+                BenchPoint(
+                    row=f"{name} @ mixed-lengths", round=k, concurrency=8, load=mixed_run(answers, ttft, p99)
+                )
+            )
+    summary = summarize_throughput(report)
+    # Output tok/s counts the tokens each answer brought: 1,240 over 10 s, and the gain is
+    # 1,240 / 132 tokens, not the 5x of the requests' count.
+    assert _cell(summary, "continuous @ mixed-lengths", 8).median("output_tps") == pytest.approx(124.0)
+    gain = summary.gains[("continuous @ mixed-lengths", 8)]
+    assert gain.output_tps.median == pytest.approx(1240 / 132)
+    assert gain.request_rps.median == pytest.approx(5.0)
+    targets = [(t.name, t.measured, t.met) for t in summary.targets]
+    assert [name for name, _, _ in targets[:4]] == [
+        "continuous batching, 8 users on no-sharing, output tok/s over sequential",
+        "continuous batching, 8 users on no-sharing, p99 TTFT below static batching's",
+        "continuous batching, 8 users on mixed-lengths, output tok/s over sequential",
+        "continuous batching, 8 users on mixed-lengths, p99 TTFT below static batching's",
+    ]
+    assert targets[2][1:] == ("9.39x (rounds 9.39-9.39x)", True)
+    assert targets[3][1:] == ("727.0 ms vs 3195.0 ms", True) and len(targets) == 6  # p99s, interpolated
+    text = render_throughput(report, summary)
+    assert "continuous batching, 8 users on mixed-lengths, output tok/s over sequential: 9.39x" in text
+    assert "(mixed-lengths: 16-112 in, 8-56 out, range ratio 0.75)" in text
+    html = render_throughput_html(report, summary)
+    assert 'class="chart throughput-latency-mixed-lengths-p99"' in html
+
+
+def test_mixed_lengths_planned_but_not_measured_says_so(report):
+    report.rows = ROWS + MIXED_ROWS
+    mixed = [t for t in summarize_throughput(report).targets if "mixed-lengths" in t.name]
+    assert [(t.measured, t.met) for t in mixed] == [("not measured", None)] * 2

@@ -67,6 +67,14 @@ def test_answers_shorter_than_asked_are_flagged(hand_run):
     assert not summarize(run).warnings
 
 
+def test_short_answers_of_varied_asked_lengths_say_the_range(hand_run):
+    run = hand_run()  # answers of 5, 5 and 10 tokens
+    for r, asked in zip(run.requests, (12, 20, 10, 10, 10)):  # --range-ratio: each asked its own
+        r.planned_output_tokens = asked
+    warnings = " ".join(summarize(run).warnings)
+    assert "2 of 3 answers ended well before the 12-20 tokens asked (median 5)" in warnings
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [("ttft=500ms,tpot=50ms,e2el=2s", {"ttft": 0.5, "tpot": 0.05, "e2el": 2.0}), ("ttft=200", {"ttft": 0.2})],

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from helpers.mock_openai_server import spawned_mock_server
 
 from lmprof.cli.main import main
@@ -107,6 +108,27 @@ def test_bad_options_are_one_line_and_exit_2(capsys):
         assert main(["load", *args]) == 2
         err = capsys.readouterr().err
         assert words in err and err.strip().count("\n") == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--range-ratio", "1"], "--range-ratio 1.0: a ratio in [0, 1)"),
+        (["--range-ratio", "-0.2"], "--range-ratio -0.2: a ratio in [0, 1)"),
+        (["--range-ratio", "nan"], "--range-ratio nan"),
+        (["--range-ratio", "0.5", "--prompts", "p.jsonl"], "a --prompts file sets its own"),
+        (  # the prefix must fit in the shortest input drawn: 64 * 0.25 = 16
+            ["--range-ratio", "0.75", "--input-tokens", "64", "--prefix-tokens", "20", "--prefix-share", "1"],
+            "the shortest input drawn (16",
+        ),
+    ],
+)
+def test_a_bad_range_ratio_is_one_line_and_exit_2(args, words, capsys, tmp_path):
+    out = tmp_path / "x"
+    assert main(["load", "http://127.0.0.1:9", "--requests", "1", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def test_api_key_is_sent_and_a_refused_key_is_one_line(mock_server, tmp_path, capsys):

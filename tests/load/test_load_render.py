@@ -51,6 +51,12 @@ def test_terminal_summary_matches_golden(hand_run):
     assert text == GOLDEN.read_text()
 
 
+def test_terminal_summary_names_the_drawn_length_ranges(hand_run):
+    run = fixed_run(hand_run)
+    run.settings.update(input_tokens=64, output_tokens=32, range_ratio=0.75)
+    assert "prompts: 16-112 words in, 8-56 tokens out (range ratio 0.75)" in render_text(run)
+
+
 def test_json_has_every_level_figure(hand_run):
     data = json.loads(render_load_json(fixed_run(hand_run), summarize(fixed_run(hand_run))))
     level = data["levels"][0]

@@ -109,6 +109,30 @@ def test_sends_exact_lengths_greedy(load, mock_server):
     assert body["stream_options"] == {"include_usage": True}
 
 
+def test_range_ratio_varies_the_lengths_and_each_answer_is_as_long_as_asked(mock_server, make_options):
+    from lmprof.load.bench import new_load_run, run_load
+    from lmprof.load.prompts import draw_lengths
+
+    url, server = mock_server(ttft_s=0.002, itl_s=0.001)
+    opts = make_options(url, requests=16, input_tokens=20, output_tokens=8, range_ratio=0.5, seed=2)
+    run = run_load(opts, new_load_run(opts, ["test"]))
+    assert run.settings["range_ratio"] == 0.5
+    ok = [r for r in run.requests if r.level == 0]
+    assert len(ok) == 16 and all(r.ok for r in ok)
+    asked = [b["max_tokens"] for b in server.state.bodies[-16:]]  # the preflight's came first
+    assert sorted(asked) == sorted(r.planned_output_tokens for r in ok)
+    assert len(set(asked)) > 1 and all(4 <= n <= 12 for n in asked)
+    for r in ok:  # ignore_eos: the server generated exactly what each request asked
+        assert r.output_tokens_method == COUNT_USAGE and r.output_tokens == r.planned_output_tokens
+        assert len(r.chunk_gaps_s) == r.output_tokens - 1
+    # The mock's usage counts the prompt's words: each prompt was as long as its draw.
+    assert [(r.input_tokens, r.output_tokens) for r in ok] == [draw_lengths(opts, r.index) for r in ok]
+    assert len({r.input_tokens for r in ok}) > 1 and all(10 <= r.input_tokens <= 30 for r in ok)
+    level = summarize(run).levels[0]
+    assert level.output_tokens == sum(r.output_tokens for r in ok)  # output tok/s counts what came back
+    assert not any("tokens asked" in w for w in summarize(run).warnings)
+
+
 def test_server_metrics_and_cache_hit_rate(load, mock_server):
     url, _ = mock_server(ttft_s=0.005, itl_s=0.002)
     run = load(url, requests=20, repeat_share=0.5, seed=1)

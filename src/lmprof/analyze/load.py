@@ -292,7 +292,7 @@ def count_warnings(run: LoadRun, levels: Sequence[LevelSummary]) -> list[str]:
             f"output tokens not from the server's usage for some requests ({what}): TPOT is approximate"
         )
     if run.settings.get("ignore_eos_sent") is False:
-        out.append("ignore_eos was not sent (the server refused it): outputs may end before --output-tokens")
+        out.append("ignore_eos was not sent (the server refused it): outputs may end before the tokens asked")
     short = [
         r for r in run.requests
         if not r.warmup and r.error_kind is None and r.planned_output_tokens and r.output_tokens is not None
@@ -301,8 +301,10 @@ def count_warnings(run: LoadRun, levels: Sequence[LevelSummary]) -> list[str]:
     if short:
         answered = sum(1 for r in run.requests if not r.warmup and r.error_kind is None)
         lengths = sorted(r.output_tokens for r in short)
+        asked = sorted({r.planned_output_tokens for r in short})  # several with --range-ratio
+        asked_text = str(asked[0]) if len(asked) == 1 else f"{asked[0]}-{asked[-1]}"
         out.append(
-            f"WARN {len(short)} of {answered} answers ended well before the {short[0].planned_output_tokens} "
+            f"WARN {len(short)} of {answered} answers ended well before the {asked_text} "
             f"tokens asked (median {lengths[len(lengths) // 2]}): the server stopped them early (an EOS it did not "
             "ignore, a stop string, or a stream cut short); throughput and TPOT describe shorter answers"
         )

@@ -4,14 +4,19 @@ Rows are server configurations on workloads that exercise them. Every row runs o
 engine in fp32, so a row differs from another only by its scheduler and caches:
 
 - no sharing: the four schedulers (sequential, async, static-batch, continuous);
+- mixed lengths (no sharing, each request's input and output lengths drawn within +-75% of
+  the asked ones, lmprof load's --range-ratio): the four schedulers again, since continuous
+  batching's reuse of a finished request's row pays where answers differ in length;
 - a shared 256-token system prompt: sequential, continuous, continuous + prefix cache,
   continuous + both caches;
 - a share of exact repeats: sequential, continuous, continuous + response cache,
   continuous + both caches.
 
 Each row's gain is taken over the sequential row of its workload at the same concurrency in
-the same round (`--quick` keeps sequential on the no-sharing workload only; a cache row's gain
-over the same scheduler without caches is given too).
+the same round (a cache row's gain over the same scheduler without caches is given too).
+`--quick` leaves out async, which serves one request at a time as sequential does (at 8 users
+its row is as slow as sequential's, the slowest of the run, and tells little more), and the
+sequential and both-caches rows of the cache workloads.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.errors import UsageError
+from lmprof.record.load import length_bounds
 from lmprof.record.throughput import BenchRow
 
-NO_SHARING, SHARED_PREFIX, REPEATS = "no-sharing", "shared-prefix", "repeats"
-WORKLOADS = (NO_SHARING, SHARED_PREFIX, REPEATS)
+NO_SHARING, MIXED_LENGTHS = "no-sharing", "mixed-lengths"
+SHARED_PREFIX, REPEATS = "shared-prefix", "repeats"
+WORKLOADS = (NO_SHARING, MIXED_LENGTHS, SHARED_PREFIX, REPEATS)
 SCHEDULERS = ("sequential", "async", "static-batch", "continuous")
+QUICK_SCHEDULERS = ("sequential", "static-batch", "continuous")
+MIXED_RANGE_RATIO = 0.75  # 32 output tokens asked: 8 to 56
 DEFAULT_CONCURRENCY = [1, 2, 4, 8, 16]
 QUICK_CONCURRENCY = [1, 8]
 DEFAULT_SLO = "ttft=2s,tpot=200ms"  # a chat user on this class of CPU: first words within 2 s, 5+ tokens/s
@@ -43,6 +52,7 @@ class BenchOptions:
     output_tokens: int = 32
     prefix_tokens: int = 256
     repeat_share: float = 0.5
+    mixed_range_ratio: float = MIXED_RANGE_RATIO  # lmprof load --range-ratio on mixed-lengths
     rounds: int = 2
     quick: bool = False
     slo: str = DEFAULT_SLO
@@ -68,6 +78,8 @@ class BenchOptions:
             )
         if not 0.0 < self.repeat_share < 1.0:
             raise UsageError(f"--repeat-share {self.repeat_share}: a share strictly between 0 and 1")
+        if not 0.0 <= self.mixed_range_ratio < 1.0:
+            raise UsageError(f"mixed-lengths range ratio {self.mixed_range_ratio}: a ratio in [0, 1)")
         if self.prefix_tokens < 16:
             raise UsageError(f"--prefix-tokens {self.prefix_tokens}: at least one 16-token cache block")
         if self.threads is not None and self.threads < 1:
@@ -92,8 +104,13 @@ class BenchOptions:
     def max_model_len(self) -> int:
         """The continuous pool's context: synthetic prompts made of random token ids may encode
         to more tokens than asked (a decoded id run re-encodes differently), hence the margin."""
-        longest = self.input_tokens + (self.prefix_tokens if SHARED_PREFIX in self.workloads else 0)
-        return max(512, 2 * longest + self.output_tokens + 64)
+        longest, longest_output = self.input_tokens, self.output_tokens
+        if SHARED_PREFIX in self.workloads:
+            longest = self.input_tokens + self.prefix_tokens
+        if MIXED_LENGTHS in self.workloads:
+            longest = max(longest, length_bounds(self.input_tokens, self.mixed_range_ratio)[1])
+            longest_output = length_bounds(self.output_tokens, self.mixed_range_ratio)[1]
+        return max(512, 2 * longest + longest_output + 64)
 
     def to_settings(self) -> dict[str, Any]:
         data = asdict(self)
@@ -112,8 +129,10 @@ def _row(scheduler: str, workload: str, response: bool = False, prefix: bool = F
 
 def plan_rows(opts: BenchOptions) -> list[BenchRow]:
     rows: list[BenchRow] = []
-    if NO_SHARING in opts.workloads:
-        rows += [_row(s, NO_SHARING) for s in SCHEDULERS]
+    schedulers = QUICK_SCHEDULERS if opts.quick else SCHEDULERS
+    for workload in (NO_SHARING, MIXED_LENGTHS):
+        if workload in opts.workloads:
+            rows += [_row(s, workload) for s in schedulers]
     baseline = [] if opts.quick else [_row("sequential", SHARED_PREFIX)]
     if SHARED_PREFIX in opts.workloads:
         rows += baseline + [_row("continuous", SHARED_PREFIX), _row("continuous", SHARED_PREFIX, prefix=True)]
@@ -155,4 +174,6 @@ def workload_options(workload: str, opts: BenchOptions) -> dict[str, Any]:
                 "prefix_share": 1.0}  # fmt: skip
     if workload == REPEATS:
         return {"input_tokens": opts.input_tokens, "repeat_share": opts.repeat_share}
+    if workload == MIXED_LENGTHS:
+        return {"input_tokens": opts.input_tokens, "range_ratio": opts.mixed_range_ratio}
     return {"input_tokens": opts.input_tokens}

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="every scheduler and cache of `lmprof serve`, measured by `lmprof load` in interleaved rounds",
         description="Start `lmprof serve MODEL` (loopback, a free port) per configuration: schedulers "
         "sequential, async, static-batch and continuous; response and prefix caches off, alone and "
-        "together; on prompts with no sharing, a shared system prompt, and exact repeats. Drive each with "
+        "together; on prompts with no sharing, mixed lengths (each request's input and output lengths drawn "
+        "within +-75%, lmprof load --range-ratio 0.75), a shared system prompt, and exact repeats. Drive each with "
         "closed-loop users and report output tokens/s, requests/s, goodput, TTFT and TPOT percentiles, "
         "server memory, and each technique's gain over sequential, paired by round.",
     )
@@ -34,14 +35,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--prefix-tokens", type=int, default=256, help="shared system prompt tokens (default 256)")
     t.add_argument("--repeat-share", type=float, default=0.5, help="share of exact repeats (default 0.5)")
     t.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2)")
-    t.add_argument("--workloads", default=None, help="no-sharing,shared-prefix,repeats (default: all)")
+    t.add_argument(
+        "--workloads", default=None, help="no-sharing,mixed-lengths,shared-prefix,repeats (default: all)"
+    )
     t.add_argument("--slo", default=None, help="goodput objective (default ttft=2s,tpot=200ms)")
     t.add_argument("--threads", type=int, default=None, help="the server's model threads (default: serve's)")
     t.add_argument("--native", action=argparse.BooleanOptionalAction, default=None,
                    help="every server's decode step in lmprof's C++ kernels, or --no-native for torch ops "
                    "(default: lmprof serve's, on where the kernels build)")  # fmt: skip
     t.add_argument("--quick", action="store_true",
-                   help="a small matrix: 1 and 8 users, 16 requests, 1 round, fewer cache rows")  # fmt: skip
+                   help="a small matrix: 1 and 8 users, 16 requests, 1 round, no async rows, fewer cache rows")  # fmt: skip
     t.add_argument("--html", action="store_true", help="also write OUT/report.html with the plots")
     t.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="DIR",
                    help="render the report saved in DIR again (no server is started)")  # fmt: skip

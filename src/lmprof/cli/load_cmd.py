@@ -64,6 +64,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("prompts")
     g.add_argument("--input-tokens", type=int, default=128)
     g.add_argument("--output-tokens", type=int, default=64)
+    g.add_argument(
+        "--range-ratio",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="vary lengths: each request's input and output lengths drawn uniformly from "
+        "[round(L*(1-R)), round(L*(1+R))] (at least 1) around --input-tokens and --output-tokens, "
+        "R in [0, 1) (default 0: fixed), as vLLM's --random-range-ratio; max_tokens asks the drawn "
+        "output length; one --seed draws the same lengths; refused with --prompts (a file sets its own)",
+    )
     g.add_argument("--tokenizer", help="count tokens with this model's tokenizer (path or built-in name)")
     g.add_argument(
         "--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} or {"messages": [...]} a line'
@@ -90,7 +100,7 @@ def options_from_args(args: argparse.Namespace):
         rates_rps=parse_levels(args.rate, "--rate", float), burstiness=args.burstiness,
         max_concurrency=args.max_concurrency, requests=args.requests, duration_s=args.duration,
         warmup=args.warmup, sweep_steps=args.sweep or 0, input_tokens=args.input_tokens,
-        output_tokens=args.output_tokens, tokenizer=args.tokenizer, prompts_file=args.prompts,
+        output_tokens=args.output_tokens, range_ratio=args.range_ratio, tokenizer=args.tokenizer, prompts_file=args.prompts,
         prefix_tokens=args.prefix_tokens, prefix_share=args.prefix_share, repeat_share=args.repeat_share,
         seed=args.seed, slo_s=parse_slo(args.slo), timeout_s=args.timeout, ignore_eos=args.ignore_eos,
     )  # fmt: skip

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lmprof.errors import UsageError
+from lmprof.record.load import length_bounds
 
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions")
 SLO_NAMES = ("ttft", "tpot", "e2el", "itl")
@@ -33,6 +34,7 @@ class LoadOptions:
     sweep_steps: int = 0  # --sweep: open-loop rates spread below the probed saturation rate
     input_tokens: int = 128
     output_tokens: int = 64
+    range_ratio: float = 0.0  # each request's lengths drawn from [L*(1-R), L*(1+R)], as vLLM's
     tokenizer: str | None = None
     prompts_file: str | None = None
     prefix_tokens: int = 0
@@ -136,10 +138,25 @@ def check_options(opts: LoadOptions) -> None:
             raise UsageError(f"{name} {value}: a share is between 0 and 1")
     if opts.input_tokens <= 0 or opts.output_tokens <= 0:
         raise UsageError("--input-tokens and --output-tokens must be positive")
-    if opts.prefix_tokens < 0 or opts.prefix_tokens > opts.input_tokens:
+    if not 0.0 <= opts.range_ratio < 1.0:  # `not <=` also refuses nan
         raise UsageError(
-            f"--prefix-tokens {opts.prefix_tokens}: the shared prefix is part of the input, "
-            f"so 0 <= it <= --input-tokens ({opts.input_tokens})"
+            f"--range-ratio {opts.range_ratio}: a ratio in [0, 1) (lengths drawn from L*(1-R) to L*(1+R))"
+        )
+    if opts.range_ratio and opts.prompts_file:
+        raise UsageError(
+            "--range-ratio draws synthetic prompt and output lengths; a --prompts file sets its own: "
+            "leave one out"
+        )
+    shortest = length_bounds(opts.input_tokens, opts.range_ratio)[0]
+    if opts.prefix_tokens < 0 or opts.prefix_tokens > shortest:
+        limit = (
+            f"the shortest input drawn ({shortest}: --input-tokens {opts.input_tokens}, "
+            f"--range-ratio {opts.range_ratio:g})"
+            if opts.range_ratio
+            else f"--input-tokens ({opts.input_tokens})"
+        )
+        raise UsageError(
+            f"--prefix-tokens {opts.prefix_tokens}: the shared prefix is part of the input, so 0 <= it <= {limit}"
         )
     if opts.burstiness <= 0:
         raise UsageError("--burstiness must be positive (1 = Poisson arrivals)")

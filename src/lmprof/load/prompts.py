@@ -2,7 +2,9 @@
 JSONL file; a share with one common prefix and a share repeating an earlier prompt.
 
 Each request's prompt is a pure function of (seed, index), so a run of unknown length
-(`--duration`) draws them lazily and two runs with one seed send the same prompts.
+(`--duration`) draws them lazily and two runs with one seed send the same prompts. With
+`--range-ratio` its input and output lengths are too, from a generator of their own, so a
+ratio of 0 sends exactly the prompts a run without the option sent.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from lmprof.errors import UsageError
 from lmprof.load.options import LoadOptions
+from lmprof.record.load import length_bounds
 
 # Common short English words: synthetic text that any tokenizer splits into ordinary tokens.
 _WORDS = (
@@ -34,6 +37,18 @@ class Prompt:
     output_tokens: int = 64
     prefixed: bool = False
     repeat_of: int | None = None
+
+
+def draw_lengths(opts: LoadOptions, index: int) -> tuple[int, int]:
+    """(input, output) lengths of request `index`: each uniform over `length_bounds` of
+    --input-tokens and --output-tokens, independently; the lengths themselves when R = 0."""
+    if not opts.range_ratio:
+        return opts.input_tokens, opts.output_tokens
+    rng = random.Random(f"{opts.seed}:{index}:lengths")
+    return (
+        rng.randint(*length_bounds(opts.input_tokens, opts.range_ratio)),
+        rng.randint(*length_bounds(opts.output_tokens, opts.range_ratio)),
+    )
 
 
 class TokenCounter:
@@ -100,14 +115,16 @@ class PromptSource:
                 ),
             )
         unit = "tokens" if self.counter is not None else "words"
-        body_n = self.opts.input_tokens - (self.opts.prefix_tokens if prefixed else 0)
+        input_n, output_n = draw_lengths(self.opts, index)
+        # check_options keeps the prefix within the shortest input drawn
+        body_n = input_n - (self.opts.prefix_tokens if prefixed else 0)
         body = self._text(rng, body_n)
         text = f"{self._prefix} {body}".strip() if prefixed else body
         return Prompt(
             text=text,
-            input_tokens=self.opts.input_tokens,
+            input_tokens=input_n,
             input_unit=unit,
-            output_tokens=self.opts.output_tokens,
+            output_tokens=output_n,
             prefixed=prefixed,
         )
 

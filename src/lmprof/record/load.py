@@ -41,6 +41,13 @@ ERROR_BAD_STREAM = "bad_stream"
 ERROR_CANCELLED = "cancelled"  # in flight when the run was interrupted: not the server's fault
 
 
+def length_bounds(length: int, range_ratio: float) -> tuple[int, int]:
+    """What `settings.range_ratio` means: each request's input and output lengths were drawn
+    uniformly from [round(L*(1-R)), round(L*(1+R))], at least 1, around --input-tokens and
+    --output-tokens (vLLM's `--random-range-ratio`); R = 0 is the length itself."""
+    return max(1, round(length * (1 - range_ratio))), max(1, round(length * (1 + range_ratio)))
+
+
 @dataclass
 class RequestRecord:
     """One request. `scheduled_s` is when it should have been sent (its arrival in an open

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmprof.analyze.load import LevelSummary, LoadSummary
-from lmprof.record.load import LoadRun
+from lmprof.record.load import LoadRun, length_bounds
 from lmprof.render.units import fmt_pct, fmt_s
 
 _LATENCIES = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"))
@@ -47,12 +47,25 @@ def _prompt_line(settings: dict) -> str:
         text = f"from {settings['prompts_file']}"
     else:
         unit = "tokens" if settings.get("tokenizer") else "words"
-        text = f"{settings.get('input_tokens')} {unit} in, {settings.get('output_tokens')} tokens out"
+        ratio = settings.get("range_ratio") or 0.0  # absent from runs before --range-ratio
+        text = (
+            f"{_lengths(settings.get('input_tokens'), ratio)} {unit} in, "
+            f"{_lengths(settings.get('output_tokens'), ratio)} tokens out"
+            + (f" (range ratio {ratio:g})" if ratio else "")
+        )
     if settings.get("prefix_tokens") and settings.get("prefix_share"):
         text += f", {settings['prefix_share']:.0%} share a {settings['prefix_tokens']}-long prefix"
     if settings.get("repeat_share"):
         text += f", {settings['repeat_share']:.0%} repeat an earlier prompt"
     return text
+
+
+def _lengths(length: object, ratio: float) -> str:
+    """`64`, or `16-112` where each request drew its length (--range-ratio)."""
+    if not ratio or not isinstance(length, int):
+        return str(length)
+    lo, hi = length_bounds(length, ratio)
+    return f"{lo}-{hi}"
 
 
 def levels_table(levels: list[LevelSummary]) -> Table:

@@ -1,6 +1,7 @@
 """The HTML report of `lmprof bench throughput`: one self-contained page (inline CSS and SVG)
-with the table, the targets, and three plots: throughput against latency per scheduler, gain
-against cache hit rate, and server memory against concurrency."""
+with the table, the targets, and plots: throughput against latency per scheduler (no sharing,
+and mixed lengths where measured), gain against cache hit rate, and server memory against
+concurrency."""
 
 from __future__ import annotations
 
@@ -33,12 +34,17 @@ def _series(summary: ThroughputSummary, rows, x_name: str, y_name: str):
     return out
 
 
-def throughput_latency_svg(report: ThroughputReport, summary: ThroughputSummary, stat: str) -> str | None:
-    rows = [r for r in report.rows if r.workload == "no-sharing"] or report.rows
-    series = _series(summary, rows, "output_tps", f"ttft_{stat}_s")
-    return line_chart(
-        f"throughput-latency-{stat}", series, lambda v: f"{v:,.0f}", fmt_s, "output tokens/s", True
+def throughput_latency_svg(
+    report: ThroughputReport, summary: ThroughputSummary, stat: str, workload: str = "no-sharing"
+) -> str | None:
+    rows = [r for r in report.rows if r.workload == workload]
+    if workload == "no-sharing" and not any(r.workload == "mixed-lengths" for r in report.rows):
+        rows = rows or report.rows  # a report on cache workloads alone: every row
+    kind = (
+        f"throughput-latency-{stat}" if workload == "no-sharing" else f"throughput-latency-{workload}-{stat}"
     )
+    series = _series(summary, rows, "output_tps", f"ttft_{stat}_s")
+    return line_chart(kind, series, lambda v: f"{v:,.0f}", fmt_s, "output tokens/s", True)
 
 
 def gain_hit_rate_svg(report: ThroughputReport, summary: ThroughputSummary) -> str | None:
@@ -77,6 +83,10 @@ def render_throughput_html(report: ThroughputReport, summary: ThroughputSummary)
     charts = [
         ("Output tokens/s against TTFT p50, per scheduler (no sharing)", throughput_latency_svg(report, summary, "p50")),
         ("Output tokens/s against TTFT p99, per scheduler (no sharing)", throughput_latency_svg(report, summary, "p99")),
+        ("Output tokens/s against TTFT p50, per scheduler (mixed lengths)",
+         throughput_latency_svg(report, summary, "p50", "mixed-lengths")),
+        ("Output tokens/s against TTFT p99, per scheduler (mixed lengths)",
+         throughput_latency_svg(report, summary, "p99", "mixed-lengths")),
         ("Gain over the same scheduler without caches, against the measured cache hit rate",
          gain_hit_rate_svg(report, summary)),
         ("Server peak RSS against concurrent users", memory_svg(report, summary)),

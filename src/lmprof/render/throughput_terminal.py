@@ -5,6 +5,7 @@ as measured, then the warnings. Plain text, fixed columns, no colour."""
 from __future__ import annotations
 
 from lmprof.analyze.throughput import Cell, Gain, ThroughputSummary
+from lmprof.record.load import length_bounds
 from lmprof.record.throughput import ThroughputReport
 from lmprof.render.units import fmt_bytes, fmt_pct, fmt_s
 
@@ -60,8 +61,8 @@ def render_throughput(report: ThroughputReport, summary: ThroughputSummary) -> s
         f"  CPU {m.get('cpu_model')} ({m.get('logical_cores')} logical), load average "
         f"{_loads(m.get('load_avg_start'))} at start, {_loads(m.get('load_avg_end'))} at end",
         f"  {s.get('rounds')} interleaved rounds; closed loop; {s.get('input_tokens')} input tokens "
-        f"(+{s.get('prefix_tokens')} shared on shared-prefix), {s.get('output_tokens')} output tokens; "
-        f"repeat share {s.get('repeat_share')}; goodput objective {slo}",
+        f"(+{s.get('prefix_tokens')} shared on shared-prefix), {s.get('output_tokens')} output tokens"
+        f"{_mixed_lengths(s)}; repeat share {s.get('repeat_share')}; goodput objective {slo}",
         "",
     ]
     table = [list(COLUMNS)] + [cell_values(c, summary) for c in shown_cells(summary)]
@@ -80,6 +81,16 @@ def render_throughput(report: ThroughputReport, summary: ThroughputSummary) -> s
         lines.append("")
         lines += [f"warning: {w}" for w in summary.warnings]
     return "\n".join(lines) + "\n"
+
+
+def _mixed_lengths(settings: dict) -> str:
+    """` (mixed-lengths: 16-112 in, 8-56 out)`: the ranges each request drew its lengths from."""
+    ratio = settings.get("mixed_range_ratio")
+    inputs, outputs = settings.get("input_tokens"), settings.get("output_tokens")
+    if "mixed-lengths" not in (settings.get("workloads") or []) or not ratio or not inputs or not outputs:
+        return ""
+    (in_lo, in_hi), (out_lo, out_hi) = length_bounds(inputs, ratio), length_bounds(outputs, ratio)
+    return f" (mixed-lengths: {in_lo}-{in_hi} in, {out_lo}-{out_hi} out, range ratio {ratio:g})"
 
 
 def _loads(values: list[float] | None) -> str:
