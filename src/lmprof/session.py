@@ -116,7 +116,7 @@ class ProfileSession:
         self.sampler.start()
         self._started = True
         if self._python_profiler_name:
-            self._python_profiler = make_python_profiler(self._python_profiler_name).start()
+            self._python_profiler = make_python_profiler(self._python_profiler_name, clock=self.now_s).start()
         if self._instrument and "transformers" in sys.modules:
             self.install_instrumentation()
         return self
@@ -182,6 +182,10 @@ class ProfileSession:
         run.wall_s = end_s - min([0.0] + [p.start_s for p in run.phases])
         refine_phase_peaks(run.phases, run.memory.host["t_s"], run.memory.host["rss_bytes"])
         run.phase_gaps = phase_gaps(run)
+        if python_profile is not None and python_profile.timeline is not None:
+            from lmprof.analyze.gap_functions import add_gap_functions
+
+            add_gap_functions(run, python_profile.timeline, sys.path)  # names for the gap rows
         for gen in run.generations:
             derive_generation_figures(gen)
         if run.generation is None and run.generations:

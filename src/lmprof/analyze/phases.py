@@ -44,7 +44,7 @@ class PhaseRow:
     device_peak_allocated_bytes: int | None
     complete: bool
     count: int = 1
-    functions: tuple[str, ...] = ()  # a rest row: the Python functions sampled most in it
+    functions: tuple[str, ...] = ()  # a gap row: the Python functions sampled most in it
 
 
 def rest_name(parent: str) -> str:
@@ -112,7 +112,7 @@ def phase_rows(run: Run, gap_share: float = GAP_SHARE) -> list[PhaseRow]:
                                         functions.get(ps[0].name, ())))  # fmt: skip
 
     visit([None])
-    rows.append(_filler(UNATTRIBUTED, 0, unattributed_s(run), total))
+    rows.append(_filler(UNATTRIBUTED, 0, unattributed_s(run), total, functions.get(None, ())))
     return rows
 
 

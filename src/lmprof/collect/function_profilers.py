@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 PSTATS_FILE = "profile.pstats"
 
 
-def make_python_profiler(name: str) -> Any:
-    """The function-level profiler: py-spy (sampling, low cost) or cProfile (exact counts)."""
+def make_python_profiler(name: str, clock: Callable[[], float] | None = None) -> Any:
+    """The function-level profiler: py-spy (sampling, low cost) or cProfile (exact counts).
+
+    `clock` (the session's) is the one py-spy's time-stamped samples are placed on."""
     if name == "py-spy":
         from lmprof.collect.python_sampler import PySpySampler
 
-        return PySpySampler(rate_hz=100)
+        return PySpySampler(rate_hz=100) if clock is None else PySpySampler(rate_hz=100, clock=clock)
     if name == "cprofile":
         from lmprof.collect.python_cprofile import CProfileCollector
 

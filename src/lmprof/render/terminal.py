@@ -90,7 +90,8 @@ def gaps_text(run: Run) -> Text:
         text.append("Largest unnamed time: ", style="bold")
         text.append(f"{where} {fmt_s(g['self_s'])} ({fmt_pct(g['share'])} of the run)")
         if g.get("functions"):
-            text.append(f"; most sampled there: {', '.join(g['functions'][:3])}")
+            of = f" (of {g['samples']} samples)" if g.get("samples") else ""
+            text.append(f"; most sampled there{of}: {', '.join(g['functions'][:3])}")
     for what, times, total_s in repeated_work(run):
         text.append("\n" if text.plain else "")
         text.append("Repeated work: ", style="bold yellow")
@@ -100,10 +101,13 @@ def gaps_text(run: Run) -> Text:
 
 def phase_table(run: Run) -> Table:
     """Top-level phases plus an "(unattributed)" row sum to the run's wall time; a parent's
-    own time over 2% of the run has its "(rest of NAME)" row."""
+    own time over 2% of the run has its "(rest of NAME)" row, and under it (with py-spy) the
+    Python functions sampled most in that time."""
     has_device = any(p.device_peak_allocated_bytes is not None for p in run.phases)
     table = Table(title="Phases", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
-    table.add_column("phase", no_wrap=True)
+    # The one column that gives way on a narrow console (its cells are cut, never wrapped),
+    # so a long function name never squeezes the numbers.
+    table.add_column("phase")
     for col in ("wall", "share", "cpu", "rss peak", "+file pages", "moved", "GB/s"):
         table.add_column(col, justify="right", no_wrap=True)
     if has_device:
@@ -113,7 +117,7 @@ def phase_table(run: Run) -> Table:
         if not row.complete:
             name += " (cut short)"
         cells = [
-            Text(name, style="dim" if is_filler(row.name) else ""),
+            _phase_cell(name, row.depth, row.functions, filler=is_filler(row.name)),
             fmt_s(row.wall_s),
             fmt_pct(row.share),
             fmt_s(row.cpu_s) if not is_filler(row.name) else "-",
@@ -126,6 +130,15 @@ def phase_table(run: Run) -> Table:
             cells.append(fmt_bytes(row.device_peak_allocated_bytes))
         table.add_row(*cells)
     return table
+
+
+def _phase_cell(name: str, depth: int, functions: tuple[str, ...], *, filler: bool) -> Text:
+    """The phase's name; under a gap row, one line per function py-spy sampled most in it
+    (share first, so a cut line keeps it)."""
+    text = Text(name, style="dim" if filler else "", no_wrap=True, overflow="ellipsis")
+    for function in functions[:3]:
+        text.append("\n" + "  " * (depth + 1) + "· " + function, style="dim")
+    return text
 
 
 def generation_table(run: Run) -> Table:
