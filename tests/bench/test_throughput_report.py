@@ -248,3 +248,14 @@ def test_mixed_lengths_planned_but_not_measured_says_so(report):
     report.rows = ROWS + MIXED_ROWS
     mixed = [t for t in summarize_throughput(report).targets if "mixed-lengths" in t.name]
     assert [(t.measured, t.met) for t in mixed] == [("not measured", None)] * 2
+
+
+def test_the_header_says_which_engine_switches_the_servers_ran(report):
+    from lmprof.record.throughput import ServerLife
+
+    line = "lmprof serve: http://127.0.0.1:1/v1 model=m engine=lmprof scheduler=sequential native={} huge_pages=on"
+    report.servers = [ServerLife("a", 1, [], line.format("on")), ServerLife("b", 1, [], line.format("on"))]
+    header = render_throughput(report, summarize_throughput(report)).splitlines()[0]
+    assert "(lmprof engine, fp32, native step on, huge pages on)" in header
+    report.servers.append(ServerLife("c", 2, [], line.format("off")))  # mixed: both are said
+    assert "native step off/on" in render_throughput(report, summarize_throughput(report)).splitlines()[0]

@@ -4,6 +4,8 @@ as measured, then the warnings. Plain text, fixed columns, no colour."""
 
 from __future__ import annotations
 
+import re
+
 from lmprof.analyze.throughput import Cell, Gain, ThroughputSummary
 from lmprof.record.load import length_bounds
 from lmprof.record.throughput import ThroughputReport
@@ -53,11 +55,24 @@ def shown_cells(summary: ThroughputSummary) -> list[Cell]:
     return [c for c in summary.cells if c.rounds or c.errors]
 
 
+def engine_switches(report: ThroughputReport) -> str:
+    """', native step on, huge pages on' as the servers' startup lines said (every server of a
+    bench is started with the same switches); '' for reports from before serve printed them."""
+    said = {}
+    for life in report.servers:
+        for key, label in (("native", "native step"), ("huge_pages", "huge pages")):
+            found = re.search(rf"\b{key}=(on|off)\b", life.startup_line)
+            if found:
+                said.setdefault(label, set()).add(found.group(1))
+    return "".join(f", {label} {'/'.join(sorted(values))}" for label, values in said.items())
+
+
 def render_throughput(report: ThroughputReport, summary: ThroughputSummary) -> str:
     s, m = report.settings, report.machine
     slo = ", ".join(f"{k} <= {fmt_s(v)}" for k, v in (s.get("slo_s") or {}).items()) or "none"
     lines = [
-        f"lmprof bench throughput: {s.get('model_id')} (lmprof engine, fp32), {report.created_at}",
+        f"lmprof bench throughput: {s.get('model_id')} (lmprof engine, fp32{engine_switches(report)}), "
+        f"{report.created_at}",
         f"  CPU {m.get('cpu_model')} ({m.get('logical_cores')} logical), load average "
         f"{_loads(m.get('load_avg_start'))} at start, {_loads(m.get('load_avg_end'))} at end",
         f"  {s.get('rounds')} interleaved rounds; closed loop; {s.get('input_tokens')} input tokens "
