@@ -10,7 +10,7 @@ dominate a step) and a small 8-layer model built here whose steps are Python-bou
 sampler that takes the interpreter lock costs most).
 
     python benchmarks/overhead.py [--models default,small] [--rounds 12] [--new-tokens 64]
-                                  [--threads N] [--parts]
+                                  [--threads N] [--parts] [--settle-s 0.2]
 
 `--parts` adds arms that take the session apart: the memory sampler alone (child process or
 thread), the session with its sampler in a thread (the design before 2026-12-07), and the
@@ -154,11 +154,20 @@ def measure(label: str, model, inputs, args) -> None:
     chosen = arms(args.parts)
     rates: dict[str, list[float]] = {name: [] for name in chosen}
     load_before = os.getloadavg()
+    def settled_round() -> float:
+        # Every arm, the baseline too, waits before its decode: a session's start (a child
+        # process started, ~20 ms of one core) is a one-time cost at the session's start, seconds
+        # before any decode in a real run (`lmprof profile` starts the session before importing
+        # torch); a 64-token decode of the small model lasts ~150 ms, so overlapping it with that
+        # start-up would be most of what an arm measured. --settle-s 0 measures that overlap.
+        time.sleep(args.settle_s)
+        return one_round(model, inputs, args.new_tokens)
+
     for _ in range(args.rounds):
         order = list(chosen)
         random.shuffle(order)
         for name in order:
-            rates[name].append(chosen[name](lambda: one_round(model, inputs, args.new_tokens)))
+            rates[name].append(chosen[name](settled_round))
     load_after = os.getloadavg()
     base = rates["baseline"]
     print(f"\n{label}: {args.new_tokens} new tokens, {args.rounds} interleaved rounds, "
@@ -239,6 +248,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--settle-s", type=float, default=0.2, help="wait this long inside every arm before its decode"
+    )
     parser.add_argument("--parts", action="store_true", help="also measure each part of the session")
     args = parser.parse_args()
     if args.rounds < 1 or args.new_tokens < 2:

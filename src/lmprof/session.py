@@ -49,6 +49,8 @@ RSS_NOTE = (
     "phase that first reads them, often prefill."
 )
 
+DECODE_SAMPLE_FACTOR = 5  # decode's memory samples: every 50 ms at the default 10 ms
+
 
 class ProfileSession:
     """Collects one Run. `start()`/`stop()` or use as a context manager."""
@@ -79,9 +81,11 @@ class ProfileSession:
         # session starts on the CPU part and looks again when instrumentation is installed.
         self.device = detect_device(device) if "torch" in sys.modules else detect_device("cpu")
         self.sampler = MemorySampler(self.now_s, sample_interval_s, self.device)
+        self._sample_interval_s = sample_interval_s
         self.phases = PhaseRecorder(
-            self._clock, self._origin_s, self.device, on_boundary=self.sampler.sample_once
-        )
+            self._clock, self._origin_s, self.device, on_boundary=self.sampler.sample_once,
+            on_phase=self._sample_slower_in_decode,
+        )  # fmt: skip
         self.pipeline_call_start_s: float | None = None
         self._profiled_model: weakref.ref | None = None  # the model run.model describes
         self.run = Run(
@@ -92,6 +96,7 @@ class ProfileSession:
             settings=dict(settings or {}),
         )
         self.run.settings.setdefault("sample_interval_s", sample_interval_s)
+        self.run.settings.setdefault("decode_sample_interval_s", sample_interval_s * DECODE_SAMPLE_FACTOR)
         self._instrumentation: Any = None
         self._deep_pending = deep  # the first generate call gets traced
         self._python_stacks = python_stacks
@@ -134,6 +139,16 @@ class ProfileSession:
 
         self._instrumentation = Instrumentation(self).install()
         self.run.instrumented = list(self._instrumentation.points)
+
+    def _sample_slower_in_decode(self, name: str, opened: bool) -> None:
+        """Decode samples memory DECODE_SAMPLE_FACTOR times less often: its memory grows by one
+        token of KV cache a step, every step's start and end are phase-bounded anyway, and each
+        wake-up of the sampler takes a core from a decode loop whose torch threads fill the
+        machine (benchmarks/overhead.py). Prefill and loading, where memory moves, keep the
+        interval asked for."""
+        if name == "decode":
+            factor = DECODE_SAMPLE_FACTOR if opened else 1
+            self.sampler.set_interval(self._sample_interval_s * factor)
 
     def _swap_sampler_device(self) -> MemorySampler:
         old = self.sampler
@@ -319,7 +334,7 @@ class ProfileSession:
     def _memory_timeline(self) -> MemoryTimeline:
         s = self.sampler.samples
         timeline = MemoryTimeline(
-            interval_s=self.sampler.interval_s,
+            interval_s=self._sample_interval_s,
             host={
                 "t_s": list(s.t_s),
                 "rss_bytes": list(s.rss_bytes),

@@ -32,7 +32,8 @@ DEFAULT_INTERVAL_S = 0.010
 CHILD_STOP_TIMEOUT_S = 5.0
 
 # The child's whole program: no imports beyond the standard library's C-backed modules, so it
-# starts in ~20 ms. It stops when its stdin closes (the session stopped, or the parent died).
+# starts in ~20 ms. It stops when its stdin closes (the session stopped, or the parent died); a
+# line on its stdin is a new interval in seconds (set_interval).
 _CHILD_PROGRAM = r"""
 import os, select, struct, sys, time
 pid, interval, path = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
@@ -47,7 +48,10 @@ with open(path, "wb", buffering=1 << 16) as out:
             break
         out.write(pack(clock(), int(fields[1]) * page, int(fields[2]) * page))
         if select.select([stdin], [], [], interval)[0]:
-            break
+            said = os.read(stdin, 256)
+            if not said:
+                break
+            interval = float(said.split()[-1])
 """
 _RECORD = struct.Struct("<dqq")  # perf_counter seconds, resident bytes, file-backed resident bytes
 
@@ -135,6 +139,19 @@ class MemorySampler:
                 s.device_allocated_bytes.append(reading.allocated_bytes)
                 s.device_reserved_bytes.append(reading.reserved_bytes)
                 s.device_nvml_used_bytes.append(reading.nvml_used_bytes)
+
+    def set_interval(self, interval_s: float) -> None:
+        """Sample every `interval_s` from now on (the session slows sampling during decode)."""
+        if interval_s <= 0 or interval_s == self.interval_s:
+            return
+        self.interval_s = interval_s  # the thread reads it at its next wait
+        child = self._child
+        if child is not None and child.stdin is not None:
+            try:
+                child.stdin.write(f"{interval_s!r}\n".encode())
+                child.stdin.flush()
+            except OSError:  # the child is gone: its samples so far are still read at stop
+                pass
 
     def start(self) -> None:
         self.sample_once()

@@ -61,12 +61,16 @@ class PhaseRecorder:
         device: CpuDevice | CudaDevice | None = None,
         read: Callable[[], ProcessSnapshot] = read_process,
         on_boundary: Callable[[], None] | None = None,
+        on_phase: Callable[[str, bool], None] | None = None,
     ) -> None:
+        """on_boundary: called at every phase's open and close (a memory sample); on_phase: with
+        the phase's name and True when it opened, False when it closed."""
         self._clock = clock
         self._origin = origin_wall_s
         self._device = device if device is not None else CpuDevice()
         self._read = read
         self._on_boundary = on_boundary
+        self._on_phase = on_phase
         self._owner = threading.get_ident()
         self._stack: list[_OpenPhase] = []
         self._slots: list[Phase | _OpenPhase] = []
@@ -107,6 +111,8 @@ class PhaseRecorder:
         )
         self._slots.append(op)
         self._stack.append(op)
+        if self._on_phase is not None:
+            self._on_phase(name, True)
         return op
 
     def close(self, op: _OpenPhase | None, *, complete: bool = True) -> Phase | None:
@@ -151,6 +157,8 @@ class PhaseRecorder:
         self._slots[op.index] = phase
         if self._on_boundary is not None:
             self._on_boundary()
+        if self._on_phase is not None:
+            self._on_phase(op.name, False)
         return phase
 
     def close_all(self, *, complete: bool) -> None:

@@ -164,6 +164,9 @@ def memory_text(run: Run) -> Text:
         text.append(f" (kernel high-water mark {fmt_bytes(mem.os_peak_rss_bytes)})")
     n = len(mem.host.get("t_s", []))
     text.append(f"; {n} samples every {fmt_s(mem.interval_s)}")
+    decode_interval_s = run.settings.get("decode_sample_interval_s")
+    if decode_interval_s and decode_interval_s != mem.interval_s:
+        text.append(f" ({fmt_s(decode_interval_s)} in decode)")
     if mem.peak_device_allocated_bytes is not None:
         text.append(
             f"\n        device allocated peak {fmt_bytes(mem.peak_device_allocated_bytes)}, "
