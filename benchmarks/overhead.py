@@ -154,6 +154,7 @@ def measure(label: str, model, inputs, args) -> None:
     chosen = arms(args.parts)
     rates: dict[str, list[float]] = {name: [] for name in chosen}
     load_before = os.getloadavg()
+
     def settled_round() -> float:
         # Every arm, the baseline too, waits before its decode: a session's start (a child
         # process started, ~20 ms of one core) is a one-time cost at the session's start, seconds
