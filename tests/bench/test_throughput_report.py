@@ -25,6 +25,14 @@ ROWS = [
 ]
 
 
+def request(i: int, sent: float, first: float, end: float, tokens: int, **kw) -> RequestRecord:
+    """One measured request of a closed-loop level, 64 input tokens, its tokens counted by usage."""
+    return RequestRecord(
+        index=i, level=0, warmup=False, scheduled_s=sent, sent_s=sent, end_s=end, first_token_s=first,
+        last_token_s=end, output_tokens=tokens, output_tokens_method="usage", input_tokens=64, **kw,
+    )  # fmt: skip
+
+
 def load_run(
     users: int, tokens_per_s: float, ttft_s: float, *, repeats: float = 0.0, prefix_hits: float = 0.0
 ):
@@ -36,22 +44,7 @@ def load_run(
         repeat = i > 0 and i < n * repeats + 1
         end = sent + (0.002 if repeat else ttft_s + 0.99)
         first = sent + (0.001 if repeat else ttft_s)
-        reqs.append(
-            RequestRecord(
-                index=i,
-                level=0,
-                warmup=False,
-                scheduled_s=sent,
-                sent_s=sent,
-                end_s=end,
-                first_token_s=first,
-                last_token_s=end,
-                output_tokens=100,
-                output_tokens_method="usage",
-                input_tokens=64,
-                repeat_of=0 if repeat else None,
-            )  # fmt: skip
-        )
+        reqs.append(request(i, sent, first, end, 100, repeat_of=0 if repeat else None))
     metrics = [
         MetricsSample(-1.0, {"lmprof:prefix_cache_queries_total": 0, "lmprof:prefix_cache_hits_total": 0,
                              "lmprof:kv_cache_bytes": 0}),
@@ -187,22 +180,7 @@ def mixed_run(lengths: list[int], ttft_s: float, ttft_p99_s: float) -> dict:
     for i, n in enumerate(lengths):
         sent = i * 10 / len(lengths)
         first = sent + (ttft_p99_s if i == len(lengths) - 1 else ttft_s)
-        reqs.append(
-            RequestRecord(
-                index=i,
-                level=0,
-                warmup=False,
-                scheduled_s=sent,
-                sent_s=sent,
-                end_s=first + 0.5,
-                first_token_s=first,
-                last_token_s=first + 0.5,
-                output_tokens=n,
-                output_tokens_method="usage",
-                planned_output_tokens=n,
-                input_tokens=64,
-            )
-        )
+        reqs.append(request(i, sent, first, first + 0.5, n, planned_output_tokens=n))
     level = LevelRecord(index=0, mode="closed", concurrency=8, start_s=0.0, end_s=10.0)
     return LoadRun(run_id="m", created_at="now", lmprof_version="0", levels=[level], requests=reqs).to_dict()
 
