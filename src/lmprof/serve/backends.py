@@ -8,6 +8,7 @@ drives the model step by step instead of calling `generate`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -182,43 +183,40 @@ def engine_switches(device: str, dtype: str, native: bool | None, huge_pages: bo
     """lmprof's engine switches for a server, each with why: asked for (an error where it cannot
     run), or, left to the server, on where it can run, since a server is run for speed. Fused
     projections change no output and cost nothing, so they are always on."""
-    from lmprof.engine.huge_pages import HugePagesUnavailable, check_huge_pages_on
+    from lmprof.engine.huge_pages import check_huge_pages_on
     from lmprof.engine.native import load_native_ops
     from lmprof.engine.native_decode import check_native_on
 
-    switches: dict[str, Any] = {"fuse_qkv": True, "fuse_gate_up": True, "why": {}}
-    cpu = torch.device(device).type == "cpu"
-    if native or (native is None and cpu and dtype == "float32"):
-        try:
-            check_native_on(device, "--native")
-            if dtype != "float32":
-                raise UsageError(
-                    f"--native runs float32 activations; this server loads {dtype} (add --dtype float32)"
-                )
-            load_native_ops()  # the first use on a machine compiles them: before the startup line, not in a request
-            switches["native_decode"], switches["why"]["native_decode"] = (
-                True,
-                "asked" if native else "default",
+    def native_runs() -> None:
+        check_native_on(device, "--native")
+        if dtype != "float32":
+            raise UsageError(
+                f"--native runs float32 activations; this server loads {dtype} (add --dtype float32)"
             )
-        except UsageError as exc:  # NativeKernelsUnavailable is one
-            if native:
-                raise
-            switches["native_decode"], switches["why"]["native_decode"] = False, f"off: {exc}"
-    else:
-        switches["native_decode"] = False
-        switches["why"]["native_decode"] = "off: asked" if native is False else f"off: {device} {dtype}"
-    if huge_pages or (huge_pages is None and cpu):
-        try:
-            check_huge_pages_on(device, "--huge-pages")
-            switches["huge_pages"], switches["why"]["huge_pages"] = True, "asked" if huge_pages else "default"
-        except HugePagesUnavailable as exc:
-            if huge_pages:
-                raise
-            switches["huge_pages"], switches["why"]["huge_pages"] = False, f"off: {exc}"
-    else:
-        switches["huge_pages"] = False
-        switches["why"]["huge_pages"] = "off: asked" if huge_pages is False else f"off: {device}"
+        load_native_ops()  # the first use on a machine compiles them: before the startup line, not in a request
+
+    cpu = torch.device(device).type == "cpu"
+    switches: dict[str, Any] = {"fuse_qkv": True, "fuse_gate_up": True, "why": {}}
+    for name, asked, fits, check, unfit in (
+        ("native_decode", native, cpu and dtype == "float32", native_runs, f"{device} {dtype}"),
+        ("huge_pages", huge_pages, cpu, lambda: check_huge_pages_on(device, "--huge-pages"), device),
+    ):
+        switches[name], switches["why"][name] = _switch(asked, fits, check, unfit)
     return switches
+
+
+def _switch(asked: bool | None, fits: bool, check: Callable[[], None], unfit: str) -> tuple[bool, str]:
+    """(on, why) for one engine switch: asked for (check's error raised), left to the server (on
+    where `fits` and check passes), or off."""
+    if asked is False or (asked is None and not fits):
+        return False, "off: asked" if asked is False else f"off: {unfit}"
+    try:
+        check()
+    except UsageError as exc:  # NativeKernelsUnavailable and HugePagesUnavailable are UsageErrors
+        if asked:
+            raise
+        return False, f"off: {exc}"
+    return True, "asked" if asked else "default"
 
 
 def _load_engine(
