@@ -168,3 +168,51 @@ def test_server_version_is_found_where_the_server_says_it(load, mock_server, pat
     run = load(url, requests=1)
     assert (run.server["version"], run.server["version_from"]) == ("9.9", path)
     assert run.server["server_header"] == "mock-openai"
+
+
+def test_a_request_on_a_connection_the_server_closed_is_sent_again():
+    """A server that closes kept-alive connections (llama.cpp's llama-server does) can make a
+    pooled connection fail on its first write; the request goes out again on a new connection,
+    is marked resent, and succeeds. The pooled session here fails as aiohttp does then."""
+    import asyncio
+    import socket
+    import threading
+
+    import aiohttp
+
+    from lmprof.clock import Clock
+    from lmprof.load.client import RequestSender
+    from lmprof.load.options import LoadOptions
+    from lmprof.load.prompts import Prompt
+    from lmprof.record.load import RequestRecord
+
+    body = b'{"choices":[{"text":"hi","finish_reason":"length"}],"usage":{"completion_tokens":1,"prompt_tokens":2}}'
+
+    def serve(listener):
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))  # fmt: skip
+
+    class StalePool:
+        async def post(self, *args, **kwargs):
+            raise aiohttp.ClientOSError(None, "Can not write request body for http://127.0.0.1")
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+
+    async def go():
+        opts = LoadOptions(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", stream=False)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            sender = RequestSender(StalePool(), opts, "m", Clock(), 0.0, fresh_session=fresh)
+            record = RequestRecord(index=0, level=0, warmup=False, scheduled_s=0.0, sent_s=0.0, end_s=0.0)
+            return await sender.send(record, Prompt(text="hello", output_tokens=1))
+
+    record = asyncio.run(go())
+    listener.close()
+    assert record.ok and record.resent and record.output_tokens == 1, record.error

@@ -128,9 +128,14 @@ class LoadBench:
         # limit=0: no connection pool cap, or aiohttp's default of 100 would queue requests
         # in the client without a trace in their timings.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, read_bufsize=1 << 20
-        ) as session:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=1 << 20) as session,
+            aiohttp.ClientSession(  # resends (client.RequestSender.send): a new connection each
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                timeout=timeout,
+                read_bufsize=1 << 20,
+            ) as fresh_session,
+        ):
             model = await self._discover(session)
             headers = request_headers(self.opts)
             scraper = MetricsScraper(
@@ -140,7 +145,15 @@ class LoadBench:
             self.run.metrics = scraper.samples  # the same list: filled live
             self.run.metrics_note = scraper.note
             scraper.start()
-            sender = RequestSender(session, self.opts, model, self.clock, self.origin_s, self.counter)
+            sender = RequestSender(
+                session,
+                self.opts,
+                model,
+                self.clock,
+                self.origin_s,
+                self.counter,
+                fresh_session=fresh_session,
+            )
             try:
                 await self._preflight(sender)
                 plans = plan_levels(self.opts)

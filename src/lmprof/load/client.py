@@ -78,8 +78,10 @@ class RequestSender:
         origin_s: float,
         counter: TokenCounter | None = None,
         extras: dict[str, Any] | None = None,
+        fresh_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.session = session
+        self.fresh_session = fresh_session
         self.opts = opts
         self.model = model
         self.clock = clock
@@ -102,7 +104,20 @@ class RequestSender:
             )
         record.sent_s = self.now_s()
         try:
-            async with self.session.post(self.opts.url, json=body, headers=self.headers) as resp:
+            try:
+                resp_cm = await self._post(body)
+            except aiohttp.ClientConnectorError:
+                raise  # no connection could be made: nothing stale to replace
+            except (
+                aiohttp.ClientOSError
+            ):  # not a disconnect after the request went out: the server may have run it
+                # A keep-alive connection the server closed while it sat in the pool fails on its
+                # first write, before the server saw anything (llama.cpp's llama-server closes
+                # idle ones: 4-7 of 16 requests at 8 users failed so, within a millisecond). Such a
+                # request is sent once more, on a fresh connection; a failure after that counts.
+                record.resent = True
+                resp_cm = await self._post(body, fresh=True)
+            async with resp_cm as resp:
                 self.server_header = resp.headers.get("Server", self.server_header)
                 if resp.status != 200:
                     text = (await resp.text(errors="replace"))[:_ERROR_BODY_CHARS]
@@ -127,6 +142,12 @@ class RequestSender:
         except (BadStream, ValueError) as exc:  # ValueError: an over-long SSE line
             self._fail(record, ERROR_BAD_STREAM, str(exc))
         return record
+
+    async def _post(self, body: dict[str, Any], fresh: bool = False) -> aiohttp.ClientResponse:
+        """The POST up to its response headers (send reads on, as a context manager); `fresh`
+        sends it on a connection of its own (fresh_session, which never keeps one)."""
+        session = self.fresh_session if fresh and self.fresh_session is not None else self.session
+        return await session.post(self.opts.url, json=body, headers=self.headers)
 
     def _fail(self, record: RequestRecord, kind: str, message: str, status: int | None = None) -> None:
         record.end_s = self.now_s()

@@ -73,6 +73,9 @@ class RequestRecord:
     user: int | None = None  # closed loop: which user sent it
     prefixed: bool = False  # starts with the shared prefix
     repeat_of: int | None = None  # repeats this earlier request's prompt exactly
+    # sent again on a fresh connection: its pooled keep-alive connection had been closed by the
+    # server before the request could be written (the time of that attempt stays in its latency)
+    resent: bool = False
 
     @property
     def ok(self) -> bool:

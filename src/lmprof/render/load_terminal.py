@@ -171,6 +171,14 @@ def render_load_run(run: LoadRun, summary: LoadSummary, run_dir: str | None = No
         parts.append(Text(f"server metrics: none ({run.metrics_note or 'GET /metrics not tried'})"))
     if summary.warmup_requests:
         parts.append(Text(f"{summary.warmup_requests} warm-up requests are not counted"))
+    resent = sum(1 for r in run.requests if r.resent and not r.warmup)
+    if resent:
+        parts.append(
+            Text(
+                f"{resent} requests were sent again on a new connection: the server had closed the "
+                "kept-alive one they first went out on (their latency includes that attempt)"
+            )
+        )
     for warning in summary.warnings:
         parts.append(Text(warning, style="yellow"))
     return Group(*parts)
