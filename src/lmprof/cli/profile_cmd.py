@@ -114,15 +114,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=16,
         help="with --deep: decode steps to trace (default 16; 0 = all); "
-        "reading the trace back after the run took about 0.2 s a step on the default model (3.3-3.5 s for 16)",
+        "reading the trace back after the run took about 0.1 s a step on the default model (1.7 s for 16)",
     )
     add_session_options(
         p,
         deep_help="also trace the generate call: operators, modules, flame graphs, memory by kind (measured: a "
-        "traced decode step 1.24x an untraced one on the default model, 2.2x on the tiny preset; the trace is read "
-        "back after the run, seconds for 16 steps of the default model)",
+        "traced decode step 1.13x an untraced one on the default model, 2.2x on the tiny preset; the trace is read "
+        "back after the run, 1.7 s for 16 steps of the default model)",
         profiler_help="function-level profile of the whole run (default py-spy, a sampler in its own process: "
-        "measured 1.28x an untraced decode step beside --deep's trace, against 1.24x without, on the default "
+        "measured 1.14x an untraced decode step beside --deep's trace, against 1.13x without, on the default "
         "model; cprofile also writes profile.pstats)",
     )
     add_out_option(p, default="./lmprof-runs/<time>-<model>")
