@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 
-import lmprof
 from lmprof.collect.py_spy_timeline import Frame, StackSpan, Timeline
 from lmprof.collect.python_sampler import short_path
 from lmprof.record.run import Run
@@ -23,7 +22,7 @@ TOP_FUNCTIONS = 3
 
 Window = tuple[float, float]
 
-_LMPROF_DIR = os.path.join(os.path.dirname(lmprof.__file__), "")
+_LMPROF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")  # src/lmprof/
 _LMPROF_ENTRY = (os.path.join(_LMPROF_DIR, "cli", ""), os.path.join(_LMPROF_DIR, "__main__.py"))
 _THREADING = (threading.__file__, os.path.join(os.path.dirname(futures.__file__), ""))
 
