@@ -57,8 +57,7 @@ def render_deep(run: Run, top: int = 12) -> RenderableType:
         if "decode_slowdown" in cost:
             parts.append(
                 Text(
-                    f"Cost of watching: {name} made the traced call's decode {cost['decode_slowdown']:.2f}x and "
-                    f"prefill {cost['prefill_slowdown']:.2f}x slower than the untraced repeat; "
+                    f"Cost of watching: {traced_pace(name, cost)}; "
                     + (
                         "the step's shares are scaled to the untraced step, the operator and module tables are "
                         "the traced call's, the generation figures the untraced one's."
@@ -117,6 +116,16 @@ def untraced_caption(untraced: dict[str, Any]) -> str:
         f"module ranges x {fmt_s(untraced['per_range_s'])} a step) is subtracted from the part it ran in, then the "
         f"parts are scaled by {untraced['scale']:.2f} to the untraced step."
     )
+
+
+def traced_pace(name: str, cost: dict) -> str:
+    """The traced call's decode and prefill against the untraced repeat's, in words that hold
+    either way: a ratio under 1 (the traced call faster) is the machine's noise, and says so."""
+    decode, prefill = cost.get("decode_slowdown", float("nan")), cost.get("prefill_slowdown", float("nan"))
+    words = f"with {name} the traced call's decode took {decode:.2f}x and its prefill {prefill:.2f}x the untraced repeat's time"
+    if decode < 1 or prefill < 1:
+        words += " (under 1x: the machine's noise between the two calls was larger than the tracer's cost)"
+    return words
 
 
 def own_work_line(cost: dict[str, Any]) -> Text:

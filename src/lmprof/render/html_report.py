@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lmprof.record.files import write_atomic
 from lmprof.record.run import STATUS_COMPLETE, Run
-from lmprof.render.deep_view import PART_LABELS, own_work_line, untraced_caption
+from lmprof.render.deep_view import PART_LABELS, own_work_line, traced_pace, untraced_caption
 from lmprof.render.flame_embed import inline_flame
 from lmprof.render.html_charts import (
     device_memory_svg,
@@ -205,8 +205,7 @@ def _operators(run: Run) -> str:
             out.append(f'<p class="note">{esc(own_work_line(cost).plain)}</p>')
         elif "decode_slowdown" in cost:
             out.append(
-                f'<p class="note">Cost of watching: {esc(name)} made the traced call\'s decode {cost["decode_slowdown"]:.2f}x and '
-                f"prefill {cost.get('prefill_slowdown', float('nan')):.2f}x slower than the untraced repeat; the step's "
+                f'<p class="note">Cost of watching: {esc(traced_pace(name, cost))}; the step\'s '
                 "shares are scaled to the untraced step, the operator and module tables are the traced call's, the "
                 "generation figures the untraced one's.</p>"
             )
