@@ -62,11 +62,12 @@ def _build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[floa
     if trace.steps_traced is not None:
         decode_steps = min(decode_steps, trace.steps_traced)
     steps = {"prefill": 1, "decode": max(decode_steps, 1)}
+    allocator = [s for s in trace.spans if s.cat == "memory"]  # the copies and memory by kind read them
     deep = DeepProfile(
         operators=operator_rows(roots, windows, launches),
         modules=module_rows(roots, windows, launches, trace.module_types),
         step_breakdown=step_breakdown(roots, windows, steps),
-        copies=copy_rows(roots, windows, launches, [s for s in trace.spans if s.cat == "memory"]),
+        copies=copy_rows(roots, windows, launches, allocator),
         trace=trace_events(roots, trace.spans),
     )
     flames = [time_flame(run.phases, run.wall_s, roots, launches)]
@@ -82,7 +83,7 @@ def _build_deep_profile(run: Run, trace: TorchTrace, kv_samples: list[tuple[floa
         flames.append(cuda_memory_flame(trace.cuda_allocations))
     deep.flames = flames
     window = (trace.start_s, trace.start_s + trace.wall_s)
-    memory = [s for s in trace.spans if s.cat == "memory" and "Total Allocated" in s.args]
+    memory = [s for s in allocator if "Total Allocated" in s.args]
     cpu_allocated = [
         (s.start_s, int(s.args["Total Allocated"])) for s in memory if s.args.get("Device Type", 0) == 0
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from lmprof.analyze.trace_tree import Node, all_nodes, module_category
@@ -223,7 +224,7 @@ def untraced_step_estimate(
     }
 
 
-def copy_rows(roots: list[Node], windows, launches, memory_spans: list[Any] = ()) -> list[dict[str, Any]]:
+def copy_rows(roots: list[Node], windows, launches, memory_spans: Iterable[Any] = ()) -> list[dict[str, Any]]:
     """Device transfers and dtype/device casts, with the stage and the module (or the
     generate loop) that made them: the seed user's unexplained `copy_` seconds.
 

@@ -108,13 +108,12 @@ class RequestSender:
                 resp_cm = await self._post(body)
             except aiohttp.ClientConnectorError:
                 raise  # no connection could be made: nothing stale to replace
-            except (
-                aiohttp.ClientOSError
-            ):  # not a disconnect after the request went out: the server may have run it
-                # A keep-alive connection the server closed while it sat in the pool fails on its
+            except aiohttp.ClientOSError:
+                # A kept-alive connection the server closed while it sat in the pool fails on its
                 # first write, before the server saw anything (llama.cpp's llama-server closes
-                # idle ones: 4-7 of 16 requests at 8 users failed so, within a millisecond). Such a
+                # them: 4-7 of 16 requests at 8 users failed so, within a millisecond). Such a
                 # request is sent once more, on a fresh connection; a failure after that counts.
+                # A disconnect once the request went out is not retried: the server may have run it.
                 record.resent = True
                 resp_cm = await self._post(body, fresh=True)
             async with resp_cm as resp:
