@@ -8,12 +8,13 @@ from __future__ import annotations
 import queue
 import random
 import threading
+import time
 
 import pytest
 from helpers.engine_models import VOCAB
 
 from lmprof.engine import EngineOptions, generate, load_hf_folder
-from lmprof.engine.continuous import ContinuousBatcher, Request
+from lmprof.engine.continuous import IDLE_PREFILL_CHUNKS, ContinuousBatcher, Request
 from lmprof.engine.generate import torch_threads
 from lmprof.errors import UsageError
 
@@ -105,7 +106,8 @@ def test_random_arrivals_equal_each_prompt_alone(engines, prompts, name):
         )  # fmt: skip
         assert not batcher.has_work and batcher.kv_tokens == 0
         assert all(r.decode_rows <= batcher.max_batch for r in batcher.steps)
-        assert all(r.prefill_tokens <= batcher.prefill_chunk for r in batcher.steps)
+        for r in batcher.steps:  # a chunk a step beside decoding rows; more with none decoding
+            assert r.prefill_tokens <= batcher.prefill_chunk * (1 if r.decode_rows else IDLE_PREFILL_CHUNKS)
         compactions += batcher.pool.compactions
         joint_prefills += sum(r.prefill_requests > 1 for r in batcher.steps)
     assert compactions > 0  # the shared decode column did wrap
@@ -153,6 +155,47 @@ def test_a_long_prompt_is_chunked_and_running_streams_get_a_token_every_step(eng
         assert len(short.tokens) == seen + 1  # the running stream was not stalled
         seen += 1
     assert long.tokens == expected(model, list(range(1, 41)), 2, frozenset())[:1]
+
+
+def test_with_no_stream_decoding_a_burst_prefills_as_one_pass(engines):
+    model = engines["qwen2"]
+    batcher = ContinuousBatcher(model, max_batch=5, max_seq_len=MAX_SEQ, prefill_chunk=4)
+    burst = [[1 + i, 2 + i, 3 + i] for i in range(4)]  # 12 tokens: 3 chunks
+    states = [batcher.submit(Request(prompt, max_new_tokens=3)) for prompt in burst]
+    first = batcher.step()
+    assert first.decode_rows == 0 and first.prefill_tokens == 12 and first.prefill_requests == 4
+    assert all(len(state.tokens) == 1 for state in states)  # every row decodes from the next step
+    late = batcher.submit(Request(list(range(1, 13)), max_new_tokens=1))
+    second = batcher.step()  # four streams decode now: the newcomer gets one chunk
+    assert second.decode_rows == 4 and second.prefill_tokens == 4 and not late.tokens
+    batcher.run_until_idle()
+    for prompt, state in zip(burst, states, strict=True):
+        assert state.tokens == expected(model, prompt, 3, frozenset())
+
+
+def test_an_idle_engine_gathers_a_burst_for_gather_s(engines):
+    model = engines["qwen2"]
+    batcher = ContinuousBatcher(model, max_batch=3, max_seq_len=MAX_SEQ)
+    batcher.submit(Request([1, 2], max_new_tokens=1))
+    straggler = threading.Timer(0.05, lambda: batcher.submit(Request([3, 4], max_new_tokens=1)))
+    straggler.start()
+    assert batcher.wait_for_work(timeout=1.0, gather_s=5.0)  # returns once the straggler came
+    straggler.join()
+    assert batcher.step().prefill_requests == 2
+    # With every row claimable at once there is nothing to wait for, and without gather_s the
+    # first arrival runs alone.
+    for prompt in ([1], [2], [3]):
+        batcher.submit(Request(prompt, max_new_tokens=1))
+    start = time.perf_counter()
+    assert batcher.wait_for_work(timeout=1.0, gather_s=5.0)
+    assert time.perf_counter() - start < 2.0
+    assert batcher.step().prefill_requests == 3
+    batcher.submit(Request([5], max_new_tokens=1))
+    straggler = threading.Timer(0.05, lambda: batcher.submit(Request([6], max_new_tokens=1)))
+    straggler.start()
+    assert batcher.wait_for_work(timeout=1.0)
+    assert batcher.step().prefill_requests == 1
+    straggler.join()
 
 
 def test_sampling_settings_are_per_request(engines, prompts):
@@ -271,6 +314,69 @@ def test_a_failing_pass_fails_only_the_requests_it_ran(engines, prompts, monkeyp
     batcher.run_until_idle()
     monkeypatch.undo()
     assert later.finish_reason == "length" and later.tokens == alone(model, clean[2])
+
+
+def test_decode_rows_and_a_prefill_chunk_run_as_one_pass_and_equal_each_prompt_alone(
+    engines, prompts, monkeypatch
+):
+    model = engines["qwen2"]
+    passes: list[str] = []
+    forward, forward_segments = model.forward, model.forward_segments
+    monkeypatch.setattr(model, "forward", lambda *a, **k: passes.append("forward") or forward(*a, **k))
+    monkeypatch.setattr(
+        model, "forward_segments", lambda *a, **k: passes.append("mixed") or forward_segments(*a, **k)
+    )
+    batcher = ContinuousBatcher(model, max_batch=3, max_seq_len=MAX_SEQ, prefill_chunk=4)
+    first = batcher.submit(Request(prompts[0], MAX_NEW))
+    while not first.tokens:
+        batcher.step()
+    late = [batcher.submit(Request(p, MAX_NEW)) for p in prompts[1:3]]
+    passes.clear()
+    record = batcher.step()
+    assert record.decode_rows == 1 and record.prefill_tokens > 0 and passes == ["mixed"]
+    batcher.run_until_idle()
+    monkeypatch.undo()
+    for prompt, state in zip(prompts[:3], [first, *late], strict=True):
+        assert state.tokens == alone(model, prompt)
+    apart = ContinuousBatcher(model, max_batch=3, max_seq_len=MAX_SEQ, prefill_chunk=4, mixed_steps=False)
+    monkeypatch.setattr(model, "forward", lambda *a, **k: passes.append("forward") or forward(*a, **k))
+    again = apart.submit(Request(prompts[0], MAX_NEW))
+    while not again.tokens:
+        apart.step()
+    apart.submit(Request(prompts[1], MAX_NEW))
+    passes.clear()
+    apart.step()
+    assert passes == ["forward", "forward"]
+
+
+def test_a_failing_mixed_pass_is_rerun_apart_and_fails_only_its_culprit(engines, prompts, monkeypatch):
+    model = engines["llama3-untied"]
+    poison = VOCAB - 1
+    clean = [p for p in prompts if poison not in p]
+    forward, forward_segments = model.forward, model.forward_segments
+
+    def failing(tokens, *args, **kwargs):
+        if bool((tokens == poison).any()):
+            raise RuntimeError("prefill out of memory")
+        return forward(tokens, *args, **kwargs)
+
+    def failing_segments(segments):
+        if any(bool((s.tokens == poison).any()) for s in segments):
+            raise RuntimeError("mixed pass out of memory")
+        return forward_segments(segments)
+
+    monkeypatch.setattr(model, "forward", failing)
+    monkeypatch.setattr(model, "forward_segments", failing_segments)
+    batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, prefill_chunk=8)
+    good = batcher.submit(Request(clean[0], MAX_NEW))
+    while not good.tokens:
+        batcher.step()
+    bad = batcher.submit(Request([3, poison, 4, 5], MAX_NEW))
+    record = batcher.step()  # the joint pass fails; decode alone runs, prefill alone fails
+    assert record.decode_rows == 1 and bad.finish_reason == "error" and "prefill" in str(bad.error)
+    batcher.run_until_idle()
+    monkeypatch.undo()
+    assert good.finish_reason == "length" and good.tokens == alone(model, clean[0])
 
 
 def test_the_row_is_free_when_the_last_token_is_delivered(engines):

@@ -163,6 +163,9 @@ def test_a_token_id_past_the_vocabulary_is_refused_alone(model_engine):
         (["tiny", "--engine", "lmprof", "--scheduler", "continuous", "--max-batch", "0"], "--max-batch"),
         (["tiny", "--native"], "--engine lmprof"),
         (["tiny", "--huge-pages"], "--engine lmprof"),
+        (["tiny", "--engine", "lmprof", "--scheduler", "continuous", "--batch-size", "4"], "--max-batch"),
+        (["tiny", "--batch-wait-ms", "5"], "static-batch or continuous"),
+        (["tiny", "--engine", "lmprof", "--scheduler", "continuous", "--batch-wait-ms", "-1"], "0 or more"),
     ],
 )
 def test_bad_continuous_command_lines_are_one_line_and_exit_2(args, words, serve_cache, capsys, monkeypatch):

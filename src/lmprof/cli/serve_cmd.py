@@ -44,8 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None, help="static-batch: most requests per batch (8)")
     p.add_argument(
-        "--batch-wait-ms", type=float, default=None, help="static-batch: wait to fill a batch (10)"
-    )
+        "--batch-wait-ms", type=float, default=None,
+        help="static-batch: wait to fill a batch; continuous: an idle engine's wait for a burst to "
+        "share one prefill (10)",
+    )  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, help="continuous: most running requests (8)")
     p.add_argument(
         "--prefill-chunk", type=int, default=None, metavar="T",

@@ -11,8 +11,12 @@ a row of the KV pool is free and the token budget holds their context; ONE decod
 for every request already decoding; then at most `prefill_chunk` prompt tokens are prefilled
 (oldest admitted first, the chunks of several requests left-padded into one forward pass, so
 the weights are read once for all of them), so a long prompt is cut into chunks and stalls
-the running streams by one chunk a step at most. A request whose prefill ends gets its first token in that step and
-decodes from the next. A request leaves on one of its eos ids, at max_new_tokens, or on
+the running streams by one chunk a step at most; in a step where no row decoded, no stream
+waits on the prefill and it takes IDLE_PREFILL_CHUNKS chunks. A step with both runs them as
+one forward pass (the decode rows' tokens ride in the prefill's matrix products, which read
+the weights once for both; pool_passes.mixed_rows); the native decode step runs the steps
+with no prefill. A request whose prefill ends gets its first token in that step and decodes
+from the next. A request leaves on one of its eos ids, at max_new_tokens, or on
 `cancel(request_id)`, and its row is free at that step.
 
 Memory: slot_pool.KVSlotPool (one row per request; why rows and not pages is said there).
@@ -47,7 +51,7 @@ from torch import Tensor
 from lmprof.engine.generate import sample
 from lmprof.engine.model import Transformer
 from lmprof.engine.native_decode import NativeInputs, check_native_decode, native_inputs
-from lmprof.engine.pool_passes import decode_rows, prefill_rows
+from lmprof.engine.pool_passes import decode_rows, mixed_rows, prefill_rows
 from lmprof.engine.prefix_cache import PrefixCache
 from lmprof.engine.requests import Request, RequestState, StepRecord
 from lmprof.engine.slot_pool import KVSlotPool
@@ -60,6 +64,11 @@ from lmprof.errors import UsageError
 # 8-row decode step scan up to 920 columns for 96-token requests: 60 ms a step against 44 ms for
 # a static batch of the same requests (lmprof bench throughput, native step, 2026-12-07).
 COMPACT_MIN_GAP = 32
+PrefillPlan = tuple[RequestState, int, int]  # a request and the context tokens [start, end) to run
+# Chunks protect the streams that decode: with none decoding, nothing waits on the prefill, so
+# it takes this many chunks at once (a burst of equal prompts prefills as one pass, as a static
+# batch does, and its rows then decode and finish together).
+IDLE_PREFILL_CHUNKS = 4
 
 
 class ContinuousBatcher:
@@ -73,13 +82,16 @@ class ContinuousBatcher:
         prefix_cache: PrefixCache | None = None,
         native_decode: bool | None = None,
         columns: int | None = None,
+        mixed_steps: bool = True,
         clock: Callable[[], float] = time.perf_counter,
         keep_steps: int | None = 100_000,
     ) -> None:
         """max_seq_len: the longest context (prompt + new tokens) a request may have;
         columns: cache columns a row has (default max_seq_len + a quarter, at least 16 more:
-        see slot_pool); native_decode: default the model's own option; keep_steps: the
-        StepRecords kept in `steps` (the newest; None: all)."""
+        see slot_pool); native_decode: default the model's own option (it runs the decode steps
+        with no prefill beside them); mixed_steps: a step with both decode rows and a prefill
+        chunk runs them as one forward pass (False: two); keep_steps: the StepRecords kept in
+        `steps` (the newest; None: all)."""
         if prefill_chunk < 1 or max_batch < 1 or max_seq_len < 2:
             raise UsageError("max_batch, prefill_chunk must be positive and max_seq_len at least 2")
         self.model, self.max_batch, self.max_seq_len = model, max_batch, max_seq_len
@@ -87,6 +99,7 @@ class ContinuousBatcher:
         self.kv_budget_tokens = kv_budget_tokens or max_batch * max_seq_len
         self.prefix_cache = prefix_cache
         self.native = model.options.native_decode if native_decode is None else native_decode
+        self.mixed_steps = mixed_steps
         self.clock = clock
         with torch.inference_mode():
             self.pool = KVSlotPool(model, max_batch, columns or max_seq_len + max(16, max_seq_len // 4))
@@ -143,11 +156,23 @@ class ContinuousBatcher:
             self._cancelled.add(request_id)
             self._arrived.notify_all()
 
-    def wait_for_work(self, timeout: float | None = None) -> bool:
+    def wait_for_work(self, timeout: float | None = None, gather_s: float = 0.0) -> bool:
         """Block until there is something to step (or `timeout`); True when there is. A
-        server's engine thread loops `if batcher.wait_for_work(0.1): batcher.step()`."""
+        server's engine thread loops `if batcher.wait_for_work(0.1): batcher.step()`.
+
+        gather_s: when the batcher was idle, wait up to this long after the first arrival for
+        more, until every row could be taken (what static batching's --batch-wait-ms does)."""
         with self._arrived:
-            return self._arrived.wait_for(self._busy, timeout)
+            if not self._arrived.wait_for(self._busy, timeout):
+                return False
+            if gather_s > 0 and not (self._waiting or self._prefilling or self._decoding):
+                deadline = time.monotonic() + gather_s
+                while len(self._inbox) < self.max_batch and not self._cancelled:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._arrived.wait(remaining)
+            return True
 
     def _busy(self) -> bool:
         return bool(self._inbox or self._cancelled or self._waiting or self._prefilling or self._decoding)
@@ -187,9 +212,13 @@ class ContinuousBatcher:
         # Those decoding now take a step; those whose prefill ends below join from the next one.
         preempted = self._make_room_for_decode()
         decode_rows = len(self._decoding)
-        if decode_rows:
-            finished += self._decode()
-        prefill_tokens, prefill_requests, done = self._prefill()
+        plan = self._plan_prefill(streams_waiting=decode_rows > 0)
+        outcome = self._mixed(plan) if decode_rows and plan and self.mixed_steps else None
+        if outcome is None:  # apart, or the joint pass failed: then each failure stays its own
+            if decode_rows:
+                finished += self._decode()
+            outcome = self._prefill(plan)
+        prefill_tokens, prefill_requests, done = outcome
         finished += done
         record = StepRecord(
             index=self.step_count, start_s=start, wall_s=self.clock() - start,
@@ -343,43 +372,80 @@ class ContinuousBatcher:
 
     # ---- the forward passes ----
 
-    def _decode(self) -> int:
-        pool, n = self.pool, len(self._decoding)
+    def _compact_if_gapped(self) -> None:
+        pool = self.pool
         longest = max(state.kv_tokens for state in self._decoding)
         if pool.clock >= pool.columns or pool.clock - longest > max(longest, COMPACT_MIN_GAP):
-            pool.compact(n)
+            pool.compact(len(self._decoding))
+
+    def _decode(self) -> int:
+        self._compact_if_gapped()
         states = list(self._decoding)
         try:
             tokens = [state.tokens[-1] for state in states]
-            logits = decode_rows(self.model, pool, tokens, self._native_inputs if self.native else None)
+            logits = decode_rows(self.model, self.pool, tokens, self._native_inputs if self.native else None)
             picks = self._pick(logits, states)
         except Exception as error:  # the whole batch ran as one: every row of it fails
-            for state in states:
-                state.error = error
-                self._leave(state, "error")
-            return len(states)
+            return self._fail_all(states, error)
         finally:
-            pool.clock += 1
+            self.pool.clock += 1
+        return self._take_decoded(states, picks)
+
+    def _fail_all(self, states: list[RequestState], error: Exception) -> int:
+        for state in states:
+            state.error = error
+            self._leave(state, "error")
+        return len(states)
+
+    def _take_decoded(self, states: list[RequestState], picks: list[int]) -> int:
         finished = 0
         for state, token in zip(states, picks, strict=True):
             state.kv_tokens += 1
             finished += self._take_token(state, token)
         return finished
 
-    def _prefill(self) -> tuple[int, int, int]:
-        """Up to prefill_chunk context tokens of the prefilling requests, oldest first, as one
-        forward pass over their rows (one pass each if that one raises, so only the failing
-        request fails); a request whose context is done gets its first token."""
-        budget, plan = self.prefill_chunk, []
+    def _mixed(self, plan: list[PrefillPlan]) -> tuple[int, int, int] | None:
+        """The decode step and the prefill plan as one forward pass (pool_passes.mixed_rows);
+        None when that pass raised, its marks undone, for the caller to run the two apart."""
+        self._compact_if_gapped()
+        states = list(self._decoding)
+        chunks = [(state.row, state.context[start:end], start) for state, start, end in plan]
+        try:
+            decode_logits, prefill_logits = mixed_rows(
+                self.model, self.pool, [state.tokens[-1] for state in states], chunks
+            )
+        except Exception:  # noqa: BLE001 (the passes apart tell whose failure it is)
+            for state, start, _ in plan:
+                self.pool.key_valid[state.row, start:] = False
+            return None
+        self.pool.clock += 1
+        try:
+            picks = self._pick(decode_logits, states)
+        except Exception as error:
+            finished = self._fail_all(states, error)
+        else:
+            finished = self._take_decoded(states, picks)
+        tokens_run, requests, done = self._take_prefilled(list(zip(plan, prefill_logits, strict=True)))
+        return tokens_run, requests, finished + done
+
+    def _plan_prefill(self, streams_waiting: bool) -> list[PrefillPlan]:
+        """Up to prefill_chunk context tokens of the prefilling requests (IDLE_PREFILL_CHUNKS
+        times that when no stream decodes this step), oldest first."""
+        budget = self.prefill_chunk * (1 if streams_waiting else IDLE_PREFILL_CHUNKS)
+        plan = []
         for state in self._prefilling:
             if budget == 0:
                 break
             end = min(state.prefill_target, state.kv_tokens + budget)
             plan.append((state, state.kv_tokens, end))
             budget -= end - state.kv_tokens
+        return plan
+
+    def _prefill(self, plan: list[PrefillPlan]) -> tuple[int, int, int]:
+        """The plan as one forward pass over its rows (one pass each if that one raises, so
+        only the failing request fails); a request whose context is done gets its first token."""
         if not plan:
             return 0, 0, 0
-        tokens_run = sum(end - start for _, start, end in plan)
         try:
             outcomes = list(zip(plan, self._prefill_rows(plan), strict=True))
         except Exception as error:  # a request alone fails (a prompt too long for memory...)
@@ -387,6 +453,10 @@ class ContinuousBatcher:
                 outcomes = [(plan[0], error)]
             else:
                 outcomes = [(chunk, self._prefill_alone(chunk)) for chunk in plan]
+        return self._take_prefilled(outcomes)
+
+    def _take_prefilled(self, outcomes: list[tuple[PrefillPlan, Tensor | Exception]]) -> tuple[int, int, int]:
+        tokens_run = sum(end - start for (_, start, end), _ in outcomes)
         finished = 0
         for (state, _, end), logits in outcomes:
             if isinstance(logits, Exception):
@@ -401,9 +471,9 @@ class ContinuousBatcher:
                 finished += 1
             else:
                 self._join_decoding(state)
-        return tokens_run, len(plan), finished
+        return tokens_run, len(outcomes), finished
 
-    def _prefill_alone(self, chunk: tuple[RequestState, int, int]) -> Tensor | Exception:
+    def _prefill_alone(self, chunk: PrefillPlan) -> Tensor | Exception:
         state, start, _ = chunk
         self.pool.key_valid[state.row, start:] = False  # undo what the failed joint pass marked
         try:
@@ -411,7 +481,7 @@ class ContinuousBatcher:
         except Exception as error:
             return error
 
-    def _prefill_rows(self, plan: list[tuple[RequestState, int, int]]) -> Tensor:
+    def _prefill_rows(self, plan: list[PrefillPlan]) -> Tensor:
         chunks = [(state.row, state.context[start:end], start) for state, start, end in plan]
         return prefill_rows(self.model, self.pool, chunks)  # [k, V]
 

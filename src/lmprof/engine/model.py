@@ -12,6 +12,7 @@ heads, hd head_dim, I intermediate, V vocab.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -32,6 +33,18 @@ class NativeCall(Protocol):
     which reads the model's own parts (rope_cos_sin, its int8 layers)."""
 
     def run(self, model: Transformer, tokens: Tensor, cache: KVCache | None) -> Tensor: ...
+
+
+@dataclass
+class Segment:
+    """Rows of one shape inside a mixed forward pass (Transformer.forward_segments): token ids
+    [B, T], their rope positions [B, T], the mask [B, 1, T, S] over the keys their cache
+    returns, and the cache that writes their K/V."""
+
+    tokens: Tensor
+    positions: Tensor
+    mask: Tensor
+    cache: KVCache
 
 
 class RMSNorm(nn.Module):
@@ -138,11 +151,37 @@ class Attention(nn.Module):
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: KVCache | None, slots: Tensor | None
     ) -> Tensor:
         B, T, _ = x.shape
+        q, k, v = self._project(x)
+        return self.o_proj(self._attend_rows(q, k, v, B, T, cos, sin, mask, cache, slots))
+
+    def forward_segments(
+        self, x: Tensor, segments: list[Segment], ropes: list[tuple[Tensor, Tensor]]
+    ) -> Tensor:
+        """x: [N, D], the segments' tokens one after another -> [N, D]. The projections run
+        once over all N tokens; rope, the cache write and attention run per segment."""
+        q, k, v = self._project(x)
+        out, start = [], 0
+        for segment, (cos, sin) in zip(segments, ropes, strict=True):
+            B, T = segment.tokens.shape
+            end = start + B * T
+            y = self._attend_rows(
+                q[start:end], k[start:end], v[start:end], B, T, cos, sin, segment.mask, segment.cache, None
+            )  # fmt: skip
+            out.append(y.reshape(B * T, -1))
+            start = end
+        return self.o_proj(torch.cat(out))
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.qkv_proj is not None:
             q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            q, k, v = self.qkv_proj(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            return self.qkv_proj(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def _attend_rows(
+        self, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, cos: Tensor, sin: Tensor, mask: Tensor,
+        cache: KVCache | None, slots: Tensor | None,
+    ) -> Tensor:  # fmt: skip
+        """Projected q, k, v of B rows of T tokens -> attention output [B, T, H*hd]."""
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, KV, T, hd]
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -150,8 +189,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, slots, k, v)  # [B, KV, S, hd]
         y = attend(q, k, v, mask, self.naive, self.grouped)  # [B, H, T, hd]
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*hd]
-        return self.o_proj(y)
+        return y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*hd]
 
 
 class MLP(nn.Module):
@@ -189,6 +227,12 @@ class Block(nn.Module):
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: KVCache | None, slots: Tensor | None
     ) -> Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slots)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def forward_segments(
+        self, x: Tensor, segments: list[Segment], ropes: list[tuple[Tensor, Tensor]]
+    ) -> Tensor:
+        x = x + self.attention.forward_segments(self.attention_norm(x), segments, ropes)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -288,3 +332,23 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]  # [B, 1, D]: prefill only needs the next token's logits
         return self.lm_head(self.norm(x))  # [B, T, V]
+
+    def forward_segments(self, segments: list[Segment]) -> list[Tensor]:
+        """Rows of different shapes in one pass -> each segment's last-token logits [B, V].
+
+        A continuous batch's decode rows (one token each) and prefill chunks (T tokens each)
+        differ in shape, so they cannot be one [B, T] batch without padding every decode row
+        to T. Here their tokens are laid end to end as [N, D]: every projection, the MLP and
+        the head read the weights once for all of them, and only rope, the cache write and
+        attention run per segment."""
+        x = torch.cat([self.embed_tokens(s.tokens).to(self.dtype).flatten(0, 1) for s in segments])  # [N, D]
+        ropes = [rope_cos_sin(self.inv_freq, s.positions, x.dtype) for s in segments]
+        for block in self.layers:
+            x = block.forward_segments(x, segments, ropes)
+        lasts, start = [], 0
+        for segment in segments:
+            B, T = segment.tokens.shape
+            lasts.append(x[start : start + B * T].view(B, T, -1)[:, -1])  # [B, D]
+            start += B * T
+        logits = self.lm_head(self.norm(torch.cat(lasts)))  # [sum of B, V]
+        return list(logits.split([s.tokens.shape[0] for s in segments]))

@@ -16,6 +16,11 @@ def render_serve_run(run: ServeRun) -> str:
     sched = s.get("scheduler", "?")
     if sched == "static-batch":
         sched += f" (batch {s.get('max_batch')}, wait {s.get('batch_wait_s', 0) * 1000:g} ms)"
+    elif sched == "continuous":
+        sched += (
+            f" (max batch {s.get('max_batch')}, prefill chunk {s.get('prefill_chunk') or 'default'}, "
+            f"wait {s.get('batch_wait_s', 0) * 1000:g} ms)"
+        )
     lines = [
         f"lmprof serve run: {m.get('id', '?')} on {m.get('engine', '?')}, {m.get('device', '?')}, "
         f"{m.get('dtype', '?')}",

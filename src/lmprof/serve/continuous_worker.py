@@ -51,6 +51,7 @@ class ContinuousWorker:
         max_seq_len: int,
         prefill_chunk: int,
         prefix_cache_bytes: int,
+        batch_wait_s: float = 0.0,
         now_s: Callable[[], float],
         on_step: Callable[[EngineStep], None],
     ) -> None:
@@ -58,6 +59,7 @@ class ContinuousWorker:
         self.tokenizer = tokenizer
         self.threads = threads
         self.now_s = now_s
+        self.batch_wait_s = batch_wait_s
         self.on_step = on_step
         self.prefix_cache = (
             PrefixCache(prefix_cache_bytes, PREFIX_BLOCK_TOKENS) if prefix_cache_bytes else None
@@ -129,7 +131,7 @@ class ContinuousWorker:
     def _run(self) -> None:
         torch.set_num_threads(self.threads)  # on the thread that runs the ops (OpenMP counts per thread)
         while True:
-            if not self.batcher.wait_for_work(IDLE_WAIT_S):
+            if not self.batcher.wait_for_work(IDLE_WAIT_S, gather_s=self.batch_wait_s):
                 if self._stopping.is_set():
                     return
                 continue

@@ -195,7 +195,7 @@ def _new_worker(
             loaded.model, loaded.worker_tokenizer, threads=model_threads(settings),
             max_batch=settings.max_batch, max_seq_len=min(context, settings.model_len or context),
             prefill_chunk=settings.prefill_chunk_tokens, prefix_cache_bytes=settings.prefix_cache_bytes,
-            now_s=now_s, on_step=on_step,
+            batch_wait_s=settings.batch_wait_s, now_s=now_s, on_step=on_step,
         )  # fmt: skip
     return ModelWorker(
         loaded.model, loaded.worker_tokenizer, threads=model_threads(settings),
@@ -209,7 +209,10 @@ def startup_line(server: Server) -> str:
     if s.scheduler == "static-batch":
         sched += f" (batch {s.max_batch}, wait {s.batch_wait_s * 1000:g} ms)"
     if s.scheduler == "continuous":
-        sched += f" (max batch {s.max_batch}, prefill chunk {s.prefill_chunk_tokens}, max len {server.context_tokens})"
+        sched += (
+            f" (max batch {s.max_batch}, prefill chunk {s.prefill_chunk_tokens}, "
+            f"wait {s.batch_wait_s * 1000:g} ms, max len {server.context_tokens})"
+        )
     model = server.loaded.description
     parts = [
         f"lmprof serve: {server.url}/v1 model={server.loaded.served_name}",

@@ -30,7 +30,7 @@ class ServeSettings:
     port: int = 8000
     scheduler: str = "sequential"
     batch_size: int | None = None  # static-batch only (default DEFAULT_BATCH_SIZE)
-    batch_wait_ms: float | None = None  # static-batch only (default DEFAULT_BATCH_WAIT_MS)
+    batch_wait_ms: float | None = None  # static-batch and continuous (default DEFAULT_BATCH_WAIT_MS)
     max_queue: int = 64
     response_cache_bytes: int = 0  # 0: no response cache
     api_key: str | None = None
@@ -59,10 +59,10 @@ class ServeSettings:
             raise UsageError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port must be 0-65535 (0: any free port), got {self.port}")
-        if self.scheduler != "static-batch" and (
-            self.batch_size is not None or self.batch_wait_ms is not None
-        ):
-            raise UsageError("--batch-size and --batch-wait-ms apply to --scheduler static-batch")
+        if self.scheduler != "static-batch" and self.batch_size is not None:
+            raise UsageError("--batch-size applies to --scheduler static-batch (continuous: --max-batch)")
+        if self.scheduler not in ("static-batch", "continuous") and self.batch_wait_ms is not None:
+            raise UsageError("--batch-wait-ms applies to --scheduler static-batch or continuous")
         continuous_only = {
             "--max-batch": self.max_batch_rows, "--prefill-chunk": self.prefill_chunk,
             "--max-model-len": self.max_model_len, "--prefix-cache": self.prefix_cache_bytes or None,
@@ -123,7 +123,9 @@ class ServeSettings:
 
     @property
     def batch_wait_s(self) -> float:
-        if self.scheduler != "static-batch":
+        """static-batch: how long the first request of a batch waits for others; continuous:
+        how long a first request at an idle engine waits for others to share its prefill."""
+        if self.scheduler not in ("static-batch", "continuous"):
             return 0.0
         wait_ms = DEFAULT_BATCH_WAIT_MS if self.batch_wait_ms is None else self.batch_wait_ms
         return wait_ms / 1000.0
