@@ -300,7 +300,15 @@ def test_a_failing_pass_fails_only_the_requests_it_ran(engines, prompts, monkeyp
                 raise RuntimeError("decode out of memory")
         return forward(tokens, *args, **kwargs)
 
+    forward_segments = model.forward_segments
+
+    def failing_segments(segments):  # prompts of different lengths prefill as segments of one pass
+        if any(bool((s.tokens == poison).any()) for s in segments):
+            raise RuntimeError("prefill out of memory")
+        return forward_segments(segments)
+
     monkeypatch.setattr(model, "forward", failing)
+    monkeypatch.setattr(model, "forward_segments", failing_segments)
     batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, prefill_chunk=8)
     clean = [p for p in prompts if poison not in p]
     bad = batcher.submit(Request([3, poison, 4, 5], MAX_NEW))
@@ -347,6 +355,28 @@ def test_decode_rows_and_a_prefill_chunk_run_as_one_pass_and_equal_each_prompt_a
     passes.clear()
     apart.step()
     assert passes == ["forward", "forward"]
+
+
+def test_prompts_of_different_lengths_prefill_in_one_pass_with_no_padding(engines, prompts, monkeypatch):
+    model = engines["qwen2"]
+    tokens_run: list[int] = []
+    forward_segments = model.forward_segments
+
+    def counting(segments):
+        tokens_run.append(sum(s.tokens.numel() for s in segments))
+        return forward_segments(segments)
+
+    monkeypatch.setattr(model, "forward_segments", counting)
+    batcher = ContinuousBatcher(model, max_batch=4, max_seq_len=MAX_SEQ, prefill_chunk=64)
+    chosen = sorted(prompts[:4], key=len)
+    assert len({len(p) for p in chosen}) > 1
+    states = [batcher.submit(Request(p, MAX_NEW)) for p in chosen]
+    record = batcher.step()
+    assert record.prefill_requests == 4 and tokens_run == [sum(len(p) for p in chosen)]
+    batcher.run_until_idle()
+    monkeypatch.undo()
+    for prompt, state in zip(chosen, states, strict=True):
+        assert state.tokens == alone(model, prompt)
 
 
 def test_a_failing_mixed_pass_is_rerun_apart_and_fails_only_its_culprit(engines, prompts, monkeypatch):

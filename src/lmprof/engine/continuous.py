@@ -9,9 +9,9 @@ they finish, over one loaded engine model.
 Each `step()` is one iteration: cancellations are applied; waiting requests are admitted while
 a row of the KV pool is free and the token budget holds their context; ONE decode step runs
 for every request already decoding; then at most `prefill_chunk` prompt tokens are prefilled
-(oldest admitted first, the chunks of several requests left-padded into one forward pass, so
-the weights are read once for all of them), so a long prompt is cut into chunks and stalls
-the running streams by one chunk a step at most; in a step where no row decoded, no stream
+(oldest admitted first, the chunks of several requests in one forward pass, so the weights
+are read once for all of them, with no padding: pool_passes.prefill_segments), so a long
+prompt is cut into chunks and stalls the running streams by one chunk a step at most; in a step where no row decoded, no stream
 waits on the prefill and it takes IDLE_PREFILL_CHUNKS chunks. A step with both runs them as
 one forward pass (the decode rows' tokens ride in the prefill's matrix products, which read
 the weights once for both; pool_passes.mixed_rows); the native decode step runs the steps

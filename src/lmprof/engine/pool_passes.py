@@ -41,9 +41,13 @@ def decode_rows(
 
 def prefill_rows(model: Transformer, pool: KVSlotPool, chunks: list[PrefillChunk]) -> Tensor:
     """Each chunk's tokens into columns [start, start + T) of its row (column = position in a
-    prefilling row) -> each row's last logits [k, V]."""
-    segment = prefill_segment(pool, chunks)
-    logits = model(segment.tokens, segment.positions, segment.mask, segment.cache, last_only=True)[:, -1]
+    prefilling row) -> each row's last logits [k, V], in the chunks' order."""
+    segments, order = prefill_segments(pool, chunks)
+    if len(segments) == 1:
+        segment = segments[0]
+        logits = model(segment.tokens, segment.positions, segment.mask, segment.cache, last_only=True)[:, -1]
+    else:
+        logits = _in_chunk_order(model.forward_segments(segments), order)
     _advance_prefilled(pool, chunks)
     return logits
 
@@ -54,11 +58,12 @@ def mixed_rows(
     """decode_rows (torch ops) and prefill_rows as ONE forward pass -> (decode logits [n, V],
     prefill logits [k, V]). The decode rows' tokens ride in the prefill's matrix products,
     which then read the weights once for both; run apart, a step reads them twice."""
-    decode, prefill = decode_segment(pool, tokens), prefill_segment(pool, chunks)
-    decode_logits, prefill_logits = model.forward_segments([decode, prefill])
+    decode = decode_segment(pool, tokens)
+    segments, order = prefill_segments(pool, chunks)
+    decode_logits, *prefill_logits = model.forward_segments([decode, *segments])
     pool.positions[: len(tokens)] += 1
     _advance_prefilled(pool, chunks)
-    return decode_logits, prefill_logits
+    return decode_logits, _in_chunk_order(prefill_logits, order)
 
 
 def decode_segment(pool: KVSlotPool, tokens: list[int]) -> Segment:
@@ -72,38 +77,50 @@ def decode_segment(pool: KVSlotPool, tokens: list[int]) -> Segment:
     return Segment(ids, positions, mask, RowsWrite(pool, slice(0, n), slice(column, column + 1), column + 1))
 
 
+def prefill_segments(pool: KVSlotPool, chunks: list[PrefillChunk]) -> tuple[list[Segment], list[list[int]]]:
+    """The chunks as segments of one forward pass: chunks of one length share a [k, T] segment,
+    and each length has its own, so no token is padding (a prompt of 16 tokens beside one of
+    112 would compute 96 padding tokens in a left-padded batch: a fifth of a prefill's time
+    at mixed lengths). Also returns each segment's chunk indices."""
+    by_length: dict[int, list[int]] = {}
+    for i, (_, ids, _) in enumerate(chunks):
+        by_length.setdefault(len(ids), []).append(i)
+    order = list(by_length.values())
+    return [prefill_segment(pool, [chunks[i] for i in indices]) for indices in order], order
+
+
 def prefill_segment(pool: KVSlotPool, chunks: list[PrefillChunk]) -> Segment:
-    """The chunks' rows, whose columns it marks valid. One row runs on a view of its row;
-    several are left-padded to one [k, T] batch (the weights read once for all), whose padding
-    writes a scratch column no prefilling row attends to."""
+    """Chunks of one length T as one [k, T] batch, each row at its own columns, which it marks
+    valid. One row runs on a view of its row; several write through an index."""
     device = pool.positions.device
+    T = len(chunks[0][1])
+    if any(len(ids) != T for _, ids, _ in chunks):
+        raise ValueError("a prefill segment holds chunks of one length (prefill_segments groups them)")
     if len(chunks) == 1:
         row, ids, start = chunks[0]
-        end = start + len(ids)
+        end = start + T
         columns = torch.arange(start, end, device=device)
         pool.key_valid[row, start:end] = True
         mask = causal_mask(columns, pool.key_valid[row : row + 1, :end])  # [1, 1, T, end]
         write = RowsWrite(pool, slice(row, row + 1), slice(start, end), end)
         return Segment(torch.tensor([ids], device=device), columns[None], mask, write)  # [1, T]
-    k = len(chunks)
-    T = max(len(ids) for _, ids, _ in chunks)
-    S = max(start + len(ids) for _, ids, start in chunks)
-    scratch = pool.columns - 1  # past max_seq_len: never a prefilling row's key
-    tokens = torch.zeros(k, T, dtype=torch.long)
-    write_columns = torch.full((k, T), scratch, dtype=torch.long)
-    query_columns = torch.zeros(k, T, dtype=torch.long)
-    for i, (row, ids, start) in enumerate(chunks):
-        n = len(ids)
-        tokens[i, T - n :] = torch.tensor(ids)
-        write_columns[i, T - n :] = torch.arange(start, start + n)
-        query_columns[i] = start  # padding sees the row's first new key, so no row is all masked
-        query_columns[i, T - n :] = torch.arange(start, start + n)
-        pool.key_valid[row, start : start + n] = True
+    for row, _, start in chunks:
+        pool.key_valid[row, start : start + T] = True
+    S = max(start for _, _, start in chunks) + T
+    tokens = torch.tensor([ids for _, ids, _ in chunks], device=device)  # [k, T]
+    starts = torch.tensor([start for _, _, start in chunks], device=device)
+    columns = starts[:, None] + torch.arange(T, device=device)  # [k, T]: column = position
     rows = torch.tensor([row for row, _, _ in chunks], device=device)
-    tokens, write_columns, query_columns = (t.to(device) for t in (tokens, write_columns, query_columns))
-    before = torch.arange(S, device=device)[None, None, :] <= query_columns[:, :, None]  # [k, T, S]
+    before = torch.arange(S, device=device)[None, None, :] <= columns[:, :, None]  # [k, T, S]
     mask = (before & pool.key_valid[rows, :S][:, None, :])[:, None]  # [k, 1, T, S]
-    return Segment(tokens, query_columns, mask, RowsScatter(pool, rows, write_columns, S))
+    return Segment(tokens, columns, mask, RowsScatter(pool, rows, columns, S))
+
+
+def _in_chunk_order(parts: list[Tensor], order: list[list[int]]) -> Tensor:
+    """Segments' logits [k_i, V] -> [k, V] with row i the i-th chunk's."""
+    logits = torch.cat(parts)
+    index = torch.tensor([i for indices in order for i in indices], device=logits.device)
+    return torch.empty_like(logits).index_copy_(0, index, logits)
 
 
 def _advance_prefilled(pool: KVSlotPool, chunks: list[PrefillChunk]) -> None:
