@@ -15,6 +15,11 @@ load; the ratio continuous / fixed is taken per round and its median printed. Th
 run: requests with random output lengths join and leave, so the batch changes nearly every
 step; its decode-only steps are grouped by batch size and set beside the fixed step.
 
+Then the mixed step: a step where decode rows and a newcomer's prefill chunk run as one forward
+pass (the batcher's default) against the same step run as two passes (mixed_steps=False: the
+native decode step, then the prefill), paired and alternated per round, for a few row counts
+and chunk lengths.
+
 Then the prefix cache: time to first token of a 256-token shared prompt + 16 own tokens on a
 miss and then on a hit (the issue's target: the hit at least 3x faster).
 
@@ -110,6 +115,28 @@ def churn_steps_s(model, native: bool, prompt_len: int, requests: int, seed: int
     return by_batch
 
 
+MIXED_CASES = ((7, 16), (7, 56), (7, 112), (4, 256))  # (decode rows, newcomer's prompt tokens)
+
+
+def mixed_step_s(
+    model, mixed: bool, decode_rows: int, prompt_tokens: int, prompt_len: int, seed: int
+) -> float:
+    """The wall time of the one step in which `decode_rows` streams decode and a newcomer of
+    `prompt_tokens` tokens is prefilled, as one pass (mixed) or two."""
+    vocab = model.config.vocab_size
+    batcher = ContinuousBatcher(
+        model, max_batch=8, max_seq_len=prompt_len + prompt_tokens + 64, prefill_chunk=256, mixed_steps=mixed
+    )  # fmt: skip
+    for prompt in prompts_for(decode_rows, prompt_len, vocab, seed):
+        batcher.submit(Request(prompt, max_new_tokens=32))
+    for _ in range(4):  # their prefill, then decode steps alone
+        batcher.step()
+    batcher.submit(Request(prompts_for(1, prompt_tokens, vocab, seed + 1)[0], max_new_tokens=4))
+    record = batcher.step()
+    assert record.decode_rows == decode_rows and record.prefill_tokens == prompt_tokens, record
+    return record.wall_s
+
+
 def prefix_ttft_s(model, shared: int, own: int, seed: int) -> tuple[float, float]:
     """Time to first token (one step: prefill and pick) of a prompt of `shared` + `own` tokens
     on a miss, then of another prompt with the same `shared` tokens on a prefix-cache hit."""
@@ -201,6 +228,20 @@ def main(argv: list[str] | None = None) -> int:
             beside = f" (fixed {statistics.median(fixed) * 1e3:.2f})" if fixed else ""
             cells.append(f"B{B} {statistics.median(by_batch[B]) * 1e3:.2f} x{len(by_batch[B])}{beside}")
         print(f"{path:<7} " + "; ".join(cells))
+
+    model = models.get("native") or next(iter(models.values()))
+    print("\nmixed step: decode rows and a newcomer's prefill as one pass or two (median ms, ratio range)")
+    for rows, prompt_tokens in MIXED_CASES:
+        got: dict[bool, list[float]] = {True: [], False: []}
+        for round_index in range(args.rounds):
+            for mixed in (True, False) if round_index % 2 == 0 else (False, True):
+                got[mixed].append(
+                    mixed_step_s(model, mixed, rows, prompt_tokens, args.prompt_len, round_index)
+                )
+        one, two = (statistics.median(got[m]) * 1e3 for m in (True, False))
+        spread = [a / b for a, b in zip(got[True], got[False], strict=True)]
+        print(f"  {rows} decode rows + {prompt_tokens:>3} prompt tokens: one pass {one:7.1f} ms, two {two:7.1f} ms, "
+              f"one/two {statistics.median(spread):.2f} ({min(spread):.2f}-{max(spread):.2f})")  # fmt: skip
 
     model = next(iter(models.values()))
     pairs = [prefix_ttft_s(model, 256, 16, seed) for seed in range(args.rounds)]

@@ -175,6 +175,16 @@ def test_bad_continuous_command_lines_are_one_line_and_exit_2(args, words, serve
     assert "\n" not in err and "Traceback" not in err and words in err
 
 
+def test_batch_wait_is_the_idle_engines_gather_under_continuous_and_nothing_under_sequential():
+    from lmprof.serve.settings import DEFAULT_BATCH_WAIT_MS, ServeSettings
+
+    continuous = ServeSettings(engine="lmprof", scheduler="continuous")
+    assert continuous.batch_wait_s == DEFAULT_BATCH_WAIT_MS / 1000
+    assert ServeSettings(engine="lmprof", scheduler="continuous", batch_wait_ms=0).batch_wait_s == 0
+    assert ServeSettings(scheduler="sequential").batch_wait_s == 0
+    assert continuous.as_record()["batch_wait_s"] == DEFAULT_BATCH_WAIT_MS / 1000
+
+
 def test_an_engine_server_runs_the_native_step_where_it_can(random_llama):
     """A server is run for speed: left alone, lmprof's engine on a CPU float32 model takes the
     native decode step (where the kernels build) and fused projections; --no-native is the torch

@@ -123,6 +123,7 @@ class ContinuousBatcher:
         self.step_count = 0
         self.preemptions = 0
         self._admissions = 0
+        self._burst_left = True  # the step that emptied the batcher finished several (or none ran)
 
     # ---- the API other threads call ----
 
@@ -160,12 +161,17 @@ class ContinuousBatcher:
         """Block until there is something to step (or `timeout`); True when there is. A
         server's engine thread loops `if batcher.wait_for_work(0.1): batcher.step()`.
 
-        gather_s: when the batcher was idle, wait up to this long after the first arrival for
-        more, until every row could be taken (what static batching's --batch-wait-ms does)."""
+        gather_s: when the batcher is idle and the step that emptied it finished several
+        requests (or none ever ran), wait up to this long after the first arrival for more,
+        until every row could be taken (static batching's --batch-wait-ms, there for every
+        batch). Closed-loop clients whose answers ended in one step come back together, and
+        one prefill pass then serves them all; after a lone request, a wait would only delay
+        the next lone one."""
         with self._arrived:
             if not self._arrived.wait_for(self._busy, timeout):
                 return False
-            if gather_s > 0 and not (self._waiting or self._prefilling or self._decoding):
+            idle = not (self._waiting or self._prefilling or self._decoding)
+            if gather_s > 0 and idle and self._burst_left:
                 deadline = time.monotonic() + gather_s
                 while len(self._inbox) < self.max_batch and not self._cancelled:
                     remaining = deadline - time.monotonic()
@@ -228,6 +234,8 @@ class ContinuousBatcher:
         )  # fmt: skip
         self.steps.append(record)
         self.step_count += 1
+        if not (self._waiting or self._prefilling or self._decoding):
+            self._burst_left = finished > 1
         return record
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
