@@ -173,37 +173,29 @@ def test_with_no_stream_decoding_a_burst_prefills_as_one_pass(engines):
         assert state.tokens == expected(model, prompt, 3, frozenset())
 
 
-def test_an_idle_engine_gathers_a_burst_for_gather_s_after_a_burst_left(engines):
+def test_an_idle_engine_gathers_a_burst_for_gather_s(engines):
     model = engines["qwen2"]
     batcher = ContinuousBatcher(model, max_batch=3, max_seq_len=MAX_SEQ)
-
-    def arrive_with_straggler(first: list[int], late: list[int], **wait) -> tuple[int, float]:
-        """Submit `first`, and `late` 50 ms later: (requests the next step admitted, wait_s)."""
-        batcher.submit(Request(first, max_new_tokens=1))
-        straggler = threading.Timer(0.05, lambda: batcher.submit(Request(late, max_new_tokens=1)))
-        straggler.start()
-        start = time.perf_counter()
-        assert batcher.wait_for_work(timeout=1.0, **wait)
-        waited = time.perf_counter() - start
-        admitted = batcher.step().prefill_requests
-        straggler.join()
-        batcher.run_until_idle()
-        return admitted, waited
-
-    # Nothing ran yet: the straggler is waited for.
-    assert arrive_with_straggler([1, 2], [3, 4], gather_s=0.5)[0] == 2
-    # That step finished both: a burst left, so the next arrivals are gathered again; with
-    # every row claimable at once there is nothing to wait for.
+    batcher.submit(Request([1, 2], max_new_tokens=1))
+    straggler = threading.Timer(0.05, lambda: batcher.submit(Request([3, 4], max_new_tokens=1)))
+    straggler.start()
+    assert batcher.wait_for_work(timeout=1.0, gather_s=0.5)  # the straggler comes within it
+    straggler.join()
+    assert batcher.step().prefill_requests == 2
+    # With every row claimable at once there is nothing to wait for, and without gather_s the
+    # first arrival runs alone.
     for prompt in ([1], [2], [3]):
         batcher.submit(Request(prompt, max_new_tokens=1))
     start = time.perf_counter()
     assert batcher.wait_for_work(timeout=1.0, gather_s=5.0)
-    assert time.perf_counter() - start < 2.0 and batcher.step().prefill_requests == 3
-    # Without gather_s the first arrival runs alone; it and then the straggler each finished
-    # alone, so a lone request is not held for 5 s waiting for company.
-    assert arrive_with_straggler([5], [6])[0] == 1
-    admitted, waited = arrive_with_straggler([7], [8], gather_s=5.0)
-    assert admitted == 1 and waited < 2.0
+    assert time.perf_counter() - start < 2.0
+    assert batcher.step().prefill_requests == 3
+    batcher.submit(Request([5], max_new_tokens=1))
+    straggler = threading.Timer(0.05, lambda: batcher.submit(Request([6], max_new_tokens=1)))
+    straggler.start()
+    assert batcher.wait_for_work(timeout=1.0)
+    assert batcher.step().prefill_requests == 1
+    straggler.join()
 
 
 def test_sampling_settings_are_per_request(engines, prompts):

@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-wait-ms", type=float, default=None,
         help="static-batch: wait to fill a batch; continuous: an idle engine's wait for a burst to "
-        "share one prefill, after several requests ended together (10)",
+        "share one prefill (10)",
     )  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, help="continuous: most running requests (8)")
     p.add_argument(

@@ -123,7 +123,6 @@ class ContinuousBatcher:
         self.step_count = 0
         self.preemptions = 0
         self._admissions = 0
-        self._burst_left = True  # the step that emptied the batcher finished several (or none ran)
 
     # ---- the API other threads call ----
 
@@ -161,17 +160,18 @@ class ContinuousBatcher:
         """Block until there is something to step (or `timeout`); True when there is. A
         server's engine thread loops `if batcher.wait_for_work(0.1): batcher.step()`.
 
-        gather_s: when the batcher is idle and the step that emptied it finished several
-        requests (or none ever ran), wait up to this long after the first arrival for more,
-        until every row could be taken (static batching's --batch-wait-ms, there for every
-        batch). Closed-loop clients whose answers ended in one step come back together, and
-        one prefill pass then serves them all; after a lone request, a wait would only delay
-        the next lone one."""
+        gather_s: when the batcher was idle, wait up to this long after the first arrival for
+        more, until every row could be taken (what static batching's --batch-wait-ms does):
+        closed-loop clients whose answers ended in one step come back within milliseconds, and
+        one prefill pass then serves them all. Admitted alone, the first would run a step
+        ahead of the others for as long as the load lasts (the batcher is never idle again to
+        realign them). Waiting only after a step that finished several requests was tried: a
+        server that went from one user to eight then split its first wave and kept it split
+        (lmprof bench throughput, 2026-12-07)."""
         with self._arrived:
             if not self._arrived.wait_for(self._busy, timeout):
                 return False
-            idle = not (self._waiting or self._prefilling or self._decoding)
-            if gather_s > 0 and idle and self._burst_left:
+            if gather_s > 0 and not (self._waiting or self._prefilling or self._decoding):
                 deadline = time.monotonic() + gather_s
                 while len(self._inbox) < self.max_batch and not self._cancelled:
                     remaining = deadline - time.monotonic()
@@ -234,8 +234,6 @@ class ContinuousBatcher:
         )  # fmt: skip
         self.steps.append(record)
         self.step_count += 1
-        if not (self._waiting or self._prefilling or self._decoding):
-            self._burst_left = finished > 1
         return record
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
