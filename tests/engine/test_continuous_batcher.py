@@ -57,6 +57,17 @@ def expected(model, prompt: list[int], max_new: int, eos: frozenset[int]) -> lis
     return tokens[:cut]
 
 
+def failing_on(forward_segments, poison: int, what: str):
+    """model.forward_segments that raises "<what> out of memory" for a pass holding `poison`."""
+
+    def failing(segments):
+        if any(bool((s.tokens == poison).any()) for s in segments):
+            raise RuntimeError(f"{what} out of memory")
+        return forward_segments(segments)
+
+    return failing
+
+
 def run_scenario(model, prompts, seed: int, **batcher_kwargs) -> ContinuousBatcher:
     """Submit every prompt at a random step with random lengths, eos and cancellations; check
     every request's tokens against the prompt alone."""
@@ -300,15 +311,9 @@ def test_a_failing_pass_fails_only_the_requests_it_ran(engines, prompts, monkeyp
                 raise RuntimeError("decode out of memory")
         return forward(tokens, *args, **kwargs)
 
-    forward_segments = model.forward_segments
-
-    def failing_segments(segments):  # prompts of different lengths prefill as segments of one pass
-        if any(bool((s.tokens == poison).any()) for s in segments):
-            raise RuntimeError("prefill out of memory")
-        return forward_segments(segments)
-
     monkeypatch.setattr(model, "forward", failing)
-    monkeypatch.setattr(model, "forward_segments", failing_segments)
+    # prompts of different lengths prefill as segments of one pass
+    monkeypatch.setattr(model, "forward_segments", failing_on(model.forward_segments, poison, "prefill"))
     batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, prefill_chunk=8)
     clean = [p for p in prompts if poison not in p]
     bad = batcher.submit(Request([3, poison, 4, 5], MAX_NEW))
@@ -383,20 +388,15 @@ def test_a_failing_mixed_pass_is_rerun_apart_and_fails_only_its_culprit(engines,
     model = engines["llama3-untied"]
     poison = VOCAB - 1
     clean = [p for p in prompts if poison not in p]
-    forward, forward_segments = model.forward, model.forward_segments
+    forward = model.forward
 
     def failing(tokens, *args, **kwargs):
         if bool((tokens == poison).any()):
             raise RuntimeError("prefill out of memory")
         return forward(tokens, *args, **kwargs)
 
-    def failing_segments(segments):
-        if any(bool((s.tokens == poison).any()) for s in segments):
-            raise RuntimeError("mixed pass out of memory")
-        return forward_segments(segments)
-
     monkeypatch.setattr(model, "forward", failing)
-    monkeypatch.setattr(model, "forward_segments", failing_segments)
+    monkeypatch.setattr(model, "forward_segments", failing_on(model.forward_segments, poison, "mixed pass"))
     batcher = ContinuousBatcher(model, max_batch=2, max_seq_len=MAX_SEQ, prefill_chunk=8)
     good = batcher.submit(Request(clean[0], MAX_NEW))
     while not good.tokens:
