@@ -162,6 +162,7 @@ def test_a_long_prompt_is_chunked_and_running_streams_get_a_token_every_step(eng
     long = batcher.submit(Request(list(range(1, 41)), max_new_tokens=2))
     while not long.tokens:
         record = batcher.step()
+        assert long.admitted  # from its first chunk's step (a server's prefill start), cache or not
         assert record.prefill_tokens <= 4 and record.decode_rows == 1
         assert len(short.tokens) == seen + 1  # the running stream was not stalled
         seen += 1

@@ -7,17 +7,13 @@ they finish, over one loaded engine model.
         record = batcher.step()  # one iteration; record.wall_s, record.decode_rows, ...
 
 Each `step()` is one iteration: cancellations are applied; waiting requests are admitted while
-a row of the KV pool is free and the token budget holds their context; ONE decode step runs
-for every request already decoding; then at most `prefill_chunk` prompt tokens are prefilled
-(oldest admitted first, the chunks of several requests in one forward pass, so the weights
-are read once for all of them, with no padding: pool_passes.prefill_segments), so a long
-prompt is cut into chunks and stalls the running streams by one chunk a step at most; in a step where no row decoded, no stream
-waits on the prefill and it takes IDLE_PREFILL_CHUNKS chunks. A step with both runs them as
-one forward pass (the decode rows' tokens ride in the prefill's matrix products, which read
-the weights once for both; pool_passes.mixed_rows); the native decode step runs the steps
-with no prefill. A request whose prefill ends gets its first token in that step and decodes
-from the next. A request leaves on one of its eos ids, at max_new_tokens, or on
-`cancel(request_id)`, and its row is free at that step.
+a row of the KV pool is free and the token budget holds their context; every request already
+decoding gets ONE token, and at most `prefill_chunk` prompt tokens of the prefilling ones,
+oldest first, run beside them (IDLE_PREFILL_CHUNKS chunks when none decodes), all as one
+forward pass with no padding (pool_passes: the native decode step when nothing prefills). A
+long prompt thus stalls the streams by one chunk a step at most. A request whose prefill ends
+gets its first token in that step and decodes from the next; it leaves on one of its eos ids,
+at max_new_tokens, or on `cancel(request_id)`, and its row is free at that step.
 
 Memory: slot_pool.KVSlotPool (one row per request; why rows and not pages is said there).
 `kv_budget_tokens` caps the tokens the pool may hold at once (default: every row full; a
@@ -161,13 +157,10 @@ class ContinuousBatcher:
         server's engine thread loops `if batcher.wait_for_work(0.1): batcher.step()`.
 
         gather_s: when the batcher was idle, wait up to this long after the first arrival for
-        more, until every row could be taken (what static batching's --batch-wait-ms does):
-        closed-loop clients whose answers ended in one step come back within milliseconds, and
-        one prefill pass then serves them all. Admitted alone, the first would run a step
-        ahead of the others for as long as the load lasts (the batcher is never idle again to
-        realign them). Waiting only after a step that finished several requests was tried: a
-        server that went from one user to eight then split its first wave and kept it split
-        (lmprof bench throughput, 2026-12-07)."""
+        more, until every row could be taken (static batching's --batch-wait-ms): closed-loop
+        clients whose answers ended in one step return within milliseconds and share one
+        prefill; the first, admitted alone, would run a step ahead of the rest for as long as
+        the load lasts (benchmarks/RESULTS.md, 2026-12-07)."""
         with self._arrived:
             if not self._arrived.wait_for(self._busy, timeout):
                 return False
@@ -272,19 +265,12 @@ class ContinuousBatcher:
         return admitted
 
     def _take_cached_prefix(self, state: RequestState) -> int:
-        if self.prefix_cache is None:
-            return 0
-        context = state.context
-        found = self.prefix_cache.match(context, limit=len(context) - 1)
+        cache = self.prefix_cache
+        tokens = 0 if cache is None else cache.restore(self.pool, state.row, state.context)
         if not state.admitted:
-            state.cached_tokens = found.tokens
+            state.cached_tokens = tokens
         state.admitted = True
-        if not found.blocks:
-            return 0
-        keys = torch.cat([b.keys for b in found.blocks], dim=2)  # [L, KV, tokens, hd]
-        values = torch.cat([b.values for b in found.blocks], dim=2)
-        self.pool.write_prefix(state.row, 0, keys, values)
-        return found.tokens
+        return tokens
 
     def _make_room_for_decode(self) -> int:
         """Preempt the most recently admitted requests until one more token a decoding row fits."""
@@ -319,8 +305,7 @@ class ContinuousBatcher:
         keep = reason != "error"  # a failed pass may have left anything in the row
         if keep and self.prefix_cache is not None and state.kv_tokens >= self.prefix_cache.block_tokens:
             self.pool.compact_row(row)  # column = position, as the cache stores blocks
-            keys, values = self.pool.read_columns(row, 0, state.kv_tokens)
-            self.prefix_cache.insert(state.context[: state.kv_tokens], keys, values)
+            self.prefix_cache.keep(self.pool, row, state.context, state.kv_tokens)
         if state in self._prefilling:
             self._prefilling.remove(state)
             self.pool.reset_row(row)
@@ -493,13 +478,11 @@ class ContinuousBatcher:
 
     def _join_decoding(self, state: RequestState) -> None:
         pool, target = self.pool, len(self._decoding)
-        cache = self.prefix_cache
-        if cache is not None and state.kv_tokens >= cache.block_tokens:
+        if self.prefix_cache is not None:
             # Its prompt's blocks are kept as soon as they exist (its keys sit at columns equal to
             # their positions here), so a request admitted while this one still decodes, with the
             # same system prompt, finds them; when it leaves, its reply's blocks join them.
-            full = state.kv_tokens // cache.block_tokens * cache.block_tokens
-            cache.insert(state.context[:full], *pool.read_columns(state.row, 0, full))
+            self.prefix_cache.keep(pool, state.row, state.context, state.kv_tokens)
         self._prefilling.remove(state)
         if state.row != target:
             holder = next((s for s in self._prefilling if s.row == target), None)

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lmprof.engine.slot_pool import KVSlotPool
 
 
 def block_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
@@ -124,6 +129,23 @@ class PrefixCache:
             self._lru.move_to_end(block)
         self._evict_to_budget(keep=set(chain))
         return new
+
+    def restore(self, pool: KVSlotPool, row: int, context: list[int]) -> int:
+        """Write the cached blocks `context` begins with into columns [0, n) of the pool's
+        `row`, leaving at least its last token to run -> n (0 on a miss)."""
+        found = self.match(context, limit=len(context) - 1)
+        if found.blocks:
+            keys = torch.cat([b.keys for b in found.blocks], dim=2)  # [L, KV, tokens, hd]
+            values = torch.cat([b.values for b in found.blocks], dim=2)
+            pool.write_prefix(row, 0, keys, values)
+        return found.tokens
+
+    def keep(self, pool: KVSlotPool, row: int, context: list[int], tokens: int) -> None:
+        """Insert the full blocks of the first `tokens` tokens of `context`, whose K/V sit in the
+        pool's `row` at columns equal to their positions."""
+        full = tokens // self.block_tokens * self.block_tokens
+        if full:
+            self.insert(context[:full], *pool.read_columns(row, 0, full))
 
     def _evict_to_budget(self, keep: set[CachedBlock]) -> None:
         while self.used_bytes > self.budget_bytes and self._lru:
