@@ -85,3 +85,14 @@ def test_show_renders_a_saved_serve_run_without_torch(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == EXPECTED
+
+
+def test_a_continuous_servers_settings_read_the_same_at_startup_and_in_show():
+    from lmprof.record.serve import scheduler_words
+    from lmprof.serve.settings import ServeSettings
+
+    record = ServeSettings(engine="lmprof", scheduler="continuous", prefill_chunk=64).as_record()
+    words = "continuous (max batch 8, prefill chunk 64, wait 10 ms"
+    assert scheduler_words(record) == words + ")"
+    assert scheduler_words(record, max_len=2048) == words + ", max len 2048)"
+    assert scheduler_words({"scheduler": "sequential"}) == "sequential"

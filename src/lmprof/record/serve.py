@@ -21,6 +21,20 @@ SERVE_KIND = "serve"
 SERVE_SCHEMA_VERSION = 1
 
 
+def scheduler_words(settings: dict[str, Any], max_len: int | None = None) -> str:
+    """The scheduler and its settings, from a serve Run's `settings` (ServeSettings.as_record):
+    the server's startup line and `lmprof show` both say it this way."""
+    scheduler = settings.get("scheduler", "?")
+    wait = f"wait {settings.get('batch_wait_s', 0) * 1000:g} ms"
+    if scheduler == "static-batch":
+        return f"{scheduler} (batch {settings.get('max_batch')}, {wait})"
+    if scheduler != "continuous":
+        return scheduler
+    chunk = settings.get("prefill_chunk_tokens") or settings.get("prefill_chunk") or "default"
+    words = f"max batch {settings.get('max_batch')}, prefill chunk {chunk}, {wait}"
+    return f"{scheduler} ({words}{'' if max_len is None else f', max len {max_len}'})"
+
+
 @dataclass
 class ServedRequest:
     """One HTTP request's way through the server; phase marks are None where it never got there."""

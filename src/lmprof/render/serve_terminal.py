@@ -4,7 +4,7 @@ Plain fixed-width text (no colour), so it reads the same in a pipe and in a gold
 from __future__ import annotations
 
 from lmprof.analyze.serve import PERCENTILES, serve_figures
-from lmprof.record.serve import ServeRun
+from lmprof.record.serve import ServeRun, scheduler_words
 from lmprof.render.units import fmt_bytes, fmt_s
 
 HISTOGRAM_BAR = 40  # characters of the longest bar
@@ -13,14 +13,7 @@ HISTOGRAM_BAR = 40  # characters of the longest bar
 def render_serve_run(run: ServeRun) -> str:
     f = serve_figures(run)
     s, m = run.settings, run.model
-    sched = s.get("scheduler", "?")
-    if sched == "static-batch":
-        sched += f" (batch {s.get('max_batch')}, wait {s.get('batch_wait_s', 0) * 1000:g} ms)"
-    elif sched == "continuous":
-        sched += (
-            f" (max batch {s.get('max_batch')}, prefill chunk {s.get('prefill_chunk') or 'default'}, "
-            f"wait {s.get('batch_wait_s', 0) * 1000:g} ms)"
-        )
+    sched = scheduler_words(s)
     lines = [
         f"lmprof serve run: {m.get('id', '?')} on {m.get('engine', '?')}, {m.get('device', '?')}, "
         f"{m.get('dtype', '?')}",

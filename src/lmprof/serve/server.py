@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from lmprof.errors import UsageError
+from lmprof.record.serve import scheduler_words
 from lmprof.serve.app import build_app
 from lmprof.serve.backends import LoadedModel, load_model
 from lmprof.serve.continuous_worker import ContinuousWorker
@@ -205,14 +206,7 @@ def _new_worker(
 
 def startup_line(server: Server) -> str:
     s = server.settings
-    sched = s.scheduler
-    if s.scheduler == "static-batch":
-        sched += f" (batch {s.max_batch}, wait {s.batch_wait_s * 1000:g} ms)"
-    if s.scheduler == "continuous":
-        sched += (
-            f" (max batch {s.max_batch}, prefill chunk {s.prefill_chunk_tokens}, "
-            f"wait {s.batch_wait_s * 1000:g} ms, max len {server.context_tokens})"
-        )
+    sched = scheduler_words(s.as_record(), server.context_tokens if s.scheduler == "continuous" else None)
     model = server.loaded.description
     parts = [
         f"lmprof serve: {server.url}/v1 model={server.loaded.served_name}",

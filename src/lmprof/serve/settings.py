@@ -137,4 +137,6 @@ class ServeSettings:
         record["profile_out"] = str(self.profile_out) if self.profile_out else None
         record["max_batch"] = self.max_batch
         record["batch_wait_s"] = self.batch_wait_s
+        if self.scheduler == "continuous":
+            record["prefill_chunk_tokens"] = self.prefill_chunk_tokens
         return record
